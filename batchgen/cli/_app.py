@@ -1,0 +1,59 @@
+"""The Typer application and the options every command shares."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchgen.store.schema import DEFAULT_DB
+
+app = typer.Typer(
+    name="batchgen",
+    help=(
+        "Turn a YAML manifest into paid video generations on the Runbase runs API, "
+        "and bring every video home.\n\n"
+        "Example: batchgen plan manifests/example.yaml && batchgen run manifests/example.yaml"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals in tracebacks could hold the API key: never show them.
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DbOption = Annotated[
+    Path,
+    typer.Option(
+        "--db",
+        envvar="BATCHGEN_DB",
+        help=f"State database (SQLite). Default ./{DEFAULT_DB}, or $BATCHGEN_DB.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")
+]
+
+
+def is_terminal() -> bool:
+    """Colour, progress bars and prompts only for a person at a terminal."""
+    return sys.stderr.isatty() and os.environ.get("TERM", "dumb") != "dumb"
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
+    quiet: Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")] = 0,
+) -> None:
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    logging.basicConfig(
+        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        stream=sys.stderr,
+    )

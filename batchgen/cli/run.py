@@ -1,0 +1,3 @@
+"""Commands: run (to be written)."""
+
+from batchgen.cli._app import app  # noqa: F401

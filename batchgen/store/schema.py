@@ -1,0 +1,232 @@
+"""The state database: tables, connection settings, migrations, and job transitions.
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed transition survives a
+power cut. Every write transaction starts with ``BEGIN IMMEDIATE`` so two processes
+can never deadlock upgrading a read lock to a write lock; they queue on
+``busy_timeout`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Index, UniqueConstraint, event, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from batchgen.errors import StateError
+from batchgen.states import JobState, check_transition
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "batchgen.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def default_db_path() -> Path:
+    """``$BATCHGEN_DB`` if set, else ``./batchgen.db``."""
+    return Path(os.environ.get("BATCHGEN_DB") or DEFAULT_DB)
+
+
+class Meta(SQLModel, table=True):
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Batch(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)  # resolved name (date templates already applied)
+    model: str
+    manifest_path: str
+    manifest_sha256: str
+    out_dir: str
+    filename_template: str
+    #: JSON of the effective limits: rate, concurrency, budget_usd, max_attempts, ...
+    settings_json: str = "{}"
+    #: the date the name/out_dir templates were evaluated with (ISO), fixed for the batch
+    run_date: str | None = None
+    canceled: bool = False
+    abandon: bool = False
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class Job(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("batch_id", "key"),
+        Index("ix_job_batch_state", "batch_id", "state"),
+        Index("ix_job_batch_idx", "batch_id", "idx"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id")
+    key: str  # stable content hash: model + canonical input + image bytes + variant
+    idx: int  # position in the deterministic expansion order
+    variant: int = 0
+    input_json: str  # canonical API input (local images as references, not bytes)
+    axes_json: str = "{}"  # axis name -> value label (template variables included)
+    listed: bool = True  # False once the manifest no longer lists this job
+    state: str = JobState.QUEUED.value
+    run_id: str | None = None
+    attempts: int = 0  # submissions made (a refunded failure starts a new attempt)
+    errors: int = 0  # transient errors (500, network) within the current attempt
+    idem_key: str | None = None
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    error_code: str | None = None
+    estimate_micro_usd: int = 0
+    cost_micro_usd: int = 0  # what the POST answered (0 again after a refund)
+    submitted_at: float | None = None
+    run_created_at: str | None = None  # API createdAt
+    run_completed_at: str | None = None  # API completedAt
+    finished_at: float | None = None
+    output_paths_json: str = "[]"
+    checksums_json: str = "[]"
+    media_note: str | None = None  # decoder check mismatch, shown not hidden
+    updated_at: float = Field(default_factory=time.time)
+
+
+class Event(SQLModel, table=True):
+    """Append-only: one row per job state change."""
+
+    __table_args__ = (Index("ix_event_job", "job_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int
+    job_id: int
+    at: float
+    from_state: str
+    to_state: str
+    detail: str | None = None
+
+
+def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE works.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA synchronous = FULL")
+    cur.close()
+
+
+def _wal(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.close()
+
+
+def _begin_immediate(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _begin_deferred(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def open_db(path: Path, *, readonly: bool = False) -> Engine:
+    """Open (and create or migrate, unless ``readonly``) the state database.
+
+    ``readonly`` never creates the file and never writes: ``plan`` and ``status`` use it.
+    """
+    if readonly:
+        if not path.exists():
+            raise StateError(f"{path}: no state database here (run `batchgen run` first)")
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _begin_deferred)
+        _check_version(engine, path)
+        return engine
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "begin", _begin_immediate)
+    event.listen(engine, "connect", _wal)
+    _migrate(engine, path)
+    return engine
+
+
+def _read_version(engine: Engine) -> int | None:
+    with engine.connect() as conn:
+        has_meta = conn.execute(
+            text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+        ).first()
+        if not has_meta:
+            return None
+        row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
+        return int(row[0]) if row else None
+
+
+def _check_version(engine: Engine, path: Path) -> int:
+    version = _read_version(engine)
+    if version is None:
+        raise StateError(f"{path}: not a batchgen state database (no schema version)")
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"{path}: schema version {version} is newer than this batchgen "
+            f"understands ({SCHEMA_VERSION}); upgrade batchgen"
+        )
+    return version
+
+
+#: version -> SQL statements that bring a database from version-1 to version.
+#: Append here; never edit a shipped step.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def _migrate(engine: Engine, path: Path) -> None:
+    version = _read_version(engine)
+    if version is None:
+        SQLModel.metadata.create_all(engine)
+        with Session(engine) as session:
+            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            session.commit()
+        return
+    _check_version(engine, path)
+    with engine.begin() as conn:
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[step]:
+                conn.exec_driver_sql(statement)
+            conn.execute(
+                text("UPDATE meta SET value=:v WHERE key='schema_version'"), {"v": str(step)}
+            )
+
+
+def transition(
+    session: Session,
+    job: Job,
+    new: JobState,
+    *,
+    at: float | None = None,
+    detail: dict[str, Any] | str | None = None,
+    **fields: Any,
+) -> None:
+    """Move ``job`` to ``new`` (checked against the table), set ``fields``, log an event.
+
+    The caller commits; the job row and its event row land in the same transaction.
+    """
+    old = JobState(job.state)
+    check_transition(old, new)
+    now = time.time() if at is None else at
+    for name, value in fields.items():
+        if not hasattr(job, name):
+            raise AttributeError(f"Job has no field {name!r}")
+        setattr(job, name, value)
+    job.state = new.value
+    job.updated_at = now
+    session.add(job)
+    assert job.id is not None, "transition() needs a stored job"
+    session.add(
+        Event(
+            batch_id=job.batch_id,
+            job_id=job.id,
+            at=now,
+            from_state=old.value,
+            to_state=new.value,
+            detail=detail if detail is None or isinstance(detail, str) else json.dumps(detail),
+        )
+    )
