@@ -41,7 +41,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # downloading -> running: URLs expired and the run must be fetched again
     DL: frozenset({DL, R, OK, F}),
     OK: frozenset(),
-    F: frozenset({Q}),  # batchgen retry --failed
+    # batchgen retry --failed; -> downloading: the run is paid, only its files are missing
+    F: frozenset({Q, DL}),
     C: frozenset({Q}),  # a later run of the manifest re-enables canceled jobs
 }
 

@@ -1,0 +1,359 @@
+"""Every SQL statement the run engine needs: loading work, moving jobs, recovering, counting.
+
+The engine keeps its working set (jobs being submitted, polled or downloaded) in memory
+as *detached* ``Job`` rows, and pages through queued jobs in ``idx`` order, so a batch
+of a million jobs never sits in memory at once.
+
+Every change goes through ``move``: one ``BEGIN IMMEDIATE`` transaction that re-reads
+the row, checks that it is still in the state the caller believes, applies
+``schema.transition`` (which writes the event row) and commits. If another process
+changed the job meanwhile (``batchgen cancel`` marking queued jobs canceled, ``retry``
+re-queueing one), ``move`` changes nothing and returns ``None``: the caller forgets
+its stale copy. The write lock of ``BEGIN IMMEDIATE`` makes check-and-set atomic
+across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, update
+from sqlmodel import Session, col, select
+
+from batchgen.states import JobState
+from batchgen.store.schema import Batch, Event, Job, transition
+
+#: states whose jobs the engine holds in memory (at most ``concurrency`` of them, plus
+#: the in-doubt ones)
+ACTIVE: tuple[JobState, ...] = (
+    JobState.SUBMITTING,
+    JobState.IN_DOUBT,
+    JobState.RUNNING,
+    JobState.DOWNLOADING,
+)
+#: ``error_code`` of a job that failed only because its outputs could not be fetched:
+#: its run is paid, so ``retry --failed`` fetches again instead of resubmitting
+DOWNLOAD_FAILED = "download_failed"
+
+
+def _session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)
+
+
+# ------------------------------------------------------------------ batches
+
+
+def get_batch(engine: Engine, batch_id: int) -> Batch:
+    with _session(engine) as s:
+        batch = s.get(Batch, batch_id)
+        if batch is None:
+            raise LookupError(f"no batch with id {batch_id}")
+        return batch
+
+
+def batch_flags(engine: Engine, batch_id: int) -> tuple[bool, bool]:
+    """(canceled, abandon) as stored now: ``batchgen cancel`` may set them at any time."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(Batch.canceled, Batch.abandon).where(col(Batch.id) == batch_id)
+        ).one()
+        conn.rollback()
+    return bool(row[0]), bool(row[1])
+
+
+def set_canceled(engine: Engine, batch_id: int, *, canceled: bool, abandon: bool) -> None:
+    with _session(engine) as s:
+        s.exec(
+            update(Batch)
+            .where(col(Batch.id) == batch_id)
+            .values(canceled=canceled, abandon=abandon, updated_at=time.time())
+        )
+        s.commit()
+
+
+def touch_batch(engine: Engine, batch_id: int, now: float) -> None:
+    with _session(engine) as s:
+        s.exec(update(Batch).where(col(Batch.id) == batch_id).values(updated_at=now))
+        s.commit()
+
+
+# ------------------------------------------------------------------ loading work
+
+
+def load_active(engine: Engine, batch_id: int) -> list[Job]:
+    """Jobs that were submitting, in doubt, running or downloading (detached copies)."""
+    with _session(engine) as s:
+        rows = s.exec(
+            select(Job)
+            .where(Job.batch_id == batch_id, col(Job.state).in_([st.value for st in ACTIVE]))
+            .order_by(col(Job.idx))
+        ).all()
+        return list(rows)
+
+
+def page_queued(
+    engine: Engine, batch_id: int, *, after: tuple[int, int] = (-1, -1), limit: int
+) -> list[Job]:
+    """The next ``limit`` listed queued jobs after the cursor ``(idx, id)``, in order."""
+    idx, job_id = after
+    with _session(engine) as s:
+        rows = s.exec(
+            select(Job)
+            .where(
+                Job.batch_id == batch_id,
+                Job.state == JobState.QUEUED.value,
+                col(Job.listed).is_(True),
+                (col(Job.idx) > idx) | ((col(Job.idx) == idx) & (col(Job.id) > job_id)),
+            )
+            .order_by(col(Job.idx), col(Job.id))
+            .limit(limit)
+        ).all()
+        return list(rows)
+
+
+def recent_durations(engine: Engine, model: str, *, limit: int = 500) -> list[tuple[str, str, str]]:
+    """(input_json, run_created_at, run_completed_at) of the latest finished runs of ``model``."""
+    with _session(engine) as s:
+        rows = s.exec(
+            select(Job.input_json, Job.run_created_at, Job.run_completed_at)
+            .join(Batch, col(Batch.id) == col(Job.batch_id))
+            .where(
+                Batch.model == model,
+                col(Job.run_created_at).is_not(None),
+                col(Job.run_completed_at).is_not(None),
+            )
+            .order_by(col(Job.finished_at).desc())
+            .limit(limit)
+        ).all()
+        return [(r[0], r[1] or "", r[2] or "") for r in rows]
+
+
+# ------------------------------------------------------------------ moving jobs
+
+
+def move(
+    engine: Engine,
+    job: Job,
+    new: JobState,
+    *,
+    at: float | None = None,
+    detail: dict[str, Any] | str | None = None,
+    **fields: Any,
+) -> Job | None:
+    """Move ``job`` to ``new`` if the stored row is still in ``job.state``; commit.
+
+    Returns the fresh detached row, or None when another process changed the job first.
+    """
+    with _session(engine) as s:
+        fresh = s.get(Job, job.id)
+        if fresh is None or fresh.state != job.state:
+            s.rollback()
+            return None
+        transition(s, fresh, new, at=at, detail=detail, **fields)
+        s.commit()
+        return fresh
+
+
+def recover_submitting(engine: Engine, batch_id: int, *, now: float) -> list[Job]:
+    """Jobs left in ``submitting`` by a process that died: they become ``in_doubt``.
+
+    Their POST may or may not have reached the service; only a resend with the same
+    idempotency key (or a person) can tell.
+    """
+    with _session(engine) as s:
+        rows = list(
+            s.exec(
+                select(Job).where(Job.batch_id == batch_id, Job.state == JobState.SUBMITTING.value)
+            ).all()
+        )
+        for job in rows:
+            transition(
+                s,
+                job,
+                JobState.IN_DOUBT,
+                at=now,
+                detail={"why": "found submitting at startup", "idem_key": job.idem_key},
+            )
+        s.commit()
+        return rows
+
+
+def requeue(
+    engine: Engine, batch_id: int, *, failed: bool, in_doubt: bool, now: float
+) -> dict[str, int]:
+    """``batchgen retry``: failed jobs back to work, held in-doubt jobs back to the queue.
+
+    A failed job whose paid run only lacked its download goes back to ``downloading``
+    (never paid twice); any other failed job is queued with its transient error count
+    reset. An in-doubt job keeps its idempotency key, so it is resent with that key.
+    """
+    done = {"failed": 0, "downloads": 0, "in_doubt": 0}
+    with _session(engine) as s:
+        states = ([JobState.FAILED.value] if failed else []) + (
+            [JobState.IN_DOUBT.value] if in_doubt else []
+        )
+        rows = s.exec(select(Job).where(Job.batch_id == batch_id, col(Job.state).in_(states))).all()
+        for job in rows:
+            if job.state == JobState.IN_DOUBT.value:
+                transition(s, job, JobState.QUEUED, at=now, detail="retry --in-doubt")
+                done["in_doubt"] += 1
+            elif job.error_code == DOWNLOAD_FAILED and job.run_id:
+                transition(s, job, JobState.DOWNLOADING, at=now, detail="retry --failed")
+                done["downloads"] += 1
+            else:
+                # A job whose run failed needs a new attempt (a new idempotency key); one
+                # that never got a run id keeps its key, in case a POST did create one.
+                fresh = {"run_id": None, "idem_key": None} if job.run_id else {}
+                transition(
+                    s,
+                    job,
+                    JobState.QUEUED,
+                    at=now,
+                    detail="retry --failed",
+                    errors=0,
+                    next_attempt_at=0.0,
+                    **fresh,
+                )
+                done["failed"] += 1
+        s.commit()
+    return done
+
+
+def cancel(engine: Engine, batch_id: int, *, abandon: bool, now: float) -> dict[str, int]:
+    """``batchgen cancel``: no new submissions; queued jobs canceled.
+
+    With ``abandon`` the paid runs still being generated and the in-doubt jobs are
+    canceled too (their outputs will never be fetched). Jobs mid-download finish.
+    """
+    done: dict[str, int] = {}
+    targets = [JobState.QUEUED] + ([JobState.RUNNING, JobState.IN_DOUBT] if abandon else [])
+    with _session(engine) as s:
+        s.exec(
+            update(Batch)
+            .where(col(Batch.id) == batch_id)
+            .values(canceled=True, abandon=abandon, updated_at=now)
+        )
+        for state in targets:
+            rows = s.exec(
+                select(Job).where(Job.batch_id == batch_id, Job.state == state.value)
+            ).all()
+            for job in rows:
+                transition(s, job, JobState.CANCELED, at=now, detail="batchgen cancel")
+            done[state.value] = len(rows)
+        s.commit()
+    return done
+
+
+def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
+    """A new ``batchgen run`` of the manifest re-enables a canceled batch and its jobs."""
+    with _session(engine) as s:
+        s.exec(
+            update(Batch)
+            .where(col(Batch.id) == batch_id)
+            .values(canceled=False, abandon=False, updated_at=now)
+        )
+        rows = s.exec(
+            select(Job).where(
+                Job.batch_id == batch_id,
+                Job.state == JobState.CANCELED.value,
+                col(Job.listed).is_(True),
+            )
+        ).all()
+        for job in rows:
+            transition(s, job, JobState.QUEUED, at=now, detail="run again after cancel")
+        s.commit()
+        return len(rows)
+
+
+# ------------------------------------------------------------------ counting
+
+
+def counts(engine: Engine, batch_id: int) -> dict[str, int]:
+    """Jobs by state (unlisted jobs only while they still hold a paid run)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Job.state, func.count())
+            .where(
+                Job.batch_id == batch_id,
+                (col(Job.listed).is_(True)) | (Job.state != JobState.QUEUED.value),
+            )
+            .group_by(Job.state)
+        ).all()
+        conn.rollback()
+    out = {st.value: 0 for st in JobState}
+    out.update({str(r[0]): int(r[1]) for r in rows})
+    return out
+
+
+def spent_micro_usd(engine: Engine, batch_id: int) -> int:
+    with engine.connect() as conn:
+        total = conn.execute(
+            select(func.coalesce(func.sum(Job.cost_micro_usd), 0)).where(Job.batch_id == batch_id)
+        ).scalar_one()
+        conn.rollback()
+    return int(total)
+
+
+def in_doubt_since(engine: Engine, batch_id: int, since: float) -> int:
+    """Distinct jobs that entered ``in_doubt`` at or after ``since``."""
+    with engine.connect() as conn:
+        n = conn.execute(
+            select(func.count(func.distinct(Event.job_id))).where(
+                Event.batch_id == batch_id,
+                Event.to_state == JobState.IN_DOUBT.value,
+                col(Event.at) >= since,
+            )
+        ).scalar_one()
+        conn.rollback()
+    return int(n)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    key: str
+    idx: int
+    error: str | None
+    code: str | None
+
+
+def failures(engine: Engine, batch_id: int, *, limit: int = 100) -> list[Failure]:
+    with _session(engine) as s:
+        rows = s.exec(
+            select(Job.key, Job.idx, Job.last_error, Job.error_code)
+            .where(Job.batch_id == batch_id, Job.state == JobState.FAILED.value)
+            .order_by(col(Job.idx))
+            .limit(limit)
+        ).all()
+        return [Failure(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def iter_jobs(engine: Engine, batch_id: int, *, states: Sequence[JobState]) -> Iterator[Job]:
+    """Every job of the batch in ``states``, paged (for tests and tools)."""
+    after = (-1, -1)
+    while True:
+        with _session(engine) as s:
+            rows = s.exec(
+                select(Job)
+                .where(
+                    Job.batch_id == batch_id,
+                    col(Job.state).in_([st.value for st in states]),
+                    (col(Job.idx) > after[0])
+                    | ((col(Job.idx) == after[0]) & (col(Job.id) > after[1])),
+                )
+                .order_by(col(Job.idx), col(Job.id))
+                .limit(1000)
+            ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1]
+        after = (last.idx, last.id or 0)
+
+
+def job_input(job: Job) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(job.input_json)
+    return value

@@ -1,0 +1,184 @@
+"""Submitting: one POST at a time, its intent committed first, never paid twice.
+
+The order for one submission: reserve the estimate in the budget, commit ``submitting``
+with the attempt number and idempotency key, send, commit ``running`` with the run id
+and ``costUsd`` the moment the answer arrives. A resend of a job in doubt keeps its
+attempt and key; a new attempt (new key) is made only after a run failed or was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from batchgen.engine_base import ActiveRun, EngineBase, idem_key
+from batchgen.errors import (
+    InvalidRequest,
+    RateLimited,
+    RunbaseError,
+    TransportError,
+    UsageError,
+)
+from batchgen.modelspec import load_model
+from batchgen.states import JobState
+from batchgen.store import jobs as store
+from batchgen.store.schema import Job
+
+log = logging.getLogger("batchgen.engine")
+
+
+class Submitter(EngineBase):
+    def _maybe_submit(self) -> None:
+        if self._submit_task is not None or self._stop is not None or self._leaving:
+            return
+        if self.active >= self.cfg.concurrency:
+            return
+        job = self._resend[0] if self._resend else (self._ready[0] if self._ready else None)
+        if job is None:
+            return
+        assert job.id is not None
+        estimate = self._estimate(job)
+        if not self.budget.reserve(job.id, estimate):
+            self._budget_blocked = True
+            if self.active == 0:
+                remaining = (self.budget.remaining() or 0) / 1e6
+                self.stop(
+                    "budget",
+                    f"budget: next job needs ${estimate / 1e6:.3f}, ${remaining:.3f} left",
+                )
+            return
+        self._budget_blocked = False
+        self._next_job()
+        self._submitting = job
+        self._submit_task = asyncio.create_task(self._submit(job, estimate))
+
+    def _next_job(self) -> Job | None:
+        if self._resend:
+            return self._resend.popleft()
+        if self._ready:
+            return self._ready.popleft()
+        return None
+
+    def _estimate(self, job: Job) -> int:
+        if job.estimate_micro_usd:
+            return job.estimate_micro_usd
+        try:
+            return load_model(self.batch.model).price_micro_usd(store.job_input(job))
+        except (KeyError, ValueError):
+            return 0
+
+    async def _submit(self, job: Job, estimate: int) -> None:
+        assert job.id is not None
+        try:
+            await self._submit_inner(job, estimate)
+        finally:
+            self._submitting = None
+            self._submit_task = None
+            self._queued_ids.discard(job.id)
+            self._wake.set()
+
+    async def _submit_inner(self, job: Job, estimate: int) -> None:
+        assert job.id is not None
+        now_wall = self.clock.now()
+        if job.idem_key and not job.run_id:
+            attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
+        else:
+            attempt = job.attempts + 1
+            key = idem_key(job.key, attempt)
+        try:
+            api_input = self.materialize(store.job_input(job))
+        except UsageError as exc:
+            self.budget.release(job.id)
+            self._move(
+                job, JobState.FAILED, last_error=str(exc), error_code="input", finished_at=now_wall
+            )
+            return
+        moved = self._move(
+            job,
+            JobState.SUBMITTING,
+            detail={"attempt": attempt, "idem_key": key},
+            attempts=attempt,
+            idem_key=key,
+            estimate_micro_usd=estimate,
+        )
+        if moved is None:
+            self.budget.release(job.id)
+            return
+        job = moved
+        try:
+            run = await self.client.create_run(
+                self.batch.model, api_input, idempotency_key=key, priority=1
+            )
+        except RunbaseError as exc:
+            self._submit_failed(job, exc)
+            return
+        cost = run.cost_micro_usd
+        if cost is None:
+            cost = estimate
+        assert job.id is not None
+        self.budget.settle(job.id, cost, estimate)
+        mono = self.clock.monotonic()
+        recorded = self._move(
+            job,
+            JobState.RUNNING,
+            detail={"run_id": run.id, "cost_micro_usd": cost},
+            run_id=run.id,
+            cost_micro_usd=cost,
+            submitted_at=self.clock.now(),
+            errors=0,
+            last_error=None,
+            error_code=None,
+        )
+        if recorded is None:
+            log.error("job %s: run %s created but the job changed meanwhile", job.key, run.id)
+            return
+        act = ActiveRun(recorded, self._cls(recorded), submitted=mono)
+        self._add_running(act, mono)
+        if run.status in ("succeeded", "failed"):  # an idempotent replay of a finished run
+            self._on_run(act, run)
+
+    def _submit_failed(self, job: Job, exc: RunbaseError) -> None:
+        assert job.id is not None
+        now_wall = self.clock.now()
+        err = {"last_error": str(exc), "error_code": exc.code}
+        if isinstance(exc, InvalidRequest):
+            self.budget.release(job.id)
+            self._move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
+        elif exc.stops_batch or exc.stops_submitting:
+            # Answered with a refusal: nothing was created. Back in the queue for later.
+            self.budget.release(job.id)
+            self._move(job, JobState.QUEUED, **err)
+            self.stop("account", f"account: {exc}", hard=exc.stops_batch)
+        elif isinstance(exc, TransportError) and exc.sent:
+            self._in_doubt(job, exc)
+        else:
+            # Surely nothing created (refused connection) or a 5xx: same key, later.
+            self.budget.release(job.id)
+            counts = not isinstance(exc, RateLimited)  # a 429 storm is not the job's fault
+            errors = job.errors + (1 if counts else 0)
+            if errors >= self.cfg.max_attempts:
+                self._move(job, JobState.FAILED, finished_at=now_wall, errors=errors, **err)
+                return
+            moved = self._move(job, JobState.QUEUED, errors=errors, next_attempt_at=now_wall, **err)
+            if moved is not None:
+                self._requeue(moved, self.retry.delay(errors - 1 if counts else 0))
+
+    def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
+        assert job.id is not None
+        errors = job.errors + 1
+        moved = self._move(
+            job,
+            JobState.IN_DOUBT,
+            detail={"why": str(exc)},
+            errors=errors,
+            last_error=str(exc),
+            error_code=exc.code,
+        )
+        if moved is None:
+            return
+        self.in_doubt_seen.add(job.id)
+        if self.cfg.in_doubt == "hold" or errors >= self.cfg.max_attempts:
+            self._held[job.id] = moved
+        else:
+            self._queued_ids.add(job.id)
+            self._defer(moved, self.clock.monotonic() + self.retry.delay(errors - 1))
