@@ -15,13 +15,12 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.modelspec import load_model
-from batchgen.store.schema import Batch, Job
-
 from batchgen.engine_base import ActiveRun, Collector, EngineBase
 from batchgen.errors import AuthError, Forbidden, RunNotFound
+from batchgen.modelspec import load_model
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.schema import Batch, Job
 
 log = logging.getLogger("batchgen.engine")
 
