@@ -42,6 +42,7 @@ _ILLEGAL = re.compile(r'(?:[<>:"/\\|?*\x00-\x1f\x7f-\x9f]|\s)+')
 _DOTS = re.compile(r"\.{2,}")
 _RATIO = re.compile(r"^\s*(\d+)\s*[:/]\s*(\d+)\s*$")
 _HEX = re.compile(r"^[0-9a-fA-F]{16,}$")
+_SIMPLE_KEY = re.compile(r"^[a-z0-9_]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # CON, PRN, AUX, NUL, COM1-9, LPT1-9 are device names on Windows, whatever the extension.
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
@@ -122,11 +123,11 @@ def output_stem(
     values: dict[str, Any] = {k: _label(v) for k, v in input.items()}
     values.update({k: _label(v) for k, v in axes.items()})
     values.update(index=index, key=key, batch=batch, variant=variant)
-    body = sanitize(_render(template, values), max_bytes=max_bytes)
-
-    tag = _key_tag(key)
-    if key and sanitize(key, max_bytes=max_bytes) in body:
+    text = _render(template, values)
+    body = sanitize(text, max_bytes=max_bytes)
+    if _key_proves_unique(template, key) and body == sanitize(text, max_bytes=len(text) * 4 + 8):
         return body
+    tag = _key_tag(key)
     room = max_bytes - len(tag.encode()) - 1
     body = _truncate(body, room).rstrip(" ._-")
     return f"{body}-{tag}" if body and body != "_" else tag
@@ -204,6 +205,20 @@ def _label(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     return value
+
+
+def _key_proves_unique(template: str, key: str) -> bool:
+    """True when the whole key lands in the name unchanged, so no tag is needed.
+
+    Only a plain ``{key}`` (no spec, no conversion) of lower-case letters, digits and
+    ``_`` qualifies: sanitising never alters those characters or merges them with
+    their neighbours, and lower case keeps case-insensitive filesystems apart.
+    """
+    plain = any(
+        name == "key" and not spec and not conv
+        for _lit, name, spec, conv in string.Formatter().parse(template)
+    )
+    return plain and bool(_SIMPLE_KEY.match(key))
 
 
 def _key_tag(key: str) -> str:
