@@ -145,6 +145,7 @@ async def fetch_outputs(
     """
     if not urls:
         raise DownloadError("the run lists no output URL", index=0)
+    Path(dest_dir).mkdir(parents=True, exist_ok=True)
     fetcher = _Fetcher(
         session,
         list(urls),

@@ -72,7 +72,9 @@ def read_sidecar(video_path: Path) -> dict[str, Any]:
 
 def atomic_write_text(target: Path, text: str) -> None:
     """Replace ``target`` with ``text`` so a reader sees the old file or the new, never half."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # One writer per file (the batch lock): a fixed temp name means a crash leftover is
+    # simply overwritten by the next write instead of piling up.
+    tmp = target.with_name(f".{target.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)

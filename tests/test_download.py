@@ -91,6 +91,38 @@ async def test_many_cuts_still_finish_because_progress_is_free(
     assert f.sha256 == sha(mp4_16x9) and f.requests == 9
 
 
+async def test_stalled_transfer_times_out_and_resumes(
+    server: FileServer, mp4_16x9: bytes, tmp_path: Path
+) -> None:
+    server.add("a.mp4", mp4_16x9, Fault(stalls=1, stall_s=0.5))
+    async with aiohttp.ClientSession() as s:
+        [f] = await fetch_outputs(
+            s,
+            [server.url("a.mp4")],
+            tmp_path,
+            "clip",
+            refresh_urls=no_refresh,
+            expect=EXPECT,
+            retry=NO_WAIT,
+            timeout_s=0.2,
+        )
+    second = server.requests_for("a.mp4")[1]
+    assert second.headers["Range"] == f"bytes={len(mp4_16x9) // 2}-"
+    assert f.sha256 == sha(mp4_16x9)
+
+
+async def test_missing_folder_is_created(
+    server: FileServer, mp4_16x9: bytes, tmp_path: Path
+) -> None:
+    server.add("a.mp4", mp4_16x9)
+    dest = tmp_path / "2026-01-01" / "out"
+    async with aiohttp.ClientSession() as s:
+        [f] = await fetch_outputs(
+            s, [server.url("a.mp4")], dest, "clip", refresh_urls=no_refresh, expect=EXPECT
+        )
+    assert f.path == dest / "clip.mp4"
+
+
 async def test_expired_url_refreshed_once_then_same_index(
     server: FileServer, mp4_16x9: bytes, tmp_path: Path
 ) -> None:

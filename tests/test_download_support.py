@@ -64,6 +64,8 @@ class Fault:
     body_override: bytes | None = None  # serve these bytes instead (e.g. HTML)
     replace_after: int | None = None  # after N requests, the file changes (new ETag)
     replacement: bytes | None = None
+    stalls: int = 0  # the next N answers send half the body, then go silent
+    stall_s: float = 5.0
 
 
 class FileServer:
@@ -139,6 +141,11 @@ class FileServer:
         resp.content_length = len(body) + fault.extra_length
         seen.status = resp.status
         await resp.prepare(request)
+        if fault.stalls > 0:
+            fault.stalls -= 1
+            await resp.write(body[: len(body) // 2])
+            await asyncio.sleep(fault.stall_s)
+            return resp
         if fault.cuts > 0 or fault.extra_length:
             if fault.cuts > 0:
                 fault.cuts -= 1
