@@ -250,8 +250,10 @@ class _Fetcher:
                 return reused
         st = self._load_partial(name)
         fails = refreshes = requests = 0
+        # Progress means more bytes on disk than ever before for this file: a try that
+        # only re-fetches what a discarded partial held is a failure like any other.
+        best = st.size()
         while True:
-            before = st.size()
             requests += 1
             try:
                 await self._attempt(st, self.urls[i])
@@ -266,15 +268,16 @@ class _Fetcher:
                 continue
             except _Corrupt as exc:
                 st.discard()
-                fails += 1
                 error: Exception = exc
                 status = None
             except _Retry as exc:
-                fails = 0 if st.size() > before else fails + 1
                 error, status = exc, exc.status
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                fails = 0 if st.size() > before else fails + 1
                 error, status = exc, None
+            if st.size() > best:
+                best, fails = st.size(), 0
+            else:
+                fails += 1
             if fails >= self.max_tries or requests >= self.max_tries * _HARD_CAP_FACTOR:
                 if isinstance(error, _Corrupt):
                     st.discard()
