@@ -114,8 +114,9 @@ def make_collect(
             index=job.idx,
             key=job.key,
             axes=axes,
-            input=input_,
+            input=full,  # with the model's defaults, so {resolution} works when not set
             batch=batch.name,
+            variant=job.variant,
         )
         expect = download.Expectation(
             aspect_ratio=str(full.get("aspect_ratio", "")),

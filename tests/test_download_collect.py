@@ -1,0 +1,78 @@
+"""The engine's collect step (batchgen.collector.make_collect) over the real download path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from batchgen.collector import make_collect
+from batchgen.sidecar import read_sidecar
+from batchgen.store.schema import Batch, Job
+from tests.test_download_support import Fault, FileServer, mp4_16x9, server
+
+__all__ = ["mp4_16x9", "server"]
+
+
+def batch(out: Path, template: str) -> Batch:
+    return Batch(
+        id=1,
+        name="demo",
+        model="bytedance/seedance-1-pro",
+        manifest_path="m.yaml",
+        manifest_sha256="0" * 64,
+        out_dir=str(out),
+        filename_template=template,
+    )
+
+
+def job(**kw: Any) -> Job:
+    fields: dict[str, Any] = {
+        "id": 5,
+        "batch_id": 1,
+        "key": "3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7",
+        "idx": 4,
+        "variant": 1,
+        "input_json": json.dumps({"prompt": "A red fox in the snow", "aspect_ratio": "16:9"}),
+        "axes_json": json.dumps({"subject": "fox"}),
+        "run_id": "run_1",
+        "attempts": 1,
+        "cost_micro_usd": 484000,
+        "submitted_at": 1.0,
+    }
+    fields.update(kw)
+    return Job(**fields)
+
+
+async def test_collect_names_files_writes_sidecars_and_returns_fields(
+    server: FileServer, mp4_16x9: bytes, tmp_path: Path
+) -> None:
+    server.add("a.mp4", mp4_16x9, Fault(cuts=1, expired_tokens={"old"}))
+    refreshed = 0
+
+    async def refresh() -> list[str]:
+        nonlocal refreshed
+        refreshed += 1
+        return [server.url("a.mp4", "new")]
+
+    out = tmp_path / "out"
+    # resolution and duration are not in the job's input: the model's defaults name the file
+    template = "{index:03d}_{subject}_{aspect_ratio}_{resolution}_{duration}s_v{variant}"
+    async with aiohttp.ClientSession() as s:
+        collect = make_collect(s, batch(out, template), clock_now=lambda: 42.0)
+        fields = await collect(job(), [server.url("a.mp4", "old")], refresh)
+    name = "004_fox_16x9_1080p_5s_v1-3f2a9c0d4e.mp4"
+    assert sorted(os.listdir(out)) == [name, name + ".json"]
+    assert refreshed == 1
+    digest = hashlib.sha256(mp4_16x9).hexdigest()
+    assert json.loads(fields["output_paths_json"]) == [name]
+    assert json.loads(fields["checksums_json"]) == [digest]
+    assert fields["media_note"] is None
+    side = read_sidecar(out / name)
+    assert side["sha256"] == digest and side["run_id"] == "run_1" and side["file"] == name
+    assert side["media"]["width"] == 64 and side["timings"]["downloaded_at"] == 42.0
+    assert side["prompt"] == "A red fox in the snow" and side["cost_usd"] == 0.484
