@@ -340,6 +340,7 @@ class _Fetcher:
                     st.discard()
                     raise _Retry("the server's range answer does not continue our file")
                 st.total = total
+                st.etag = st.etag or etag
             elif resp.status == 200:
                 # A full answer: the server ignored the range or the file changed (If-Range).
                 if offset:
