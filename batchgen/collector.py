@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from batchgen import download, naming, sidecar
 from batchgen.engine_base import ActiveRun, Collector, EngineBase
 from batchgen.errors import AuthError, Forbidden, RunNotFound
 from batchgen.modelspec import load_model
+from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job
@@ -65,6 +68,9 @@ class Downloader(EngineBase):
             act.dl_errors += 1
             if act.dl_errors >= self.cfg.max_attempts:
                 self._downloading.pop(job.id, None)
+                discard = getattr(self.collect, "discard", None)
+                if discard is not None:
+                    discard(job)
                 self._move(
                     job,
                     JobState.FAILED,
@@ -90,18 +96,28 @@ def make_collect(
     *,
     out_dir: Path | None = None,
     clock_now: Callable[[], float] | None = None,
-) -> Collector:
+    retry: RetryPolicy | None = None,
+) -> FileCollector:
     """The engine's ``collect`` step: fetch every output, write sidecars, return the fields.
 
     Files go to ``out_dir`` (default: the batch's), named by the batch's filename
     template; the paths recorded are relative to that folder.
     """
-    import time
-
-    from batchgen import download, naming, sidecar  # H4's modules; lazily until they land
-
     root = Path(out_dir or batch.out_dir)
     now = clock_now or time.time
+
+    def stem_of(job: Job) -> str:
+        # with the model's defaults, so {resolution} works when the input does not set it
+        full = _with_defaults(batch.model, json.loads(job.input_json))
+        return naming.output_stem(
+            batch.filename_template,
+            index=job.idx,
+            key=job.key,
+            axes=json.loads(job.axes_json or "{}"),
+            input=full,
+            batch=batch.name,
+            variant=job.variant,
+        )
 
     async def collect(
         job: Job, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
@@ -109,22 +125,14 @@ def make_collect(
         input_ = json.loads(job.input_json)
         axes = json.loads(job.axes_json or "{}")
         full = _with_defaults(batch.model, input_)
-        stem = naming.output_stem(
-            batch.filename_template,
-            index=job.idx,
-            key=job.key,
-            axes=axes,
-            input=full,  # with the model's defaults, so {resolution} works when not set
-            batch=batch.name,
-            variant=job.variant,
-        )
+        stem = stem_of(job)
         expect = download.Expectation(
             aspect_ratio=str(full.get("aspect_ratio", "")),
             duration_s=float(full.get("duration", 0) or 0),
         )
         root.mkdir(parents=True, exist_ok=True)
         saved = await download.fetch_outputs(
-            session, urls, root, stem, refresh_urls=refresh, expect=expect
+            session, urls, root, stem, refresh_urls=refresh, expect=expect, retry=retry
         )
         notes = [f.note for f in saved if f.note]
         rel = [_relative(f.path, root) for f in saved]
@@ -169,7 +177,27 @@ def make_collect(
             "media_note": "; ".join(notes) or None,
         }
 
-    return collect
+    def discard(job: Job) -> None:
+        download.discard_partials(root, stem_of(job))
+
+    return FileCollector(collect, discard)
+
+
+class FileCollector:
+    """``make_collect``'s result: call it to collect a job; ``discard`` drops its partials."""
+
+    def __init__(
+        self,
+        collect: Collector,
+        discard: Callable[[Job], None],
+    ) -> None:
+        self._collect = collect
+        self.discard = discard
+
+    def __call__(
+        self, job: Job, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
+    ) -> Awaitable[dict[str, Any]]:
+        return self._collect(job, urls, refresh)
 
 
 def _with_defaults(model: str, input_: dict[str, Any]) -> dict[str, Any]:
