@@ -237,12 +237,17 @@ class EngineBase:
         return moved
 
     def _forget(self, job: Job) -> None:
+        """Drop the stale copy ``job`` (another process changed the row) from memory."""
         assert job.id is not None
         self._queued_ids.discard(job.id)
-        self._held.pop(job.id, None)
-        act = self._running.pop(job.id, None) or self._downloading.pop(job.id, None)
-        if act is not None:
-            self._probes.pop(act.cls, None)
+        if self._held.get(job.id) is job:
+            del self._held[job.id]
+        for table in (self._running, self._downloading):
+            act = table.get(job.id)
+            if act is not None and act.job is job:
+                del table[job.id]
+                if self._probes.get(act.cls) == job.id:
+                    del self._probes[act.cls]
 
     def _count(self, old: JobState, new: JobState) -> None:
         self.counts[old.value] = self.counts.get(old.value, 0) - 1

@@ -49,6 +49,8 @@ class Submitter(EngineBase):
             return
         self._budget_blocked = False
         self._next_job()
+        # Out of the queue now; a requeue after a failed POST puts it back.
+        self._queued_ids.discard(job.id)
         self._submitting = job
         self._submit_task = asyncio.create_task(self._submit(job, estimate))
 
@@ -74,7 +76,6 @@ class Submitter(EngineBase):
         finally:
             self._submitting = None
             self._submit_task = None
-            self._queued_ids.discard(job.id)
             self._wake.set()
 
     async def _submit_inner(self, job: Job, estimate: int) -> None:
