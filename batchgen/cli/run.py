@@ -1,3 +1,355 @@
-"""Commands: run (to be written)."""
+"""Commands: run, resume, retry, cancel. Parsing only; the work is in batchgen.runner."""
 
-from batchgen.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchgen.cli._app import DbOption, JsonOption, app
+from batchgen.errors import UsageError
+from batchgen.events import RunSummary
+from batchgen.runner import RunOptions, check_api_key, run_batch
+from batchgen.store import jobs as store
+from batchgen.store.schema import DEFAULT_DB, open_db
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every job succeeded; 1 jobs failed (or canceled / held in doubt); "
+    "2 bad usage or manifest; 3 stopped by the account (401, 402, 403, USAGE_EXCEEDED); "
+    "4 stopped by the budget; 75 interrupted, --max-runtime reached or lock held (resumable)."
+)
+KEY_HELP = "The API key is read from $RUNBASE_API_KEY only, and never stored."
+
+
+class InDoubt(enum.StrEnum):
+    resubmit = "resubmit"
+    hold = "hold"
+
+
+class OnLost(enum.StrEnum):
+    fail = "fail"
+    resubmit = "resubmit"
+
+
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="API base URL. Default $RUNBASE_BASE_URL, else https://runbase.net.",
+        show_default=False,
+    ),
+]
+RateOpt = Annotated[
+    str | None,
+    typer.Option("--rate", help="Request limit of the key, e.g. 20/10s (default: manifest)."),
+]
+ConcOpt = Annotated[
+    int | None, typer.Option("--concurrency", min=1, help="Max runs in flight at once.")
+]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option("--budget-usd", min=0.0, help="Never spend more than this on the batch (USD)."),
+]
+RuntimeOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-runtime",
+        min=0.0,
+        help="Stop submitting after this many seconds, record what is in flight, exit 75.",
+    ),
+]
+InDoubtOpt = Annotated[
+    InDoubt,
+    typer.Option(
+        "--in-doubt",
+        help="A POST whose answer was lost: resend it with the same idempotency key, "
+        "or hold it for `batchgen retry --in-doubt`.",
+    ),
+]
+OnLostOpt = Annotated[
+    OnLost,
+    typer.Option(
+        "--on-lost", help="A run the API no longer knows (404): fail the job or resubmit."
+    ),
+]
+WaitLockOpt = Annotated[
+    float,
+    typer.Option("--wait-lock", min=0.0, help="Wait this long for another run of the batch."),
+]
+LogFileOpt = Annotated[
+    Path | None, typer.Option("--log-file", help="JSON-lines log of every change and request.")
+]
+SummaryOpt = Annotated[
+    Path | None, typer.Option("--summary-file", help="Write the final JSON summary here.")
+]
+MetricsOpt = Annotated[
+    Path | None, typer.Option("--metrics-file", help="Prometheus textfile metrics.")
+]
+NotifyOpt = Annotated[
+    str | None, typer.Option("--notify-url", help="POST a JSON notice here when the run ends.")
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="Keep an HTML report up to date while running.")
+]
+
+
+def parse_rate(text: str | None) -> tuple[int, float] | None:
+    """``20/10s``, ``20/10``, ``2/1s`` -> (requests, seconds)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*", text)
+    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+        raise UsageError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 20/10s")
+    seconds = float(m.group(2)) * (60 if (m.group(3) or "s").startswith("m") else 1)
+    return int(m.group(1)), seconds
+
+
+def _date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
+
+
+def _key() -> str:
+    return check_api_key(os.environ.get("RUNBASE_API_KEY"))
+
+
+def _finish(summary: RunSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+        print(
+            f"batchgen: {summary.batch}: {summary.reason} ({counts or 'no jobs'}); "
+            f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
+            f"outputs in {summary.out_dir}; exit {summary.exit_code}",
+            file=sys.stderr,
+        )
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def run(
+    manifest: Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)],
+    db: DbOption = Path(DEFAULT_DB),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: the manifest's).")
+    ] = None,
+    base_url: BaseUrlOpt = None,
+    rate: RateOpt = None,
+    concurrency: ConcOpt = None,
+    budget_usd: BudgetOpt = None,
+    max_runtime: RuntimeOpt = None,
+    in_doubt: InDoubtOpt = InDoubt.resubmit,
+    on_lost: OnLostOpt = OnLost.fail,
+    date: Annotated[
+        str | None, typer.Option("--date", help="Evaluate date templates for this day.")
+    ] = None,
+    wait_lock: WaitLockOpt = 0.0,
+    log_file: LogFileOpt = None,
+    summary_file: SummaryOpt = None,
+    metrics_file: MetricsOpt = None,
+    notify_url: NotifyOpt = None,
+    report: ReportOpt = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Expand MANIFEST into jobs (idempotently) and take them all to done.
+
+    Safe to stop at any moment (Ctrl-C, kill -9, reboot): run it again, or
+    `batchgen resume`, and it continues where it stopped without paying twice.
+    The API key is read from $RUNBASE_API_KEY only, and never stored.
+
+    Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
+    """
+    key = _key()
+    options = RunOptions(
+        base_url=base_url,
+        out_dir=out,
+        rate=parse_rate(rate),
+        concurrency=concurrency,
+        budget_usd=budget_usd,
+        max_runtime_s=max_runtime,
+        in_doubt=in_doubt.value,
+        on_lost=on_lost.value,
+        date=_date(date),
+        wait_lock_s=wait_lock,
+        log_file=log_file,
+        summary_file=summary_file,
+        metrics_file=metrics_file,
+        notify_url=notify_url,
+        report_path=report,
+        progress="auto",
+        handle_signals=True,
+    )
+    _finish(run_batch(db, api_key=key, manifest=manifest, options=options), json_out)
+
+
+def _resume_options(
+    base_url: str | None,
+    rate: str | None,
+    concurrency: int | None,
+    budget_usd: float | None,
+    max_runtime: float | None,
+    on_lost: OnLost,
+    wait_lock: float,
+    log_file: Path | None,
+    summary_file: Path | None,
+    metrics_file: Path | None,
+    notify_url: str | None,
+    report: Path | None,
+    in_doubt: InDoubt = InDoubt.resubmit,
+) -> RunOptions:
+    return RunOptions(
+        base_url=base_url,
+        rate=parse_rate(rate),
+        concurrency=concurrency,
+        budget_usd=budget_usd,
+        max_runtime_s=max_runtime,
+        in_doubt=in_doubt.value,
+        on_lost=on_lost.value,
+        wait_lock_s=wait_lock,
+        log_file=log_file,
+        summary_file=summary_file,
+        metrics_file=metrics_file,
+        notify_url=notify_url,
+        report_path=report,
+        progress="auto",
+        handle_signals=True,
+    )
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def resume(
+    batch: Annotated[
+        str | None, typer.Argument(help="Batch name (default: the most recent).")
+    ] = None,
+    db: DbOption = Path(DEFAULT_DB),
+    base_url: BaseUrlOpt = None,
+    rate: RateOpt = None,
+    concurrency: ConcOpt = None,
+    budget_usd: BudgetOpt = None,
+    max_runtime: RuntimeOpt = None,
+    in_doubt: InDoubtOpt = InDoubt.resubmit,
+    on_lost: OnLostOpt = OnLost.fail,
+    wait_lock: WaitLockOpt = 0.0,
+    log_file: LogFileOpt = None,
+    summary_file: SummaryOpt = None,
+    metrics_file: MetricsOpt = None,
+    notify_url: NotifyOpt = None,
+    report: ReportOpt = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Continue a batch from the state database alone (no manifest needed).
+
+    Example: batchgen resume nightly-2024-05-01
+    """
+    key = _key()
+    options = _resume_options(
+        base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
+        log_file, summary_file, metrics_file, notify_url, report, in_doubt,
+    )  # fmt: skip
+    _finish(run_batch(db, api_key=key, batch=batch, options=options), json_out)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def retry(
+    batch: Annotated[str, typer.Argument(help="Batch name.", show_default=False)],
+    failed: Annotated[bool, typer.Option("--failed", help="Re-queue the failed jobs.")] = False,
+    in_doubt: Annotated[
+        bool,
+        typer.Option("--in-doubt", help="Resend held in-doubt jobs (same idempotency key)."),
+    ] = False,
+    db: DbOption = Path(DEFAULT_DB),
+    base_url: BaseUrlOpt = None,
+    rate: RateOpt = None,
+    concurrency: ConcOpt = None,
+    budget_usd: BudgetOpt = None,
+    max_runtime: RuntimeOpt = None,
+    on_lost: OnLostOpt = OnLost.fail,
+    wait_lock: WaitLockOpt = 0.0,
+    log_file: LogFileOpt = None,
+    summary_file: SummaryOpt = None,
+    metrics_file: MetricsOpt = None,
+    notify_url: NotifyOpt = None,
+    report: ReportOpt = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-queue failed and/or held in-doubt jobs of BATCH, then continue it.
+
+    With neither flag, both. A failed job whose run was paid but whose files could
+    not be fetched is fetched again, not paid again.
+
+    Example: batchgen retry nightly-2024-05-01 --failed
+    """
+    key = _key()
+    if not failed and not in_doubt:
+        failed = in_doubt = True
+    options = _resume_options(
+        base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
+        log_file, summary_file, metrics_file, notify_url, report,
+    )  # fmt: skip
+    summary = run_batch(
+        db,
+        api_key=key,
+        batch=batch,
+        options=options,
+        retry_failed=failed,
+        retry_in_doubt=in_doubt,
+    )
+    _finish(summary, json_out)
+
+
+@app.command()
+def cancel(
+    batch: Annotated[str, typer.Argument(help="Batch name.", show_default=False)],
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Also give up runs already paid for and in-doubt jobs (never fetched).",
+        ),
+    ] = False,
+    db: DbOption = Path(DEFAULT_DB),
+    json_out: JsonOption = False,
+) -> None:
+    """Stop submitting new runs of BATCH; queued jobs become canceled.
+
+    A `batchgen run` working on the batch notices within seconds. Runs already paid
+    for are still polled and downloaded (by that run, or by `batchgen resume`)
+    unless --abandon. A later `batchgen run MANIFEST` re-enables the batch.
+    Needs no API key.
+
+    Example: batchgen cancel nightly-2024-05-01
+    """
+    from batchgen.store.batches import find_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    engine = open_db(db)
+    found = find_batch(engine, batch)
+    assert found.id is not None
+    done = store.cancel(engine, found.id, abandon=abandon, now=time.time())
+    counts = {k: v for k, v in store.counts(engine, found.id).items() if v}
+    if json_out:
+        print(json.dumps({"batch": found.name, "canceled": done, "counts": counts}, indent=2))
+        return
+    print(
+        f"batchgen: {found.name}: canceled {sum(done.values())} job(s); now "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        file=sys.stderr,
+    )
+    if not abandon and (counts.get("running") or counts.get("downloading")):
+        print(
+            "batchgen: paid runs are still fetched by the running `batchgen run`, "
+            f"or run `batchgen resume {found.name}`",
+            file=sys.stderr,
+        )

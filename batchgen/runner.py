@@ -1,0 +1,468 @@
+"""``run_batch``: the library entry point behind ``batchgen run``, ``resume`` and ``retry``.
+
+The order of one run, and why:
+
+1. Check the API key (before anything is written or sent).
+2. Load the manifest (``run``) or find the batch (``resume``/``retry``).
+3. Take the batch's lock (``batchgen.lock``): two processes driving one batch could
+   each submit the same job.
+4. Sync the manifest into the database (idempotent), re-enable a canceled batch on a
+   new ``run``, re-queue on ``retry``.
+5. Recover (jobs left ``submitting`` become ``in_doubt``), seed the poll schedule
+   from runs that already finished, and hand over to ``RunEngine``.
+6. Whatever happened, build the ``RunSummary`` and call ``finished`` on every
+   observer (log, summary file, metrics, notification, live report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from sqlalchemy import Engine
+
+from batchgen.budget import Budget
+from batchgen.client import RunbaseClient
+from batchgen.clock import Clock, SystemClock
+from batchgen.collector import make_collect
+from batchgen.engine import EngineConfig, RunEngine
+from batchgen.engine_base import InDoubtPolicy, LostPolicy
+from batchgen.errors import BatchgenError, ExitCode, UsageError
+from batchgen.events import Observer, RunSummary
+from batchgen.polling import DurationModel, PollPolicy, api_duration, run_class
+from batchgen.progress import ProgressMode, RequestTally, Snapshot, make_progress
+from batchgen.ratelimit import RequestLimiter
+from batchgen.retry import RetryPolicy
+from batchgen.store import jobs as store
+from batchgen.store.schema import Batch, open_db
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://runbase.net"
+
+
+@dataclass
+class RunOptions:
+    """Everything ``batchgen run`` can be told. ``None`` = from the manifest / batch."""
+
+    base_url: str | None = None  # None: $RUNBASE_BASE_URL, else https://runbase.net
+    out_dir: Path | None = None
+    rate: tuple[int, float] | None = None
+    concurrency: int | None = None
+    budget_usd: float | None = None
+    max_attempts: int | None = None
+    max_runtime_s: float | None = None
+    in_doubt: InDoubtPolicy = "resubmit"
+    on_lost: LostPolicy = "fail"
+    date: dt.date | None = None
+    wait_lock_s: float = 0.0
+    log_file: Path | None = None
+    summary_file: Path | None = None
+    metrics_file: Path | None = None
+    notify_url: str | None = None
+    report_path: Path | None = None
+    progress: ProgressMode = "off"
+    handle_signals: bool = False
+    download_concurrency: int = 4
+    timeout_s: float = 30.0
+    #: the limiter's safety margin on the window (None: the limiter's default)
+    limiter_margin_s: float | None = None
+    poll_policy: PollPolicy | None = None
+    retry_policy: RetryPolicy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_api_key(key: str | None) -> str:
+    if not key:
+        raise UsageError(
+            "no API key: set RUNBASE_API_KEY in the environment (it is never read "
+            "from the command line and never stored)"
+        )
+    if not key.startswith("sk-"):
+        raise UsageError("RUNBASE_API_KEY does not look like a Runbase key (keys start with sk-)")
+    return key
+
+
+def base_url_from(options: RunOptions) -> str:
+    return options.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
+
+
+def run_batch(
+    db_path: Path,
+    *,
+    api_key: str | None,
+    manifest: Path | None = None,
+    batch: str | None = None,
+    options: RunOptions | None = None,
+    observers: Sequence[Observer] = (),
+    retry_failed: bool = False,
+    retry_in_doubt: bool = False,
+    clock: Clock | None = None,
+) -> RunSummary:
+    """Run (``manifest``) or resume (``batch``, None = most recent) a batch to its end.
+
+    Returns the summary; its ``exit_code`` is what the CLI exits with. Raises only
+    for a missing/bad key (UsageError), before anything is written.
+    """
+    return asyncio.run(
+        arun_batch(
+            db_path,
+            api_key=api_key,
+            manifest=manifest,
+            batch=batch,
+            options=options,
+            observers=observers,
+            retry_failed=retry_failed,
+            retry_in_doubt=retry_in_doubt,
+            clock=clock,
+        )
+    )
+
+
+async def arun_batch(
+    db_path: Path,
+    *,
+    api_key: str | None,
+    manifest: Path | None = None,
+    batch: str | None = None,
+    options: RunOptions | None = None,
+    observers: Sequence[Observer] = (),
+    retry_failed: bool = False,
+    retry_in_doubt: bool = False,
+    clock: Clock | None = None,
+) -> RunSummary:
+    key = check_api_key(api_key)
+    opts = options or RunOptions()
+    clk: Clock = clock or SystemClock()
+    tally = RequestTally()
+    all_obs: list[Observer] = [*observers, *_unattended_observers(opts)]
+    run = _Run(db_path, key, opts, clk, tally, all_obs)
+    started = clk.now()
+    code, reason = ExitCode.USAGE, "not started"
+    try:
+        code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+    except BatchgenError as exc:
+        code, reason = exc.exit_code, str(exc)
+    except BaseException as exc:
+        code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
+        summary = run.summary(code, reason, started)
+        await _finish(run.observers, summary)
+        raise
+    summary = run.summary(code, reason, started)
+    await _finish(run.observers, summary)
+    return summary
+
+
+def _unattended_observers(opts: RunOptions) -> list[Observer]:
+    if not (opts.log_file or opts.summary_file or opts.metrics_file or opts.notify_url):
+        return []
+    from batchgen.watch import build_observers  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    return list(
+        build_observers(
+            log_file=opts.log_file,
+            summary_file=opts.summary_file,
+            metrics_file=opts.metrics_file,
+            notify_url=opts.notify_url,
+        )
+    )
+
+
+async def _finish(observers: Sequence[Observer], summary: RunSummary) -> None:
+    for obs in observers:
+        try:
+            obs.finished(summary)
+        except Exception:
+            log.exception("observer %r failed at the end", obs)
+        aclose = getattr(obs, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("observer %r failed to close", obs)
+
+
+class _Run:
+    """One invocation: what it opened, so the summary can be built on any exit path."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        key: str,
+        opts: RunOptions,
+        clock: Clock,
+        tally: RequestTally,
+        observers: list[Observer],
+    ) -> None:
+        self.db_path = db_path
+        self.key = key
+        self.opts = opts
+        self.clock = clock
+        self.tally = tally
+        self.observers = observers
+        self.db: Engine | None = None
+        self.batch: Batch | None = None
+        self.batch_name = ""
+        self.engine: RunEngine | None = None
+        self.out_dir = ""
+
+    async def execute(
+        self, manifest: Path | None, batch: str | None, retry_failed: bool, retry_in_doubt: bool
+    ) -> tuple[ExitCode, str]:
+        loaded = None
+        if manifest is not None:
+            from batchgen.manifest import Overrides, load_manifest  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            overrides = Overrides(
+                out_dir=self.opts.out_dir,
+                rate=self.opts.rate,
+                concurrency=self.opts.concurrency,
+                budget_usd=self.opts.budget_usd,
+            )
+            loaded = load_manifest(manifest, date=self.opts.date, overrides=overrides)
+            self.batch_name = loaded.name
+        self.db = db = open_db(self.db_path)
+        if loaded is None:
+            from batchgen.store.batches import find_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            found = find_batch(db, batch)
+            self.batch_name = found.name
+        with _lock(self.db_path, self.batch_name, self.opts.wait_lock_s):
+            if loaded is not None:
+                from batchgen.store.batches import sync_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+                synced = sync_batch(db, loaded)
+                self.batch = store.get_batch(db, synced.batch_id)
+                if self.batch.canceled:
+                    store.uncancel(db, synced.batch_id, now=self.clock.now())
+                    self.batch = store.get_batch(db, synced.batch_id)
+            else:
+                from batchgen.store.batches import find_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+                self.batch = find_batch(db, self.batch_name)
+            assert self.batch.id is not None
+            if retry_failed or retry_in_doubt:
+                done = store.requeue(
+                    db,
+                    self.batch.id,
+                    failed=retry_failed,
+                    in_doubt=retry_in_doubt,
+                    now=self.clock.now(),
+                )
+                log.info("re-queued: %s", done)
+            return await self._engine_run(self.batch)
+
+    async def _engine_run(self, batch: Batch) -> tuple[ExitCode, str]:
+        assert self.db is not None and batch.id is not None
+        opts = self.opts
+        settings = _settings(batch)
+        rate = opts.rate or _rate(settings.get("rate")) or (20, 10.0)
+        concurrency = opts.concurrency or int(settings.get("concurrency") or 10)
+        max_attempts = opts.max_attempts or int(settings.get("max_attempts") or 5)
+        budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
+        out_dir = Path(opts.out_dir or batch.out_dir)
+        self.out_dir = str(out_dir)
+
+        limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
+        retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
+        durations = DurationModel(opts.poll_policy)
+        durations.seed(_history(self.db, batch.model))
+        budget = Budget(
+            None if budget_usd is None else round(float(budget_usd) * 1_000_000),
+            spent_micro_usd=store.spent_micro_usd(self.db, batch.id),
+        )
+        observers = list(self.observers)
+        if opts.report_path is not None:
+            from batchgen.report import LiveReport  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            observers.append(LiveReport(self.db, batch.id, opts.report_path))
+            self.observers.append(observers[-1])
+        progress = make_progress(opts.progress)
+        base_dir = Path(batch.manifest_path).parent if batch.manifest_path else None
+
+        def materialize(input_: dict[str, Any]) -> dict[str, Any]:
+            from batchgen.images import materialize as real  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            api_input: dict[str, Any] = real(input_, base_dir)
+            return api_input
+
+        started = self.clock.monotonic()
+
+        def tick(engine: RunEngine) -> None:
+            if progress is not None:
+                progress.update(self._snapshot(engine, started))
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as files,
+            RunbaseClient(
+                base_url_from(opts),
+                self.key,
+                limiter=limiter,
+                timeout_s=opts.timeout_s,
+                observers=[self.tally, *observers],
+                clock=self.clock,
+            ) as client,
+        ):
+            engine = RunEngine(
+                self.db,
+                batch,
+                client=client,
+                limiter=limiter,
+                collect=make_collect(files, batch, out_dir=out_dir, clock_now=self.clock.now),
+                materialize=materialize,
+                config=EngineConfig(
+                    concurrency=concurrency,
+                    max_attempts=max_attempts,
+                    in_doubt=opts.in_doubt,
+                    on_lost=opts.on_lost,
+                    download_concurrency=opts.download_concurrency,
+                ),
+                budget=budget,
+                durations=durations,
+                retry=retry,
+                clock=self.clock,
+                observers=observers,
+                on_tick=tick,
+            )
+            self.engine = engine
+            if opts.max_runtime_s is not None:
+                engine.deadline = started + opts.max_runtime_s
+            with _signals(engine, enabled=opts.handle_signals):
+                try:
+                    outcome = await engine.run()
+                finally:
+                    if progress is not None:
+                        progress.close(self._snapshot(engine, started))
+        return outcome.exit_code, outcome.reason
+
+    def _snapshot(self, engine: RunEngine, started: float) -> Snapshot:
+        lim = engine.limiter
+        counts = engine.counts
+        remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
+        per_job = self.tally.total / max(1, counts.get("succeeded", 0)) if self.tally.total else 2.2
+        limit_per_s = lim.max_requests / lim.window_s
+        eta = None
+        if remaining or engine.active:
+            eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
+        return Snapshot(
+            batch=engine.batch.name,
+            counts=dict(counts),
+            requests_per_s=self.tally.per_second(),
+            limit_per_s=limit_per_s,
+            requests=self.tally.total,
+            spend_micro_usd=engine.budget.spent,
+            budget_micro_usd=engine.budget.limit,
+            elapsed_s=self.clock.monotonic() - started,
+            eta_s=eta,
+            note=engine.stopping,
+        )
+
+    def summary(self, code: ExitCode, reason: str, started: float) -> RunSummary:
+        counts: dict[str, int] = {}
+        spend = 0
+        failures: list[dict[str, Any]] = []
+        in_doubt = 0
+        if self.db is not None and self.batch is not None and self.batch.id is not None:
+            try:
+                counts = {k: v for k, v in store.counts(self.db, self.batch.id).items() if v}
+                spend = store.spent_micro_usd(self.db, self.batch.id)
+                failures = [
+                    {"key": f.key, "idx": f.idx, "error": f.error, "code": f.code}
+                    for f in store.failures(self.db, self.batch.id)
+                ]
+                in_doubt = store.in_doubt_since(self.db, self.batch.id, started)
+            except Exception:
+                log.exception("could not read the final counts")
+            if not self.out_dir:
+                self.out_dir = self.batch.out_dir
+        if self.engine is not None:
+            in_doubt = max(in_doubt, len(self.engine.in_doubt_seen))
+        finished = self.clock.now()
+        return RunSummary(
+            batch=self.batch_name,
+            exit_code=int(code),
+            reason=reason,
+            counts=counts,
+            in_doubt=in_doubt,
+            requests={k: dict(v) for k, v in self.tally.by_route.items()},
+            spend_micro_usd=spend,
+            wall_s=finished - started,
+            out_dir=self.out_dir,
+            started_at=started,
+            finished_at=finished,
+            failures=failures,
+        )
+
+
+def _settings(batch: Batch) -> dict[str, Any]:
+    try:
+        value = json.loads(batch.settings_json or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _rate(value: Any) -> tuple[int, float] | None:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return int(value[0]), float(value[1])
+    if isinstance(value, dict) and "requests" in value:
+        return int(value["requests"]), float(value.get("seconds") or value.get("window_s") or 10)
+    return None
+
+
+def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:
+    for input_json, created, completed in store.recent_durations(db, model):
+        seconds = api_duration(created, completed)
+        if seconds is not None:
+            yield run_class(model, json.loads(input_json)), seconds
+
+
+@contextlib.contextmanager
+def _lock(db_path: Path, batch: str, wait_s: float) -> Iterator[None]:
+    from batchgen.lock import batch_lock  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    with batch_lock(db_path, batch, wait_s=wait_s):
+        yield
+
+
+@contextlib.contextmanager
+def _signals(engine: RunEngine, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop submitting and wind down. Second: stop now. Third: exit."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    seen = [0]
+
+    def handler(signame: str) -> None:
+        seen[0] += 1
+        if seen[0] == 1:
+            log.warning("%s: no new submissions; recording what is in flight", signame)
+            engine.stop("interrupted", f"interrupted ({signame})")
+        elif seen[0] == 2:
+            log.warning("%s again: stopping now", signame)
+            engine.stop("interrupted", f"interrupted ({signame}, twice)", hard=True)
+        else:
+            os._exit(int(ExitCode.INTERRUPTED))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig.name)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["DEFAULT_BASE_URL", "RunOptions", "arun_batch", "check_api_key", "run_batch"]
