@@ -105,7 +105,7 @@ def _duration(seconds: float | None) -> str:
 class PlainProgress:
     """One timestamped line per change of the counts, at most every ``every_s`` seconds."""
 
-    def __init__(self, stream: TextIO | None = None, *, every_s: float = 5.0) -> None:
+    def __init__(self, stream: TextIO | None = None, *, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self._last_line = ""

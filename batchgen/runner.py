@@ -111,8 +111,9 @@ def run_batch(
 ) -> RunSummary:
     """Run (``manifest``) or resume (``batch``, None = most recent) a batch to its end.
 
-    Returns the summary; its ``exit_code`` is what the CLI exits with. Raises only
-    for a missing/bad key (UsageError), before anything is written.
+    Returns the summary; its ``exit_code`` is what the CLI exits with (2 for a
+    missing or malformed key, found before anything is written or sent). Every
+    observer gets ``finished(summary)`` whatever happened.
     """
     return asyncio.run(
         arun_batch(
@@ -141,15 +142,15 @@ async def arun_batch(
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
 ) -> RunSummary:
-    key = check_api_key(api_key)
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts)]
-    run = _Run(db_path, key, opts, clk, tally, all_obs)
+    run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
     code, reason = ExitCode.USAGE, "not started"
     try:
+        run.key = check_api_key(api_key)
         code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
         code, reason = exc.exit_code, str(exc)
@@ -251,6 +252,7 @@ class _Run:
 
                 self.batch = find_batch(db, self.batch_name)
             assert self.batch.id is not None
+            store.touch_batch(db, self.batch.id, self.clock.now())  # `resume` picks it
             if retry_failed or retry_in_doubt:
                 done = store.requeue(
                     db,

@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app
-from batchgen.errors import UsageError
+from batchgen.errors import ExitCode, UsageError
 from batchgen.events import RunSummary
-from batchgen.runner import RunOptions, check_api_key, run_batch
+from batchgen.runner import RunOptions, run_batch
 from batchgen.store import jobs as store
 from batchgen.store.schema import DEFAULT_DB, open_db
 
@@ -121,14 +121,18 @@ def _date(text: str | None) -> dt.date | None:
         raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
 
 
-def _key() -> str:
-    return check_api_key(os.environ.get("RUNBASE_API_KEY"))
+def _key() -> str | None:
+    # run_batch checks it first thing (exit 2, nothing written), and still tells the
+    # summary file / notification why it stopped.
+    return os.environ.get("RUNBASE_API_KEY")
 
 
 def _finish(summary: RunSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
-    else:
+    if summary.exit_code == ExitCode.USAGE:
+        print(f"batchgen: {summary.reason}", file=sys.stderr)
+    elif not as_json:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
         print(
             f"batchgen: {summary.batch}: {summary.reason} ({counts or 'no jobs'}); "
