@@ -211,6 +211,8 @@ class RunEngine(Submitter, Poller, Downloader):
     def _outcome(self) -> Outcome:
         if self._hard is not None:
             return self._hard
+        # Other processes (retry, cancel) may have moved jobs: decide on the stored truth.
+        self.counts = store.counts(self.db, self.batch_id)
         all_done = all(n == 0 for st, n in self.counts.items() if st != "succeeded")
         if self._stop is not None and not (self._stop == "canceled" and all_done):
             return Outcome(STOP_CODES[self._stop], self._stop_reason)

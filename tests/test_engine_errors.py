@@ -340,3 +340,25 @@ async def test_max_runtime_stops_and_resumes(tmp_path):
 
 def test_retry_policy_zero_is_available():
     assert RetryPolicy.zero().delay(3) == 0.0
+
+
+async def test_small_pages_reach_every_job_and_a_sweep_finds_jobs_requeued_behind(tmp_path):
+    async with simulator() as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(23), tmp_path / "out")
+        # job 0 failed earlier; a `retry --failed` from another shell re-queues it mid-run
+        first = all_jobs(db, bid(batch))[0]
+        store.move(db, first, JobState.FAILED, last_error="earlier")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out")
+        drive.config = EngineConfig(page_size=4)
+
+        async def requeue_behind(engine):
+            from tests.test_engine_helpers import wait_for
+
+            await wait_for(lambda: engine.counts.get("succeeded", 0) >= 10)
+            store.requeue(db, bid(batch), failed=True, in_doubt=False, now=0)
+
+        outcome, _ = await drive.run(during=requeue_behind)
+        st = sim.stats()
+    assert outcome.exit_code == ExitCode.OK
+    assert jobs_by_state(db, bid(batch)) == {"succeeded": 23}
+    assert st["runs_created"] == 23
