@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import random
@@ -37,7 +38,14 @@ from batchgen.store.schema import Batch, Job, open_db
 
 MODEL = "bytedance/seedance-1-pro"
 KEY = "sk-sim-standin-0123456789"
-FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 2000
+
+
+@functools.cache
+def real_mp4() -> bytes:
+    """One small real H.264 MP4 (16:9, 5 s) that the decoder check accepts."""
+    from tests.test_download_support import make_mp4
+
+    return make_mp4(64, 36, fps=4, seconds=5.0)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class StandInSim:
         self.balance = round(self.config.balance_usd * 1e6)
         self.spent_by_key: dict[str, int] = {}
         self.requests: dict[str, dict[str, int]] = {}
+        self.slow_answers = 0  # POSTs created and charged whose answer is still coming
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "balance_micro_usd": self.balance, "requests": self.requests}
@@ -201,6 +210,12 @@ class StandInSim:
         self.counters["charged_micro_usd"] += cost
         self.balance -= cost
         self.spent_by_key[key] = self.spent_by_key.get(key, 0) + cost
+        if self.rng.random() < self.config.slow_rate:
+            self.slow_answers += 1  # created and charged; the answer is slow to come
+            try:
+                await asyncio.sleep(0.3)
+            finally:
+                self.slow_answers -= 1
         if self.rng.random() < self.config.drop_rate:
             self._count(route, 0)
             assert request.transport is not None
@@ -225,7 +240,7 @@ class StandInSim:
         exp = int(request.query.get("exp", "0"))
         if exp and time.time() * 1000 > exp:
             return web.Response(status=403, text="expired")
-        body = FAKE_MP4 + request.match_info["name"].encode()
+        body = real_mp4()
         if self.rng.random() < self.config.cut_rate:
             resp = web.StreamResponse(headers={"Content-Length": str(len(body))})
             await resp.prepare(request)

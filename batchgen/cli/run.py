@@ -17,7 +17,7 @@ import typer
 from batchgen.cli._app import DbOption, JsonOption, app
 from batchgen.errors import ExitCode, UsageError
 from batchgen.events import RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.runner import RunOptions, find_batch, run_batch
 from batchgen.store import jobs as store
 from batchgen.store.schema import DEFAULT_DB, open_db
 
@@ -336,8 +336,6 @@ def cancel(
 
     Example: batchgen cancel nightly-2024-05-01
     """
-    from batchgen.store.batches import find_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
     engine = open_db(db)
     found = find_batch(engine, batch)
     assert found.id is not None
