@@ -1,0 +1,152 @@
+"""`batchgen.runner` as a library, and the cancel/retry/resume commands, against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchgen.errors import ExitCode
+from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.polling import PollPolicy
+from batchgen.runner import RunOptions, arun_batch
+from batchgen.states import JobState
+from batchgen.store import jobs as store
+from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+
+FAST = StandInConfig(time_scale=0.002, rate=(20, 0.5))
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.transitions: list[TransitionEvent] = []
+        self.requests: list[RequestEvent] = []
+        self.summaries: list[RunSummary] = []
+        self.closed = 0
+
+    def transition(self, ev: TransitionEvent) -> None:
+        self.transitions.append(ev)
+
+    def request(self, ev: RequestEvent) -> None:
+        self.requests.append(ev)
+
+    def finished(self, summary: RunSummary) -> None:
+        self.summaries.append(summary)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def opts(base_url: str, **kw: Any) -> RunOptions:
+    return RunOptions(base_url=base_url, poll_policy=PollPolicy(min_interval_s=0.01), **kw)
+
+
+async def test_resume_as_a_library_reports_everything_to_observers(tmp_path):
+    async with StandInSim(FAST) as sim:
+        _db, batch = make_batch(tmp_path / "s.db", prompts(6), tmp_path / "out")
+        watcher = Watcher()
+        summary = await arun_batch(
+            tmp_path / "s.db", api_key=KEY, batch=batch.name, options=opts(sim.base_url),
+            observers=[watcher],
+        )  # fmt: skip
+    assert summary.exit_code == 0 and summary.reason == "done"
+    assert watcher.summaries == [summary] and watcher.closed == 1
+    data = summary.to_json()
+    assert data["counts"] == {"succeeded": 6} and data["jobs"] == 6
+    assert data["spend_micro_usd"] == 6 * 484_000 and data["in_doubt"] == 0
+    assert data["requests"]["POST /api/v1/runs"] == {"200": 6}
+    assert data["out_dir"] == str(tmp_path / "out")
+    assert data["wall_s"] > 0 and data["failures"] == []
+    assert len([t for t in watcher.transitions if t.to_state == "succeeded"]) == 6
+    assert len(watcher.requests) == data["requests_total"]
+    for file in (tmp_path / "out").glob("*.mp4"):
+        assert json.loads(file.with_name(file.name + ".json").read_text())["run_id"]
+    assert KEY not in json.dumps(data)
+
+
+async def test_every_exit_path_tells_the_observers(tmp_path):
+    watcher = Watcher()
+    summary = await arun_batch(tmp_path / "s.db", api_key=None, observers=[watcher])
+    assert summary.exit_code == ExitCode.USAGE and "RUNBASE_API_KEY" in summary.reason
+    assert not (tmp_path / "s.db").exists()
+    summary = await arun_batch(tmp_path / "s.db", api_key=KEY, batch="nope", observers=[watcher])
+    assert summary.exit_code == ExitCode.USAGE and "nope" in summary.reason
+    async with StandInSim(FAST) as sim:
+        make_batch(tmp_path / "t.db", prompts(2), tmp_path / "out")
+        summary = await arun_batch(
+            tmp_path / "t.db", api_key="sk-revoked", options=opts(sim.base_url),
+            observers=[watcher],
+        )  # fmt: skip
+    assert summary.exit_code == ExitCode.ACCOUNT and "401" in summary.reason
+    assert summary.counts == {"queued": 2}
+    assert len(watcher.summaries) == 3 and watcher.closed == 3
+
+
+async def test_failures_are_listed_in_the_summary(tmp_path):
+    inputs = [*prompts(2), {"prompt": "x", "resolution": "4k"}]
+    async with StandInSim(FAST) as sim:
+        make_batch(tmp_path / "s.db", inputs, tmp_path / "out")
+        summary = await arun_batch(tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url))
+    assert summary.exit_code == ExitCode.JOBS_FAILED
+    assert summary.failures[0]["idx"] == 2 and summary.failures[0]["code"] == "invalid_input"
+
+
+# ------------------------------------------------------------------ the commands
+
+
+async def batchgen(*args: str, base_url: str = "") -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
+    env.update(RUNBASE_API_KEY=KEY, RUNBASE_BASE_URL=base_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchgen", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cancel_then_resume_submits_nothing_and_says_canceled(tmp_path):
+    db_path = tmp_path / "s.db"
+    _db, batch = make_batch(db_path, prompts(4), tmp_path / "out")
+    code, out, err = await batchgen("cancel", batch.name, "--db", str(db_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["counts"] == {"canceled": 4}
+    async with StandInSim(FAST) as sim:
+        code, out, err = await batchgen(
+            "resume", batch.name, "--db", str(db_path), "--json", base_url=sim.base_url
+        )
+        assert sim.stats()["runs_created"] == 0
+    assert code == ExitCode.JOBS_FAILED, err
+    assert json.loads(out)["reason"].startswith("canceled")
+
+
+async def test_retry_fetches_a_paid_run_again_without_paying_again(tmp_path):
+    db_path = tmp_path / "s.db"
+    async with StandInSim(FAST) as sim:
+        db, batch = make_batch(db_path, prompts(3), tmp_path / "out")
+        code, _, err = await batchgen("resume", "--db", str(db_path), base_url=sim.base_url)
+        assert code == 0, err
+        # pretend job 0's files never arrived: failed with download_failed, files gone
+        job = next(store.iter_jobs(db, bid(batch), states=[JobState.SUCCEEDED]))
+        for rel in json.loads(job.output_paths_json):
+            Path(tmp_path / "out" / rel).unlink()
+        with store._session(db) as s:
+            row = s.get(type(job), job.id)
+            assert row is not None
+            row.state, row.error_code = "failed", store.DOWNLOAD_FAILED
+            s.add(row)
+            s.commit()
+        code, out, err = await batchgen(
+            "retry", batch.name, "--failed", "--db", str(db_path), "--json",
+            base_url=sim.base_url,
+        )  # fmt: skip
+        st = sim.stats()
+    assert code == 0, err
+    assert st["runs_created"] == 3
+    assert json.loads(out)["counts"] == {"succeeded": 3}
+    assert json.loads(out)["requests"] == {"GET /api/v1/runs/{id}": {"200": 1}}
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 3
