@@ -110,7 +110,6 @@ class ActiveRun:
     last_poll: float | None = None
     polls: int = 0
     poll_errors: int = 0
-    busy: bool = False
     urls: list[str] = field(default_factory=list)
     dl_errors: int = 0
     next_download: float = 0.0
@@ -168,7 +167,8 @@ class EngineBase:
         self._submit_task: asyncio.Task[None] | None = None
         self._submitting: Job | None = None
         self._polls: dict[int, asyncio.Task[None]] = {}
-        self._early: asyncio.Task[None] | None = None
+        self._early: asyncio.Task[None] | None = None  # the one early poll, if any
+        self._early_id: int | None = None  # ... and its job
         self._downloads: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
 

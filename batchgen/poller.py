@@ -48,9 +48,18 @@ class Poller(EngineBase):
         room = self.limiter.max_requests - len(self._polls)
         if room <= 0:
             return
-        due = [a for a in self._running.values() if not a.busy and a.next_poll <= now]
+        due = [
+            a
+            for a in self._running.values()
+            if a.next_poll <= now and (a.job.id not in self._polls or a.job.id == self._early_id)
+        ]
         due.sort(key=lambda a: a.next_poll)
         for act in due[:room]:
+            if act.job.id == self._early_id and self._early is not None:
+                # Its early poll is still waiting for spare capacity, which may never
+                # come; now that the run is due, it goes again as a due poll.
+                self._early.cancel()
+                self._early, self._early_id = None, None
             self._start_poll(act, priority=0)
 
     def _maybe_early_poll(self, now: float) -> None:
@@ -67,7 +76,7 @@ class Poller(EngineBase):
         best: ActiveRun | None = None
         best_score = -1.0
         for act in self._running.values():
-            if act.busy or not self.durations.early_ok(
+            if act.job.id in self._polls or not self.durations.early_ok(
                 act.cls, now=now, submitted=act.submitted, last_poll=act.last_poll
             ):
                 continue
@@ -76,10 +85,10 @@ class Poller(EngineBase):
                 best, best_score = act, score
         if best is not None:
             self._early = self._start_poll(best, priority=2)
+            self._early_id = best.job.id
 
     def _start_poll(self, act: ActiveRun, *, priority: int) -> asyncio.Task[None]:
         assert act.job.id is not None
-        act.busy = True
         task = asyncio.create_task(self._poll(act, priority))
         self._polls[act.job.id] = task
         return task
@@ -117,10 +126,12 @@ class Poller(EngineBase):
             act.last_poll = self.clock.monotonic()
             self._on_run(act, run)
         finally:
-            act.busy = False
-            self._polls.pop(job_id, None)
-            if priority == 2:
-                self._early = None
+            me = asyncio.current_task()
+            # A cancelled early poll may already have been replaced by a due one.
+            if self._polls.get(job_id) is me:
+                del self._polls[job_id]
+            if self._early is me:
+                self._early, self._early_id = None, None
             self._wake.set()
 
     def _on_run(self, act: ActiveRun, run: RunLike) -> None:
@@ -194,5 +205,5 @@ class Poller(EngineBase):
         self.durations.observe(cls, seconds)
         self._probes.pop(cls, None)
         for act in self._running.values():
-            if act.cls == cls and not act.busy:
+            if act.cls == cls:
                 self._schedule(act)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from sqlalchemy import Engine
 
 from batchgen.engine import EngineConfig
 from batchgen.errors import ExitCode
+from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
 from batchgen.store import jobs as store
@@ -362,3 +364,33 @@ async def test_small_pages_reach_every_job_and_a_sweep_finds_jobs_requeued_behin
     assert outcome.exit_code == ExitCode.OK
     assert jobs_by_state(db, bid(batch)) == {"succeeded": 23}
     assert st["runs_created"] == 23
+
+
+async def test_an_early_poll_stuck_waiting_for_spare_capacity_never_delays_a_due_one(tmp_path):
+    # Runs finish faster than a slot frees: submissions and due polls take every slot,
+    # so an early poll (priority 2) started on a moment of slack may wait for ever.
+    # Once its run is due it must go as a due poll instead.
+    seen: dict[int, float] = {}
+
+    class Spy:
+        def transition(self, ev: TransitionEvent) -> None:
+            if ev.to_state == "downloading":
+                seen[ev.job_idx] = ev.at
+
+        def request(self, ev: RequestEvent) -> None:
+            pass
+
+        def finished(self, summary: RunSummary) -> None:
+            pass
+
+    async with simulator(time_scale=0.001, rate=(20, 2.0)) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(12), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(20, 2.0))
+        drive.config = EngineConfig(concurrency=3)
+        drive.observers = [Spy()]
+        outcome, _ = await drive.run()
+    assert outcome.exit_code == ExitCode.OK
+    for job in all_jobs(db, bid(batch)):
+        assert job.run_completed_at is not None
+        lag = seen[job.idx] - dt.datetime.fromisoformat(job.run_completed_at).timestamp()
+        assert lag < 1.0, (job.idx, lag)

@@ -64,6 +64,8 @@ class StandInConfig:
     slow_rate: float = 0.0
     cut_rate: float = 0.0
     url_ttl_s: float = 86400.0
+    #: the first URLs handed out for each run are already expired (a slow client's case)
+    stale_first_url: bool = False
     ignore_idempotency: bool = False
     seed: int = 0
 
@@ -159,6 +161,9 @@ class StandInSim:
                 run["counted"] = True
                 self.counters["runs_succeeded"] += 1
             exp = int((time.time() + self.config.url_ttl_s) * 1000)
+            run["views"] = run.get("views", 0) + 1
+            if self.config.stale_first_url and run["views"] == 1:
+                exp = 1
             out["output"] = {"urls": [f"{self.base_url}/files/{run['id']}.mp4?exp={exp}"]}
         out["createdAt"] = _iso(run["created"])
         if out["status"] in ("succeeded", "failed"):

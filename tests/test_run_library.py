@@ -41,6 +41,7 @@ class Watcher:
 
 
 def opts(base_url: str, **kw: Any) -> RunOptions:
+    kw.setdefault("rate", (20, 0.5))
     return RunOptions(base_url=base_url, poll_policy=PollPolicy(min_interval_s=0.01), **kw)
 
 
@@ -100,8 +101,9 @@ async def test_failures_are_listed_in_the_summary(tmp_path):
 async def batchgen(*args: str, base_url: str = "") -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
     env.update(RUNBASE_API_KEY=KEY, RUNBASE_BASE_URL=base_url)
+    rate = () if args[0] == "cancel" else ("--rate", "20/0.5s")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchgen", *args, env=env,
+        sys.executable, "-m", "batchgen", *args, *rate, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -150,3 +152,37 @@ async def test_retry_fetches_a_paid_run_again_without_paying_again(tmp_path):
     assert json.loads(out)["counts"] == {"succeeded": 3}
     assert json.loads(out)["requests"] == {"GET /api/v1/runs/{id}": {"200": 1}}
     assert len(list((tmp_path / "out").glob("*.mp4"))) == 3
+
+
+async def test_expired_urls_are_refreshed_with_one_get_of_the_run(tmp_path):
+    config = StandInConfig(time_scale=0.002, rate=(20, 0.5), stale_first_url=True)
+    async with StandInSim(config) as sim:
+        make_batch(tmp_path / "s.db", prompts(4), tmp_path / "out")
+        summary = await arun_batch(tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url))
+    assert summary.exit_code == 0, summary.reason
+    assert summary.counts == {"succeeded": 4}
+    gets = summary.requests["GET /api/v1/runs/{id}"]["200"]
+    assert gets >= 8  # the poll that found it done, then one refresh per job
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 4
+
+
+async def test_concurrency_bounds_the_runs_in_flight(tmp_path):
+    watcher = Watcher()
+    async with StandInSim(StandInConfig(time_scale=0.005, rate=(20, 0.5))) as sim:
+        make_batch(tmp_path / "s.db", prompts(12), tmp_path / "out")
+        summary = await arun_batch(
+            tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url, concurrency=3),
+            observers=[watcher],
+        )  # fmt: skip
+    assert summary.exit_code == 0
+    in_flight, peak = 0, 0
+    for ev in watcher.transitions:
+        if ev.to_state == "submitting":
+            in_flight += 1
+        if ev.from_state in ("submitting", "running") and ev.to_state not in (
+            "running",
+            "submitting",
+        ):
+            in_flight -= 1
+        peak = max(peak, in_flight)
+    assert peak == 3
