@@ -53,3 +53,15 @@ def test_the_tally_counts_by_route_and_status():
         )
     assert tally.by_route == {"GET /api/v1/runs/{id}": {"200": 2, "429": 1, "network": 1}}
     assert tally.total == 4 and tally.per_second() > 0
+
+
+def test_the_rich_panel_renders_states_rate_spend_and_eta():
+    from batchgen.progress import RichProgress
+
+    out = io.StringIO()
+    panel = RichProgress(out)
+    panel.update(snap(), force=True)
+    panel.close(snap(counts={"succeeded": 10}))
+    text = out.getvalue()
+    for word in ("queued", "running", "succeeded", "requests", "1.9/s of 2.0/s", "$2.42", "eta"):
+        assert word in text, word
