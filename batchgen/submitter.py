@@ -16,6 +16,7 @@ from batchgen.errors import (
     InvalidRequest,
     RateLimited,
     RunbaseError,
+    ServerError,
     TransportError,
     UsageError,
 )
@@ -88,7 +89,7 @@ class Submitter(EngineBase):
             key = idem_key(job.key, attempt)
         try:
             api_input = self.materialize(store.job_input(job))
-        except UsageError as exc:
+        except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
             self.budget.release(job.id)
             self._move(
                 job, JobState.FAILED, last_error=str(exc), error_code="input", finished_at=now_wall
@@ -153,16 +154,22 @@ class Submitter(EngineBase):
         elif isinstance(exc, TransportError) and exc.sent:
             self._in_doubt(job, exc)
         else:
-            # Surely nothing created (refused connection) or a 5xx: same key, later.
-            self.budget.release(job.id)
+            # Refused connection (nothing sent), a 429 storm, or a 5xx (a run may exist:
+            # its reservation stays held). Again later with the same key.
+            if not isinstance(exc, ServerError):
+                self.budget.release(job.id)
             counts = not isinstance(exc, RateLimited)  # a 429 storm is not the job's fault
             errors = job.errors + (1 if counts else 0)
             if errors >= self.cfg.max_attempts:
+                self.budget.release(job.id)
                 self._move(job, JobState.FAILED, finished_at=now_wall, errors=errors, **err)
                 return
-            moved = self._move(job, JobState.QUEUED, errors=errors, next_attempt_at=now_wall, **err)
+            delay = self.retry.delay(errors - 1 if counts else 0)
+            moved = self._move(
+                job, JobState.QUEUED, errors=errors, next_attempt_at=now_wall + delay, **err
+            )
             if moved is not None:
-                self._requeue(moved, self.retry.delay(errors - 1 if counts else 0))
+                self._requeue(moved, delay)
 
     def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None

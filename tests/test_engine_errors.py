@@ -193,6 +193,8 @@ async def test_500s_and_dropped_answers_every_job_succeeds_without_a_double_char
     assert st["requests"]["POST /api/v1/runs"].get("500", 0) > 0
     assert engine.in_doubt_seen  # the dropped answers were in doubt
     assert_no_double_charge(sim, db, bid(batch))
+    # 500s and lost answers were resent under the first attempt's key, never a new one
+    assert all(j.attempts == 1 for j in all_jobs(db, bid(batch)))
 
 
 async def test_downloads_cut_mid_file_are_fetched_again(tmp_path):
