@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
@@ -396,3 +397,24 @@ async def test_an_early_poll_stuck_waiting_for_spare_capacity_never_delays_a_due
         assert job.run_completed_at is not None
         lag = seen[job.idx] - dt.datetime.fromisoformat(job.run_completed_at).timestamp()
         assert lag < 1.0, (job.idx, lag)
+
+
+async def test_a_big_batch_is_paged_never_loaded_whole(tmp_path):
+    async with simulator(time_scale=0.01) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(5000), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(10, 0.5))
+        drive.config = EngineConfig(page_size=100, concurrency=4)
+        held: list[int] = []
+
+        async def watch_then_stop(engine):
+            from tests.test_engine_helpers import wait_for
+
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                held.append(len(engine._ready) + len(engine._later) + len(engine._queued_ids))
+            await wait_for(lambda: engine.counts.get("succeeded", 0) >= 4)
+            engine.stop("interrupted", "enough")
+
+        outcome, _ = await drive.run(during=watch_then_stop)
+    assert outcome.exit_code == ExitCode.INTERRUPTED
+    assert 0 < max(held) <= 2 * 100 + 4
