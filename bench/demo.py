@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out"
 MANIFEST = ROOT / "manifests" / "example.yaml"
+SIM = [sys.executable, "-m", "batchgen", "sim"]
 
 
 def batchgen(*args: str, env: dict[str, str]) -> int:
@@ -30,8 +31,7 @@ def main() -> int:
     from batchgen.sim import DEFAULT_KEY
 
     sim = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--time-scale", "0.05"]
-        + ["--fail-rate", "0.1", "--seed", "7"],
+        [*SIM, "--port", "0", "--time-scale", "0.05", "--fail-rate", "0.1", "--seed", "7"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,

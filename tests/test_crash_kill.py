@@ -114,3 +114,30 @@ async def test_sigint_stops_cleanly_with_75_and_resume_finishes(tmp_path):
         assert proc.returncode == 0, stderr.decode()[-2000:]
         assert sim.stats()["runs_created"] == n
     assert store.counts(db, bid(batch))["succeeded"] == n
+
+
+async def test_a_second_sigint_stops_at_once_and_the_state_stays_safe(tmp_path):
+    n = 6
+    config = StandInConfig(time_scale=0.02, rate=(10, 0.5), slow_rate=1.0)
+    async with StandInSim(config) as sim:
+        db_path = tmp_path / "state.db"
+        db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
+        args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
+        proc = await start(*args, base_url=sim.base_url)
+        await wait_until(lambda: sim.slow_answers > 0)  # a POST is waiting for its answer
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 75, stderr.decode()[-2000:]
+        assert "twice" in stderr.decode()
+        # the POST whose answer never came back is in doubt, not lost
+        assert store.counts(db, bid(batch))["submitting"] == 1
+
+        proc = await start(*args, "--json", base_url=sim.base_url)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        summary = json.loads(stdout)
+        st = sim.stats()
+    assert summary["in_doubt"] == 1 and summary["counts"] == {"succeeded": n}
+    assert st["runs_created"] == n and st["idempotent_replays"] == 1
