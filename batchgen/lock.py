@@ -1,0 +1,146 @@
+"""One runner per state database: an ``flock`` on ``<db>.lock`` beside it.
+
+Why the whole database and not one batch: every batch in a database is driven with
+the same API key, whose request limit is shared. Two runners would each believe they
+own the whole limit and earn 429s; two runners on one batch could submit the same
+job twice. So a second ``batchgen run`` on the same database waits or exits 75.
+
+Why ``flock`` and not a pid file: the kernel drops the lock when its holder dies
+(``kill -9``, OOM killer, power cut and reboot), so a stale lock cannot exist and
+taking over is safe by construction: no pid check, no race between "is it dead?" and
+"then it is mine". The file itself stays (unlinking it would race with a process
+that has just opened it); its content is only a note for people: pid, host, start
+time and batch of the holder (never the API key), overwritten by each new holder.
+
+``flock`` is reliable on local file systems. On NFS it is emulated with POSIX locks
+by Linux and depends on the server's lock manager: keep the state database local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from batchgen.errors import LockHeldError
+
+log = logging.getLogger(__name__)
+
+#: how often a waiting run tries again
+POLL_S = 0.2
+
+
+def lock_path(db_path: Path) -> Path:
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.name + ".lock")
+
+
+def read_holder(db_path: Path) -> dict[str, Any] | None:
+    """The note the current (or last) holder left, or None when there is none."""
+    try:
+        text = lock_path(db_path).read_text(encoding="utf-8")
+        value = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another batchgen process (it has not written its name yet)"
+    return (
+        f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+        f"since {holder.get('started_at', '?')}, batch {holder.get('batch', '?')!r}"
+    )
+
+
+@contextlib.contextmanager
+def batch_lock(db_path: Path, batch: str, *, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold the database's lock for ``batch``; raise ``LockHeldError`` (exit 75) if taken.
+
+    ``wait_s`` > 0: try again every ``POLL_S`` seconds for that long first.
+    """
+    path = lock_path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_CLOEXEC (Python's default): a child process never inherits the lock.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, db_path, wait_s)
+        previous = _read_fd(fd)
+        if previous:
+            # A holder that ended normally empties the file; this one died holding it.
+            log.warning("lock %s: taking over from %s, which is gone", path, describe(previous))
+        _write_fd(fd, _note(batch))
+        try:
+            yield
+        finally:
+            # Empty the note before unlocking, so it never names a finished process.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, db_path: Path, wait_s: float) -> None:
+    deadline = time.monotonic() + max(0.0, wait_s)
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        holder = read_holder(db_path)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            how = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+            raise LockHeldError(
+                f"the state database {db_path} is in use by {describe(holder)}{how}; "
+                "nothing was done. Try later, or wait with --wait-lock SECONDS"
+            )
+        if not waited:
+            log.info("waiting up to %g s for %s", wait_s, describe(holder))
+            waited = True
+        time.sleep(min(POLL_S, remaining))
+
+
+def _note(batch: str) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "batch": batch,
+    }
+
+
+def _read_fd(fd: int) -> dict[str, Any] | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        value = json.loads(data) if data.strip() else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_fd(fd: int, note: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(note, sort_keys=True) + "\n").encode())
+    os.fsync(fd)
+
+
+__all__ = ["POLL_S", "batch_lock", "describe", "lock_path", "read_holder"]
