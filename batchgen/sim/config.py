@@ -1,0 +1,60 @@
+"""What the simulator is told to be: keys, money, rate limit, timing and faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: The key the simulator accepts when no key is configured. Not a secret: it only
+#: ever opens a local simulator.
+DEFAULT_KEY = "sk-sim-0000000000000000"
+
+_RATES = ("fail_rate", "error_rate", "drop_rate", "slow_rate", "cut_rate")
+
+
+@dataclass
+class SimConfig:
+    """Every knob of ``Simulator``; the defaults behave like a healthy service."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    #: accepted API keys; each has its own balance, spend, quota, rate window and runs.
+    #: Empty: ``DEFAULT_KEY`` only.
+    keys: list[str] = field(default_factory=list)
+    balance_usd: float = 1000.0  # prepaid balance of each key
+    spend_limit_usd: float | None = None  # lifetime spend cap of each key (403)
+    usage_quota: int | None = None  # runs each key may create (429 USAGE_EXCEEDED)
+    rate: tuple[int, float] = (20, 10.0)  # N requests in any W-second window, per key
+    time_scale: float = 1.0  # multiplies queue wait and generation time
+    fail_rate: float = 0.0  # fraction of runs that end `failed` (refunded)
+    error_rate: float = 0.0  # fraction of API requests answered 500
+    drop_rate: float = 0.0  # fraction of API requests whose connection is closed unanswered
+    slow_rate: float = 0.0  # fraction of run-creating POSTs answered ~0.3 s late
+    cut_rate: float = 0.0  # fraction of file downloads cut off mid-body
+    url_ttl_s: float = 86400.0  # output URLs answer 403 after this
+    #: the first URLs handed out for each run are already expired (a slow client's case)
+    stale_first_url: bool = False
+    ignore_idempotency: bool = False  # behave like a service that ignores Idempotency-Key
+    seed: int = 0
+    slow_s: float = 0.3  # how late a slow answer comes
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in _RATES:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must be between 0 and 1, not {value}")
+        for key in self.keys:
+            if not key.startswith("sk-") or len(key) < 8 or any(c.isspace() for c in key):
+                problems.append("every key must start with 'sk-', be 8+ chars, no spaces")
+                break
+        n, window = self.rate
+        if n < 1 or window <= 0:
+            problems.append(f"rate must be N >= 1 requests per W > 0 seconds, not {n}/{window}")
+        if self.time_scale < 0 or self.url_ttl_s < 0 or self.balance_usd < 0:
+            problems.append("time_scale, url_ttl_s and balance_usd must not be negative")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def accepted_keys(self) -> list[str]:
+        return list(self.keys) or [DEFAULT_KEY]
