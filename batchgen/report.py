@@ -1,0 +1,321 @@
+"""The HTML contact sheet of a batch: what goes into it, and writing it (once or live).
+
+``write_report`` reads the batch's jobs (streamed, lock-free: ``store.reports``),
+lays them out as a grid (rows = prompts by default, columns = the axis with the most
+values after that), finds a poster for every video, and writes one self-contained
+HTML file atomically (``report_html`` renders it). Videos, posters and sidecars are
+linked relative to the HTML file, so the folder can be zipped and shared.
+
+``LiveReport`` is an observer of ``batchgen run --report PATH``: it rewrites the
+report in a background thread, at most every ~2 s while jobs change, and always
+once more when the run finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from batchgen.errors import Problem, UsageError
+from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.polling import api_duration
+from batchgen.posters import PosterMode, poster_for
+from batchgen.sidecar import atomic_write_text, sidecar_path
+from batchgen.states import JobState
+from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
+from batchgen.store.schema import Batch
+
+log = logging.getLogger(__name__)
+
+PROMPT_AXIS = "prompt"
+#: input fields that are not sweep axes (images are shown, never used to lay out)
+_NOT_AXES = frozenset({"image_urls", "image", "images"})
+_ACTIVE = frozenset(
+    {JobState.SUBMITTING, JobState.IN_DOUBT, JobState.RUNNING, JobState.DOWNLOADING}
+)
+
+
+@dataclass(slots=True)
+class Clip:
+    """One job in the grid."""
+
+    job: JobRow
+    videos: list[str] = field(default_factory=list)  # hrefs relative to the report
+    sidecars: list[str] = field(default_factory=list)
+    poster: str | None = None  # href or data: URI
+    missing: list[str] = field(default_factory=list)  # outputs recorded but not on disk
+    gen_s: float | None = None  # the API's createdAt -> completedAt
+    total_s: float | None = None  # our submission -> our finish
+    other_axes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReportData:
+    batch: Batch
+    rows_axis: str
+    cols_axis: str | None
+    axes: list[str]
+    row_values: list[str]
+    col_values: list[str]
+    cells: dict[tuple[str, str], list[Clip]]
+    counts: dict[str, int]
+    jobs: int
+    spend_micro_usd: int
+    wall_s: float | None
+    gen_times: list[float]
+    spend_by: list[tuple[str, int]]
+    spend_axis: str | None
+    generated_at: float
+
+
+def axis_value(job: JobRow, axis: str) -> str:
+    """The job's label on ``axis``: its axes entry, else the input field of that name."""
+    if axis in job.axes:
+        return job.axes[axis]
+    if axis == "variant":
+        return str(job.variant)
+    value = job.input.get(axis)
+    if value is None:
+        return "(none)"
+    return value if isinstance(value, str) else str(value)
+
+
+def _axis_names(jobs: Iterable[JobRow]) -> tuple[list[str], dict[str, list[str]]]:
+    """Every axis the jobs can be laid out by, and its values in first-seen order."""
+    names: dict[str, None] = {}
+    for job in jobs:
+        for name in job.axes:
+            names.setdefault(name, None)
+        for name, value in job.input.items():
+            if name not in _NOT_AXES and isinstance(value, str | int | float | bool):
+                names.setdefault(name, None)
+        if job.variant:
+            names.setdefault("variant", None)
+    values: dict[str, dict[str, None]] = {n: {} for n in names}
+    for job in jobs:
+        for name in names:
+            values[name].setdefault(axis_value(job, name), None)
+    return list(names), {n: list(v) for n, v in values.items()}
+
+
+def choose_layout(
+    axes: list[str], values: dict[str, list[str]], rows: str | None, cols: str | None, where: str
+) -> tuple[str, str | None]:
+    """Rows: ``rows``, else prompts. Columns: ``cols``, else the axis with most values."""
+    for flag, name in (("--rows", rows), ("--cols", cols)):
+        if name is not None and name not in axes:
+            raise UsageError(
+                [
+                    Problem(
+                        file=where,
+                        message=f"{flag} {name!r}: the batch has no such axis",
+                        fix="choose one of: " + (", ".join(axes) or "(no axes)"),
+                    )
+                ]
+            )
+    if rows is not None and rows == cols:
+        raise UsageError([Problem(where, f"--rows and --cols are both {rows!r}", fix="pick two")])
+    row_axis = rows or (PROMPT_AXIS if PROMPT_AXIS in axes else (axes[0] if axes else PROMPT_AXIS))
+    if cols is not None:
+        return row_axis, cols
+    others = [a for a in axes if a != row_axis and len(values.get(a, [])) > 1]
+    if not others:
+        return row_axis, None
+    # the most values wins; on a tie, the axis the manifest named first
+    return row_axis, max(others, key=lambda a: (len(values[a]), -axes.index(a)))
+
+
+def _href(target: Path, base: Path) -> str:
+    rel = os.path.relpath(target, base)
+    return urllib.parse.quote(Path(rel).as_posix(), safe="/")
+
+
+def gather(
+    db: Engine,
+    batch_id: int,
+    out: Path,
+    *,
+    rows: str | None = None,
+    cols: str | None = None,
+    posters: PosterMode = "file",
+) -> ReportData:
+    """Everything the page shows. Raises ``UsageError`` for an unknown axis (before
+    any poster is written)."""
+    batch = get_batch_row(db, batch_id)
+    jobs = list(iter_job_rows(db, batch_id))
+    axes, values = _axis_names(jobs)
+    row_axis, col_axis = choose_layout(axes, values, rows, cols, f"batch {batch.name}")
+    base = out.resolve().parent
+    out_dir = Path(batch.out_dir).resolve()
+    spend_axis = col_axis or row_axis
+    cells: dict[tuple[str, str], list[Clip]] = {}
+    counts: Counter[str] = Counter()
+    spend_by: Counter[str] = Counter()
+    gen_times: list[float] = []
+    spend = 0
+    start: float | None = None
+    end: float | None = None
+    active = False
+    for job in jobs:
+        clip = _clip(job, out_dir, base, posters)
+        clip.other_axes = {a: axis_value(job, a) for a in job.axes if a not in (row_axis, col_axis)}
+        key = (axis_value(job, row_axis), axis_value(job, col_axis) if col_axis else "")
+        cells.setdefault(key, []).append(clip)
+        counts[job.state] += 1
+        spend += job.cost_micro_usd
+        spend_by[axis_value(job, spend_axis)] += job.cost_micro_usd
+        if clip.gen_s is not None:
+            gen_times.append(clip.gen_s)
+        if job.submitted_at is not None:
+            start = job.submitted_at if start is None else min(start, job.submitted_at)
+        if job.finished_at is not None:
+            end = job.finished_at if end is None else max(end, job.finished_at)
+        active = active or job.state in _ACTIVE
+    now = time.time()
+    if active:
+        end = now
+    return ReportData(
+        batch=batch,
+        rows_axis=row_axis,
+        cols_axis=col_axis,
+        axes=axes,
+        row_values=values.get(row_axis, []) or ([""] if jobs else []),
+        col_values=values.get(col_axis, []) if col_axis else [""],
+        cells=cells,
+        counts=dict(counts),
+        jobs=len(jobs),
+        spend_micro_usd=spend,
+        wall_s=None if start is None or end is None else max(0.0, end - start),
+        gen_times=gen_times,
+        spend_by=[(label, spend_by[label]) for label in values.get(spend_axis, [])],
+        spend_axis=spend_axis if jobs else None,
+        generated_at=now,
+    )
+
+
+def _clip(job: JobRow, out_dir: Path, base: Path, posters: PosterMode) -> Clip:
+    clip = Clip(job=job, gen_s=api_duration(job.run_created_at, job.run_completed_at))
+    if job.submitted_at is not None and job.finished_at is not None:
+        clip.total_s = max(0.0, job.finished_at - job.submitted_at)
+    for i, rel in enumerate(job.output_paths):
+        video = out_dir / rel
+        if not video.is_file():
+            clip.missing.append(rel)
+            continue
+        clip.videos.append(_href(video, base))
+        clip.sidecars.append(_href(sidecar_path(video), base))
+        if clip.poster is None:
+            checksum = job.checksums[i] if i < len(job.checksums) else None
+            found = poster_for(video, checksum, mode=posters)
+            if isinstance(found, Path):
+                clip.poster = _href(found, base)
+            else:
+                clip.poster = found
+    return clip
+
+
+def write_report(
+    db: Engine,
+    batch_id: int,
+    out: Path,
+    *,
+    rows: str | None = None,
+    cols: str | None = None,
+    posters: PosterMode = "file",
+) -> Path:
+    """Write the batch's HTML report to ``out`` (atomically) and return its path.
+
+    ``rows``/``cols``: the axes to lay the grid out by (``UsageError``, exit 2, when
+    the batch has no such axis; nothing is written then).
+    """
+    from batchgen.report_html import render
+
+    out = Path(out)
+    data = gather(db, batch_id, out, rows=rows, cols=cols, posters=posters)
+    page = render(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    return out
+
+
+class LiveReport:
+    """Keeps the report up to date during a run, without slowing the engine.
+
+    Writes happen in one background thread (reading the database lock-free), at most
+    every ``min_interval_s`` and at most a quarter of the time (a report of 5,000
+    jobs takes a while to render; the engine shares the GIL with it). ``finished``
+    waits for that thread and writes the final report itself. Never raises.
+    """
+
+    def __init__(
+        self, db: Engine, batch_id: int, path: Path, *, min_interval_s: float = 2.0
+    ) -> None:
+        self.db = db
+        self.batch_id = batch_id
+        self.path = Path(path)
+        self.min_interval_s = min_interval_s
+        self.writes = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._dirty = False
+        self._last_end = 0.0
+        self._last_took = 0.0
+        self._kick()  # an early page, so there is something to open at once
+
+    def transition(self, ev: TransitionEvent) -> None:
+        self._kick()
+
+    def request(self, ev: RequestEvent) -> None:
+        pass
+
+    def finished(self, summary: RunSummary) -> None:
+        self._stop.set()
+        worker = self._worker
+        if worker is not None:
+            worker.join()
+        self._write()
+
+    def _kick(self) -> None:
+        with self._lock:
+            self._dirty = True
+            if self._worker is None and not self._stop.is_set():
+                self._worker = threading.Thread(
+                    target=self._loop, name="batchgen-live-report", daemon=True
+                )
+                self._worker.start()
+
+    def _loop(self) -> None:
+        while True:
+            gap = max(self.min_interval_s, 3 * self._last_took)
+            wait = self._last_end + gap - time.monotonic()
+            stopped = wait > 0 and self._stop.wait(wait)
+            with self._lock:
+                # decided under the lock that _kick takes: a change never goes unseen
+                if stopped or not self._dirty or self._stop.is_set():
+                    self._worker = None
+                    return
+                self._dirty = False
+            self._write()
+
+    def _write(self) -> None:
+        started = time.monotonic()
+        try:
+            write_report(self.db, self.batch_id, self.path)
+            self.writes += 1
+        except Exception:
+            log.exception("could not write the live report %s", self.path)
+        self._last_end = time.monotonic()
+        self._last_took = self._last_end - started
+
+
+__all__ = ["LiveReport", "ReportData", "axis_value", "choose_layout", "gather", "write_report"]
