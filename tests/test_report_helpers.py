@@ -1,9 +1,10 @@
 """A demo batch for the report and export tests, taken through the real engine path.
 
-Nine jobs against the stand-in simulator (loopback): four prompts (one with
-``<script>``, one in Japanese, Greek and emoji, one very long) at two resolutions,
-all succeeding with real H.264 files, and one job whose input the API refuses (400),
-so it fails for good with the API's message.
+Ten jobs against the local simulator (``batchgen.sim`` over loopback): four prompts
+(one with ``<script>``, one in Japanese, Greek and emoji, one very long) at two
+aspect ratios, plus one 10-second clip, all succeeding with real H.264 files of the
+asked shape and length; and one job whose input the API refuses (400), so it fails
+for good with the API's message.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from sqlmodel import Session, col, select
 
 from batchgen.polling import PollPolicy
 from batchgen.runner import RunOptions, arun_batch
+from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Batch, Job
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, make_batch
+from tests.test_engine_helpers import make_batch
 
 INJECTION = "<script>alert(1)</script> & \"double\" 'single' </td></table>"
 UNICODE = "日本語の狐 Ελληνικά 🦊🎬"
 LONG = "a slow dolly shot across a misty harbour at dawn, " * 12 + "the end"
 PROMPTS = ["a red fox in fresh snow", INJECTION, UNICODE, LONG]
-RESOLUTIONS = ["720p", "1080p"]
+ASPECTS = ["16:9", "9:16"]
 BAD_PROMPT = "a fox in an impossible frame"
-FAST = StandInConfig(time_scale=0.002, rate=(20, 0.5))
+FAST = SimConfig(time_scale=0.002, rate=(20, 0.5))
 
 
 @dataclass
@@ -44,17 +46,14 @@ class Demo:
 def demo_inputs() -> list[tuple[dict[str, Any], dict[str, str]]]:
     jobs: list[tuple[dict[str, Any], dict[str, str]]] = []
     for prompt in PROMPTS:
-        for res in RESOLUTIONS:
-            jobs.append(
-                ({"prompt": prompt, "resolution": res}, {"prompt": prompt, "resolution": res})
-            )
+        for aspect in ASPECTS:
+            inp = {"prompt": prompt, "aspect_ratio": aspect, "duration": "5"}
+            jobs.append((inp, {"prompt": prompt, "aspect_ratio": aspect}))
+    inp = {"prompt": PROMPTS[0], "aspect_ratio": "1:1", "duration": "10"}
+    jobs.append((inp, {"prompt": PROMPTS[0], "aspect_ratio": "1:1"}))
     # "7:3" is no aspect ratio the model knows: the API answers 400, the job fails
-    jobs.append(
-        (
-            {"prompt": BAD_PROMPT, "resolution": "720p", "aspect_ratio": "7:3"},
-            {"prompt": BAD_PROMPT, "resolution": "720p"},
-        )
-    )
+    inp = {"prompt": BAD_PROMPT, "aspect_ratio": "7:3", "duration": "5"}
+    jobs.append((inp, {"prompt": BAD_PROMPT, "aspect_ratio": "7:3"}))
     return jobs
 
 
@@ -73,10 +72,10 @@ def make_demo_batch(db_path: Path, out_dir: Path, *, name: str = "demo") -> tupl
 async def run_demo(tmp_path: Path, **options: Any) -> Demo:
     db_path, out_dir = tmp_path / "state.db", tmp_path / "out"
     db, batch = make_demo_batch(db_path, out_dir)
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         summary = await arun_batch(
             db_path,
-            api_key=KEY,
+            api_key=DEFAULT_KEY,
             batch=batch.name,
             options=RunOptions(
                 base_url=sim.base_url,

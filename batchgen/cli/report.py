@@ -1,3 +1,130 @@
-"""Commands: report (to be written)."""
+"""Commands: report (the HTML contact sheet) and export (CSV / JSON lines).
 
-from batchgen.cli._app import app  # noqa: F401
+Parsing only; the work is in batchgen.report and batchgen.export. Both only read the
+state database and need no API key.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchgen.cli._app import DbOption, app
+from batchgen.errors import BatchgenError
+from batchgen.export import export_to_file, write_export
+from batchgen.report import write_report
+from batchgen.runner import find_batch
+from batchgen.store.schema import DEFAULT_DB, open_db
+
+BatchArg = Annotated[
+    str | None, typer.Argument(help="Batch name (default: the most recent).", show_default=False)
+]
+
+
+class Posters(enum.StrEnum):
+    file = "file"
+    inline = "inline"
+    none = "none"
+
+
+class ExportFormat(enum.StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def _fail(exc: BatchgenError) -> typer.Exit:
+    print(f"batchgen: {exc}", file=sys.stderr)
+    return typer.Exit(int(exc.exit_code))
+
+
+@app.command()
+def report(
+    batch: BatchArg = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where to write the HTML file (default: report.html in the batch's "
+            "output folder). Videos are linked relative to it.",
+            show_default=False,
+        ),
+    ] = None,
+    rows: Annotated[
+        str | None,
+        typer.Option(
+            "--rows", help="Axis for the grid's rows (default: prompt).", show_default=False
+        ),
+    ] = None,
+    cols: Annotated[
+        str | None,
+        typer.Option(
+            "--cols",
+            help="Axis for the columns (default: the axis with the most values after the rows).",
+            show_default=False,
+        ),
+    ] = None,
+    posters: Annotated[
+        Posters,
+        typer.Option(
+            "--posters",
+            help="Poster frames: JPEG files in .posters/ beside the videos, inline in the "
+            "HTML, or none.",
+        ),
+    ] = Posters.file,
+    db: DbOption = Path(DEFAULT_DB),
+) -> None:
+    """Write a self-contained HTML contact sheet of BATCH and print its path.
+
+    One grid of every job (rows = prompts, columns = another axis), each cell a
+    video that plays on hover with its inputs, cost, generation time and sidecar;
+    failed and pending jobs show why. Header: totals and two small charts. No
+    network needed to view it; zip the folder to share it. An unknown --rows/--cols
+    exits 2 and lists the axes.
+
+    Example: batchgen report nightly-2024-05-01 --cols resolution --out sheet.html
+    """
+    try:
+        engine = open_db(db, readonly=True)
+        found = find_batch(engine, batch)
+        assert found.id is not None
+        target = out if out is not None else Path(found.out_dir) / "report.html"
+        path = write_report(engine, found.id, target, rows=rows, cols=cols, posters=posters.value)
+    except BatchgenError as exc:
+        raise _fail(exc) from None
+    print(path.resolve())
+
+
+@app.command()
+def export(
+    batch: BatchArg = None,
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="csv or jsonl (one JSON object a line).")
+    ] = ExportFormat.csv,
+    out: Annotated[
+        str,
+        typer.Option("--out", help="File to write (atomically), or - for standard output."),
+    ] = "-",
+    db: DbOption = Path(DEFAULT_DB),
+) -> None:
+    """Export one row per job of BATCH: inputs, axes, state, run id, attempts, cost,
+    timings, output paths, checksums and errors.
+
+    Example: batchgen export nightly-2024-05-01 --format csv --out jobs.csv
+    """
+    try:
+        engine = open_db(db, readonly=True)
+        found = find_batch(engine, batch)
+        assert found.id is not None
+        if out == "-":
+            n = write_export(engine, found.id, fmt.value, sys.stdout)
+            sys.stdout.flush()
+        else:
+            n = export_to_file(engine, found.id, fmt.value, Path(out))
+    except BatchgenError as exc:
+        raise _fail(exc) from None
+    where = "standard output" if out == "-" else out
+    print(f"batchgen: {n} job(s) of {found.name} written to {where}", file=sys.stderr)
