@@ -1,0 +1,128 @@
+"""The report of a demo batch in real headless Chromium, with the network cut off.
+
+Debian's ``chromium`` (installed by tests/ensure_chromium.sh) plays H.264 MP4, so every
+video is checked for real: it loads lazily, plays on hover, and its duration is the
+one asked for.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen.report import write_report
+from tests.test_report_helpers import INJECTION, LONG, UNICODE, demo
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium missing: run tests/ensure_chromium.sh"
+)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: Path) -> None:
+    from playwright.sync_api import Request, Route, sync_playwright
+
+    d = demo(tmp_path)
+    report = write_report(d.db, d.batch_id, d.out_dir / "report.html")
+    asked = {j["idx"]: float(j["duration"]) for j in _durations(d)}
+    outside: list[str] = []
+    dialogs: list[str] = []
+    errors: list[str] = []
+
+    def only_files(route: Route, request: Request) -> None:
+        if request.url.startswith("file://"):
+            route.continue_()
+        else:
+            outside.append(request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 480})
+            page.route("**/*", only_files)
+            page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(report.as_uri())
+
+            # injected markup is text: shown literally, no dialog, no extra script
+            text = page.inner_text("body")
+            for prompt in (INJECTION, UNICODE, LONG[:200]):
+                assert prompt in text
+            assert page.evaluate("document.scripts.length") == 2
+            assert page.evaluate("document.querySelectorAll('table.grid').length") == 1
+
+            # lazy: videos below the fold have no source until they come near the view
+            videos = page.locator("video")
+            assert videos.count() == 9
+            unloaded = page.evaluate(
+                "Array.from(document.querySelectorAll('video')).filter(v => !v.src).length"
+            )
+            assert unloaded > 0
+            for i in range(videos.count()):
+                videos.nth(i).scroll_into_view_if_needed()
+                videos.nth(i).hover()  # plays on hover
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('video'))"
+                ".every(v => v.readyState >= 1 && v.duration > 0)",
+                timeout=15_000,
+            )
+            states: list[dict[str, Any]] = page.evaluate(
+                """Array.from(document.querySelectorAll('video')).map(v => ({
+                    idx: Number(v.closest('figure').dataset.idx), ready: v.readyState,
+                    duration: v.duration, error: v.error && v.error.code,
+                    src: v.currentSrc}))"""
+            )
+            for st in states:
+                assert st["error"] is None and st["ready"] >= 1, st
+                assert st["src"].startswith("file://"), st
+                assert abs(st["duration"] - asked[st["idx"]]) < 0.5, st
+            # the last one hovered is playing
+            page.wait_for_function(
+                "() => { const v = document.querySelector('video:hover');"
+                " return v && !v.paused && v.currentTime > 0; }",
+                timeout=10_000,
+            )
+
+            # the filter narrows the grid (debounced)
+            page.fill("#filter", "日本語")
+            page.wait_for_function(
+                "() => document.querySelectorAll('figure.clip:not([hidden])').length === 2"
+            )
+            assert "2 of 10 jobs shown" in page.inner_text("#shown")
+            page.fill("#filter", "")
+            page.wait_for_function(
+                "() => document.querySelectorAll('figure.clip:not([hidden])').length === 10"
+            )
+
+            page.evaluate("window.scrollTo(0, 0)")
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    data = shot.read_bytes()
+    width, height = _png_size(data)
+    assert width >= 1280 and height > 480 and len(data) > 20_000
+    assert outside == [] and dialogs == [] and errors == []
+
+
+def _durations(d: Any) -> list[dict[str, Any]]:
+    from batchgen.export import iter_records
+
+    return [
+        {"idx": r["idx"], "duration": r["input"]["duration"]}
+        for r in iter_records(d.db, d.batch_id)
+    ]
