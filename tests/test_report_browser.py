@@ -30,7 +30,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: Path) -> None:
-    from playwright.sync_api import Request, Route, sync_playwright
+    from playwright.sync_api import Dialog, Request, Route, sync_playwright
 
     d = demo(tmp_path)
     report = write_report(d.db, d.batch_id, d.out_dir / "report.html")
@@ -46,6 +46,10 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
             outside.append(request.url)
             route.abort()
 
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
@@ -53,7 +57,7 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 480})
             page.route("**/*", only_files)
-            page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
+            page.on("dialog", on_dialog)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(report.as_uri())
 
