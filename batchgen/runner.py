@@ -230,7 +230,9 @@ class _Run:
                 concurrency=self.opts.concurrency,
                 budget_usd=self.opts.budget_usd,
             )
-            loaded = load_manifest(manifest, date=self.opts.date, overrides=overrides)
+            # one date per run, from the injected clock: a run crossing midnight stays one batch
+            day = self.opts.date or self.clock.today()
+            loaded = load_manifest(manifest, date=day, overrides=overrides)
             self.batch_name = loaded.name
         self.db = db = open_db(self.db_path)
         if loaded is None:
