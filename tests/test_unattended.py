@@ -23,11 +23,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from batchgen.lock import read_holder
+from batchgen.sim import SimConfig, Simulator
 from batchgen.store import jobs as store
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.test_engine_helpers import bid, make_batch, prompts
 from tests.test_watch import parse_prom, value
 
 ANSI = "\x1b"
+KEY = "sk-unattended-7f3a9c0123456789"  # distinctive, so finding it anywhere means a leak
+API_ROUTES = ("POST /api/v1/runs", "GET /api/v1/runs/{id}")
+
+
+def sim_config(**kw: Any) -> SimConfig:
+    return SimConfig(keys=[KEY], **kw)
 
 
 def cron_env(home: Path, base_url: str, **extra: str) -> dict[str, str]:
@@ -80,7 +87,7 @@ async def receiver(status: list[int]) -> AsyncIterator[tuple[str, list[dict[str,
         await server.close()
 
 
-def gated(sim: StandInSim) -> asyncio.Event:
+def gated(sim: Simulator) -> asyncio.Event:
     """Hold every poll answer until the returned event is set: the run cannot end before."""
     gate = asyncio.Event()
     answer = sim._get
@@ -102,8 +109,8 @@ def assert_no_key(*paths: Path) -> None:
 
 async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path: Path) -> None:
     n = 8
-    config = StandInConfig(time_scale=0.01, rate=(20, 0.5), error_rate=0.1, seed=3)
-    async with StandInSim(config) as sim, receiver([500]) as (url, got):
+    config = sim_config(time_scale=0.01, rate=(20, 0.5), error_rate=0.1, seed=3)
+    async with Simulator(config) as sim, receiver([500]) as (url, got):
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out", name="nightly-2026-11-25")
         files = tmp_path / "var"
@@ -137,7 +144,7 @@ async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path
     assert len(created) == st["runs_created"] == n
     assert len(requests) == summary["requests_total"]
     assert sum(1 for x in requests if x["status"] == 500) == sum(
-        per.get("500", 0) for per in st["requests"].values()
+        st["requests"][route].get("500", 0) for route in API_ROUTES
     )
     assert lines[-1]["event"] == "finished" and lines[-1]["exit_code"] == 0
 
@@ -149,8 +156,8 @@ async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path
     assert value(fams, "batchgen_exit_code", batch=b) == 0
     assert value(fams, "batchgen_last_success_timestamp_seconds", batch=b) > 0
     assert value(fams, "batchgen_run_duration_seconds", batch=b) == summary["wall_s"]
-    for route, per_status in st["requests"].items():
-        for status, count in per_status.items():
+    for route in API_ROUTES:
+        for status, count in st["requests"][route].items():
             labels = {"batch": b, "route": route, "status": status}
             assert value(fams, "batchgen_requests_total", **labels) == count
 
@@ -182,7 +189,7 @@ async def test_without_a_key_the_summary_and_metrics_still_say_why(tmp_path: Pat
 
 async def test_overlapping_starts_refuse_or_wait_and_nothing_runs_twice(tmp_path: Path) -> None:
     n = 12
-    sim = StandInSim(StandInConfig(time_scale=0.02, rate=(10, 0.5)))
+    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
     gate = gated(sim)
     async with sim:
         db_path = tmp_path / "state.db"
@@ -213,7 +220,7 @@ async def test_overlapping_starts_refuse_or_wait_and_nothing_runs_twice(tmp_path
 
 
 async def test_a_different_batch_on_the_same_database_is_refused_too(tmp_path: Path) -> None:
-    sim = StandInSim(StandInConfig(time_scale=0.02, rate=(10, 0.5)))
+    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
     gate = gated(sim)
     async with sim:
         db_path = tmp_path / "state.db"
@@ -233,18 +240,21 @@ async def test_a_different_batch_on_the_same_database_is_refused_too(tmp_path: P
 
 async def test_a_lock_left_by_kill_9_is_taken_over(tmp_path: Path) -> None:
     n = 10
-    async with StandInSim(StandInConfig(time_scale=0.02, rate=(10, 0.5))) as sim:
+    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
+    gate = gated(sim)  # nothing finishes while the victim lives
+    async with sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
         env = cron_env(tmp_path, sim.base_url)
         args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
         victim = await start(*args, env=env, cwd=tmp_path)
-        await until(lambda: sim.stats()["runs_created"] >= 2)
+        await until(lambda: sim.stats()["runs_created"] >= 3)
         victim.send_signal(signal.SIGKILL)
         await victim.communicate()
         stale = read_holder(db_path)
         assert stale is not None and stale["pid"] == victim.pid  # nobody cleaned up
-        assert store.counts(db, bid(batch))["succeeded"] < n
+        assert store.counts(db, bid(batch))["succeeded"] == 0
+        gate.set()
 
         code, _, stderr = await finish(await start(*args, env=env, cwd=tmp_path))
         st = sim.stats()
@@ -257,21 +267,29 @@ async def test_a_lock_left_by_kill_9_is_taken_over(tmp_path: Path) -> None:
 
 async def test_max_runtime_stops_with_75_and_a_resume_finishes(tmp_path: Path) -> None:
     n = 10
-    async with StandInSim(StandInConfig(time_scale=0.02, rate=(10, 0.5))) as sim:
+    sim = Simulator(sim_config(time_scale=0.01, rate=(20, 0.5)))
+    gate = gated(sim)  # no run ends before the deadline
+    async with sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
         env = cron_env(tmp_path, sim.base_url)
-        args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
+        args = ("resume", batch.name, "--db", str(db_path), "--rate", "20/0.5s")
         summary = tmp_path / "summary.json"
         metrics = tmp_path / "m.prom"
         watch = ("--summary-file", str(summary), "--metrics-file", str(metrics))
         code, _, stderr = await finish(
-            await start(*args, *watch, "--max-runtime", "0.8", env=env, cwd=tmp_path)
+            await start(
+                *args, *watch, "--max-runtime", "0.6", "--concurrency", "4", env=env, cwd=tmp_path
+            )
         )
         assert code == 75, stderr[-2000:]
         first = json.loads(summary.read_text())
-        assert first["exit_code"] == 75 and first["counts"].get("succeeded", 0) < n
-        assert store.counts(db, bid(batch))["submitting"] == 0  # in flight was recorded
+        assert first["exit_code"] == 75 and "max runtime" in first["reason"]
+        counts = store.counts(db, bid(batch))
+        assert counts["running"] == 4 and counts["queued"] == n - 4  # it stopped submitting
+        assert counts["submitting"] == 0  # what was in flight was recorded
+        assert first["counts"] == {k: v for k, v in counts.items() if v}
+        gate.set()
         fams = parse_prom(metrics.read_text())
         assert value(fams, "batchgen_exit_code") == 75
         assert "batchgen_last_success_timestamp_seconds" not in fams
