@@ -92,7 +92,7 @@ def gated(sim: Simulator) -> asyncio.Event:
     gate = asyncio.Event()
     answer = sim._get
 
-    async def held(request: web.Request) -> web.Response:
+    async def held(request: web.Request) -> web.StreamResponse:
         await gate.wait()
         return await answer(request)
 
