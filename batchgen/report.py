@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import threading
 import time
 import urllib.parse
@@ -29,7 +30,7 @@ from batchgen.errors import Problem, UsageError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.polling import api_duration
 from batchgen.posters import PosterMode, poster_for
-from batchgen.sidecar import atomic_write_text, sidecar_path
+from batchgen.sidecar import atomic_write_text
 from batchgen.states import JobState
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
 from batchgen.store.schema import Batch
@@ -134,9 +135,37 @@ def choose_layout(
     return row_axis, max(others, key=lambda a: (len(values[a]), -axes.index(a)))
 
 
-def _href(target: Path, base: Path) -> str:
-    rel = os.path.relpath(target, base)
-    return urllib.parse.quote(Path(rel).as_posix(), safe="/")
+class _Links:
+    """Hrefs relative to the report, computed from the folder's relative path once
+    (5,000 jobs: a ``relpath`` per file would dominate the time to write)."""
+
+    def __init__(self, out_dir: Path, base: Path, posters: PosterMode) -> None:
+        self.out_dir = str(out_dir)
+        self.base = str(base)
+        self.prefix = Path(os.path.relpath(out_dir, base)).as_posix()
+        self.posters = posters
+        self._poster_cache: dict[str, str | None] = {}
+
+    def href(self, rel: str) -> str:
+        if os.path.isabs(rel):
+            target = Path(os.path.relpath(rel, self.base)).as_posix()
+        else:
+            target = posixpath.normpath(posixpath.join(self.prefix, rel.replace(os.sep, "/")))
+        return urllib.parse.quote(target, safe="/")
+
+    def poster(self, rel: str, checksum: str | None) -> str | None:
+        key = checksum or rel
+        if key not in self._poster_cache:
+            found = poster_for(Path(self.out_dir, rel), checksum, mode=self.posters)
+            if isinstance(found, Path):
+                try:
+                    found_rel = found.relative_to(self.out_dir).as_posix()
+                except ValueError:
+                    found_rel = str(found)
+                self._poster_cache[key] = self.href(found_rel)
+            else:
+                self._poster_cache[key] = found
+        return self._poster_cache[key]
 
 
 def gather(
@@ -154,8 +183,7 @@ def gather(
     jobs = list(iter_job_rows(db, batch_id))
     axes, values = _axis_names(jobs)
     row_axis, col_axis = choose_layout(axes, values, rows, cols, f"batch {batch.name}")
-    base = out.resolve().parent
-    out_dir = Path(batch.out_dir).resolve()
+    links = _Links(Path(batch.out_dir).resolve(), out.resolve().parent, posters)
     spend_axis = col_axis or row_axis
     cells: dict[tuple[str, str], list[Clip]] = {}
     counts: Counter[str] = Counter()
@@ -166,7 +194,7 @@ def gather(
     end: float | None = None
     active = False
     for job in jobs:
-        clip = _clip(job, out_dir, base, posters)
+        clip = _clip(job, links)
         clip.other_axes = {a: axis_value(job, a) for a in job.axes if a not in (row_axis, col_axis)}
         key = (axis_value(job, row_axis), axis_value(job, col_axis) if col_axis else "")
         cells.setdefault(key, []).append(clip)
@@ -202,24 +230,19 @@ def gather(
     )
 
 
-def _clip(job: JobRow, out_dir: Path, base: Path, posters: PosterMode) -> Clip:
+def _clip(job: JobRow, links: _Links) -> Clip:
     clip = Clip(job=job, gen_s=api_duration(job.run_created_at, job.run_completed_at))
     if job.submitted_at is not None and job.finished_at is not None:
         clip.total_s = max(0.0, job.finished_at - job.submitted_at)
     for i, rel in enumerate(job.output_paths):
-        video = out_dir / rel
-        if not video.is_file():
+        if not os.path.isfile(os.path.join(links.out_dir, rel)):
             clip.missing.append(rel)
             continue
-        clip.videos.append(_href(video, base))
-        clip.sidecars.append(_href(sidecar_path(video), base))
+        clip.videos.append(links.href(rel))
+        # sidecar_path's rule (name + ".json"), on the relative string: no Path per job
+        clip.sidecars.append(links.href(rel + ".json"))
         if clip.poster is None:
-            checksum = job.checksums[i] if i < len(job.checksums) else None
-            found = poster_for(video, checksum, mode=posters)
-            if isinstance(found, Path):
-                clip.poster = _href(found, base)
-            else:
-                clip.poster = found
+            clip.poster = links.poster(rel, job.checksums[i] if i < len(job.checksums) else None)
     return clip
 
 

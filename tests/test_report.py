@@ -25,6 +25,7 @@ from tests.test_report_helpers import (
     PROMPTS,
     UNICODE,
     Demo,
+    big_batch,
     demo,
     make_demo_batch,
 )
@@ -232,3 +233,21 @@ def _wait(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_five_thousand_jobs_make_one_lazy_page(tmp_path: Path) -> None:
+    db, batch = big_batch(tmp_path / "s.db", tmp_path / "out", jobs=5000, files=50)
+    assert batch.id is not None
+    out = write_report(db, batch.id, tmp_path / "out" / "report.html")
+    page = Page(out.read_text(encoding="utf-8"))
+    assert len(page.all("figure")) == 5000
+    videos = page.all("video")
+    assert len(videos) == 5000 - 5000 // 97
+    # nothing loads until it is near the view: no src, no preload; one poster per file
+    assert all("src" not in v and v["preload"] == "none" for v in videos)
+    assert len({v["poster"] for v in videos}) == 50
+    assert len(list((tmp_path / "out" / ".posters").iterdir())) == 50
+    data = json.loads(page.scripts[0][1])
+    assert data["counts"] == {"succeeded": 4949, "failed": 51}
+    assert (data["rows"], data["cols"]) == ("prompt", "aspect_ratio")
+    assert len(page.all("tr")) == 1 + 1000

@@ -10,6 +10,7 @@ for good with the API's message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,45 @@ async def run_demo(tmp_path: Path, **options: Any) -> Demo:
 
 def demo(tmp_path: Path, **options: Any) -> Demo:
     return asyncio.run(run_demo(tmp_path, **options))
+
+
+def big_batch(
+    db_path: Path, out_dir: Path, *, jobs: int = 5000, files: int = 50
+) -> tuple[Engine, Batch]:
+    """``jobs`` jobs (prompts x 5 aspect ratios), all succeeded except every 97th failed,
+    sharing ``files`` real clips (as if written by the engine; no server involved)."""
+    from batchgen.sim.video import render
+
+    aspects = ["16:9", "9:16", "1:1", "4:3", "21:9"]
+    db, batch = make_batch(db_path, [], out_dir, name="big")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sums = []
+    for f in range(files):
+        clip = render(f"clip {f}", aspects[f % 5], 5.0)
+        (out_dir / f"{f}.mp4").write_bytes(clip.data)
+        sums.append(hashlib.sha256(clip.data).hexdigest())
+    rows = []
+    for i in range(jobs):
+        inp = {"prompt": f"prompt {i // 5}: a fox in snow", "aspect_ratio": aspects[i % 5]}
+        ok = i % 97 != 96
+        f = i % files
+        rows.append(
+            (
+                batch.id, hashlib.sha256(str(i).encode()).hexdigest(), i, json.dumps(inp),
+                json.dumps(inp), "succeeded" if ok else "failed",
+                json.dumps([f"{f}.mp4"] if ok else []), json.dumps([sums[f]] if ok else []),
+                484_000 if ok else 0, None if ok else "generation failed", None if ok else "boom",
+                1000.0 + i, 1060.0 + i,
+            )
+        )  # fmt: skip
+    with db.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO job (batch_id, key, idx, input_json, axes_json, state,"
+            " output_paths_json, checksums_json, cost_micro_usd, last_error, error_code,"
+            " submitted_at, finished_at, variant, listed, attempts, errors, next_attempt_at,"
+            " estimate_micro_usd, run_created_at, run_completed_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, 1, 0, 0, 484000,"
+            " '2024-05-01T00:00:00+00:00', '2024-05-01T00:00:41+00:00', 0)",
+            rows,
+        )
+    return db, batch
