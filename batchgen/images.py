@@ -1,0 +1,187 @@
+"""Local source images: checked when the manifest loads, inlined when a job is sent.
+
+A manifest names images by URL (sent as they are) or by a local path (relative to the
+manifest's folder). A local image is checked at load time (it exists, it is a JPEG,
+PNG or WebP by its first bytes, it is at most ``MAX_IMAGE_BYTES``) and stored in the
+job's input as a *reference* ``file:<path>#sha256=<hex>``: the state database never
+holds image bytes, and the job key uses the hash, not the path, so moving or renaming
+an image changes no key while editing it does.
+
+Just before the POST, ``materialize`` turns each reference into a ``data:`` URI, after
+checking that the file still has the bytes it had when the batch was planned: a job is
+never sent with a different image than the one it was planned (and keyed) with.
+
+A manifest may map a local folder to a public base URL (``images:``); images under that
+folder are then sent as ``<base URL>/<path inside the folder>`` instead of inline.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from batchgen.errors import Problem, UsageError
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+FILE_PREFIX = "file:"
+_SHA_MARK = "#sha256="
+
+
+class ImageError(ValueError):
+    """A local image that cannot be used; ``fix`` says what to do."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    path: Path  # absolute
+    sha256: str
+    mime: str
+    size: int
+
+
+def sniff(head: bytes) -> str | None:
+    """The MIME type of an image from its first bytes: JPEG, PNG or WebP, else None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def is_remote(ref: str) -> bool:
+    """True for what the API takes as it is: http(s) and data: URLs."""
+    return ref.startswith(("http://", "https://", "data:"))
+
+
+def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
+    """Check a local image and hash it; ``ImageError`` says what is wrong and how to fix it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(
+            f"image {path} does not exist",
+            "check the path (relative paths start at the manifest's folder)",
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"image {path} cannot be read: {exc}", "check its permissions") from exc
+    if not path.is_file():
+        raise ImageError(f"image {path} is not a file", "name an image file, not a folder")
+    if size > max_bytes:
+        raise ImageError(
+            f"image {path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit",
+            "shrink or recompress it, or host it and give its https:// URL",
+        )
+    data = path.read_bytes()
+    mime = sniff(data[:16])
+    if mime is None:
+        raise ImageError(
+            f"image {path} is not a JPEG, PNG or WebP file (judged by its content)",
+            "convert it to JPEG, PNG or WebP",
+        )
+    return LocalImage(path=path, sha256=hashlib.sha256(data).hexdigest(), mime=mime, size=size)
+
+
+def reference(written: str, sha256: str) -> str:
+    """The stored form of a local image: the path as written plus the hash of its bytes."""
+    return f"{FILE_PREFIX}{written}{_SHA_MARK}{sha256}"
+
+
+def parse_reference(ref: str) -> tuple[str, str] | None:
+    """``(path as written, sha256)`` of a stored local reference, else None."""
+    if not ref.startswith(FILE_PREFIX) or _SHA_MARK not in ref:
+        return None
+    path, _, sha = ref[len(FILE_PREFIX) :].rpartition(_SHA_MARK)
+    return path, sha
+
+
+def key_form(ref: str) -> str:
+    """What the job key sees of an image: local bytes by hash, anything else as written."""
+    parsed = parse_reference(ref)
+    return f"sha256:{parsed[1]}" if parsed else ref
+
+
+def resolve(written: str, base_dir: Path | None) -> Path:
+    path = Path(written).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def public_url(written: str, base_dir: Path, mapping: dict[str, str]) -> str | None:
+    """The public URL of a local image when ``mapping`` (folder -> base URL) covers it."""
+    target = resolve(written, base_dir).resolve()
+    best: tuple[int, str] | None = None
+    for folder, base in mapping.items():
+        root = resolve(folder, base_dir).resolve()
+        try:
+            inner = target.relative_to(root)
+        except ValueError:
+            continue
+        if best is None or len(root.parts) > best[0]:
+            best = (len(root.parts), base.rstrip("/") + "/" + PurePosixPath(inner).as_posix())
+    return best[1] if best else None
+
+
+def materialize(input_: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """The stored input -> what is POSTed: local image references become data: URIs.
+
+    Raises ``UsageError`` when a referenced image is gone, no longer an image, or has
+    other bytes than when the batch was planned (the engine then fails that job).
+    """
+    urls = input_.get("image_urls")
+    if not isinstance(urls, list) or not any(
+        isinstance(u, str) and u.startswith(FILE_PREFIX) for u in urls
+    ):
+        return input_
+    out = dict(input_)
+    out["image_urls"] = [_inline(u, base_dir) if isinstance(u, str) else u for u in urls]
+    return out
+
+
+def _inline(ref: str, base_dir: Path | None) -> str:
+    parsed = parse_reference(ref)
+    if parsed is None:
+        return ref
+    written, sha = parsed
+    path = resolve(written, base_dir)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise UsageError(
+            [Problem(str(path), "image vanished since the batch was planned", fix="put it back")]
+        ) from None
+    return _data_uri(str(path), sha, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _data_uri(path: str, sha: str, _mtime_ns: int, _size: int) -> str:
+    # Keyed on mtime and size too, so an image edited in place is read (and refused) again.
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            [Problem(path, f"image cannot be read: {exc}", fix="put it back")]
+        ) from None
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise UsageError(
+            [
+                Problem(
+                    path,
+                    "image changed since the batch was planned (its bytes differ), "
+                    "so this job would not get the image it was planned with",
+                    fix="restore the original, or run the manifest again to plan new jobs",
+                )
+            ]
+        )
+    mime = sniff(data[:16]) or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
