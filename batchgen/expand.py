@@ -68,6 +68,7 @@ class Spec:
     model: str
     base: dict[str, Any]  # model defaults updated by the manifest's defaults (inputs)
     base_variables: dict[str, str]
+    base_labels: dict[str, str]  # the labels ``defaults`` gives (variables, image)
     axes: list[Axis]
     excludes: list[dict[str, frozenset[str]]]
     includes: list[Choice]
@@ -98,7 +99,7 @@ class Spec:
             for name, allowed in rule.items():
                 if name in provided:
                     continue
-                if _value_of(name, self.base, self.base_variables, {}) not in allowed:
+                if _value_of(name, self.base, self.base_variables, self.base_labels) not in allowed:
                     self._base_mask &= ~bit
             for axis in self.axes:
                 for choice in axis.choices:
@@ -190,7 +191,7 @@ def combinations(
     """``(input, labels)`` of every combination that survives the excludes, then of
     every include, in order."""
     base_labels = dict.fromkeys(spec.label_names, "")
-    base_labels.update(spec.base_variables)
+    base_labels.update(spec.base_labels)
     base, base_vars = spec.base, spec.base_variables
     for picks in _picks(spec, counts):
         input_ = base.copy()

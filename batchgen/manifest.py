@@ -240,7 +240,7 @@ def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
 
 
 def _spec(r: Resolver, m: Manifest) -> Spec:
-    base, base_vars = r.base()
+    base, base_vars, base_labels = r.base()
     axes = r.axes()
     includes = r.includes()
     provides: dict[str, list[str]] = {}  # name -> axes that set it
@@ -256,9 +256,13 @@ def _spec(r: Resolver, m: Manifest) -> Spec:
                 f"{n!r} is set by more than one axis ({', '.join(where)})",
                 "set each input or variable in one place only",
             )
-    label_names: list[str] = list(base_vars)
+    # Every job carries every variable (and ``image``) label, "" where it has none, so a
+    # file name template can use them; model inputs fall back to the input value.
+    names: dict[str, None] = dict.fromkeys(base_labels)
     for choice in [c for a in axes for c in a.choices] + includes:
-        label_names.extend(n for n in choice.labels if n not in label_names)
+        names.update(dict.fromkeys(choice.labels))
+    label_names = list(names)
+    padded = [n for n in label_names if n not in r.props]
     everywhere = set(base_vars)
     for axis in axes:
         if axis.choices:
@@ -275,11 +279,12 @@ def _spec(r: Resolver, m: Manifest) -> Spec:
         model=m.model,
         base=base,
         base_variables=base_vars,
+        base_labels=base_labels,
         axes=axes,
         excludes=r.excludes(known),
         includes=includes,
         repeat=m.repeat,
-        label_names=label_names,
+        label_names=padded,
     )
 
 

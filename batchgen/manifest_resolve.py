@@ -307,14 +307,16 @@ class Resolver:
 
     # ------------------------------------------------------------ the rest
 
-    def base(self) -> tuple[dict[str, Any], dict[str, str]]:
+    def base(self) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+        """Model defaults updated by the manifest's defaults; its variables; its labels."""
         choice = self.choice(
             dict(self.m.defaults), ("defaults",), scope="defaults", keep_partial=True
         )
         base = self.model.defaults()
         assert choice is not None
         base.update(choice.fields)
-        return base, choice.variables
+        labels = {k: v for k, v in choice.labels.items() if k not in self.props}
+        return base, choice.variables, labels
 
     def includes(self) -> list[Choice]:
         for i, entry in enumerate(self.m.include):

@@ -1,0 +1,50 @@
+"""Small helpers for the manifest and expansion tests."""
+
+from __future__ import annotations
+
+import struct
+import textwrap
+import zlib
+from pathlib import Path
+
+from batchgen.errors import Problem, UsageError
+from batchgen.manifest import LoadedManifest, Overrides, load_manifest
+
+
+def write(folder: Path, text: str, name: str = "m.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def load(folder: Path, text: str, **overrides: object) -> LoadedManifest:
+    return load_manifest(write(folder, text), overrides=Overrides(**overrides))  # type: ignore[arg-type]
+
+
+def problems(folder: Path, text: str, **overrides: object) -> list[Problem]:
+    try:
+        load(folder, text, **overrides)
+    except UsageError as exc:
+        return exc.problems
+    raise AssertionError("the manifest loaded without problems")
+
+
+def png(width: int = 4, height: int = 3, color: tuple[int, int, int] = (200, 10, 10)) -> bytes:
+    raw = b"".join(b"\x00" + bytes(color) * width for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 32 + b"\xff\xd9"
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 28
