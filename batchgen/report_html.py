@@ -55,8 +55,8 @@ table.grid { border-collapse: collapse; }
 .rowhead div { max-height: 14rem; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 .axis { font-size: 11px; color: var(--muted); text-transform: uppercase; }
 .clip { margin: 0 0 .5rem; width: 240px; }
-.clip video, .clip .ph { width: 240px; height: 135px; background: #111; display: block;
-  object-fit: contain; }
+.clip .vid, .clip video, .clip img, .clip .ph { width: 240px; height: 135px;
+  background: #111; display: block; object-fit: contain; }
 .clip .ph { display: flex; align-items: center; justify-content: center; color: #ddd;
   text-align: center; padding: .3rem; box-sizing: border-box; }
 .clip.s-failed .ph { background: #5a1f1f; }
@@ -71,25 +71,41 @@ _SCRIPT = """
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("report-data").textContent);
-  var videos = Array.prototype.slice.call(document.querySelectorAll("video[data-src]"));
-  function load(v) { if (!v.getAttribute("src")) { v.src = v.getAttribute("data-src"); } }
+  // A <video> element costs the browser about a millisecond to create even with
+  // preload="none" (5,000 of them: 6 s before the page shows). So the page holds a
+  // lazy poster <img> per job, and a box gets its <video> when it comes near the view.
+  var boxes = Array.prototype.slice.call(document.querySelectorAll(".vid[data-src]"));
+  function load(box) {
+    var v = box.querySelector("video");
+    if (v) { return v; }
+    v = document.createElement("video");
+    var poster = box.getAttribute("data-poster");
+    v.preload = poster ? "none" : "metadata";
+    v.muted = true;
+    v.loop = true;
+    ["muted", "loop", "playsinline"].forEach(function (a) { v.setAttribute(a, ""); });
+    if (poster) { v.poster = poster; }
+    v.title = "hover to play";
+    v.src = box.getAttribute("data-src");
+    box.replaceChildren(v);
+    return v;
+  }
   if ("IntersectionObserver" in window) {
     var io = new IntersectionObserver(function (entries) {
       entries.forEach(function (e) {
         if (e.isIntersecting) { load(e.target); io.unobserve(e.target); }
       });
     }, { rootMargin: "300px" });
-    videos.forEach(function (v) { io.observe(v); });
+    boxes.forEach(function (b) { io.observe(b); });
   } else {
-    videos.forEach(load);
+    boxes.forEach(load);
   }
-  videos.forEach(function (v) {
-    v.addEventListener("mouseenter", function () {
-      load(v);
-      var p = v.play();
+  boxes.forEach(function (b) {
+    b.addEventListener("mouseenter", function () {
+      var p = load(b).play();
       if (p && p.catch) { p.catch(function () {}); }
     });
-    v.addEventListener("mouseleave", function () { v.pause(); });
+    b.addEventListener("mouseleave", function () { load(b).pause(); });
   });
   var input = document.getElementById("filter");
   var shown = document.getElementById("shown");
@@ -276,10 +292,11 @@ def _clip(clip: Clip, data: ReportData, row: str, col: str) -> str:
 def _media(clip: Clip) -> str:
     job = clip.job
     if clip.videos:
-        poster = f' poster="{_e(clip.poster)}"' if clip.poster else ""
+        poster = clip.poster or ""
+        img = f'<img loading="lazy" src="{_e(poster)}" alt="">' if poster else ""
         return (
-            f'<video preload="none" muted loop playsinline{poster} '
-            f'data-src="{_e(clip.videos[0])}" title="hover to play"></video>'
+            f'<div class="vid" data-src="{_e(clip.videos[0])}" data-poster="{_e(poster)}">'
+            f"{img}</div>"
         )
     if job.state == "succeeded":
         text = "succeeded, but its file is missing"

@@ -68,18 +68,16 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
             assert page.evaluate("document.scripts.length") == 2
             assert page.evaluate("document.querySelectorAll('table.grid').length") == 1
 
-            # lazy: videos below the fold have no source until they come near the view
-            videos = page.locator("video")
-            assert videos.count() == 9
-            unloaded = page.evaluate(
-                "Array.from(document.querySelectorAll('video')).filter(v => !v.src).length"
-            )
-            assert unloaded > 0
-            for i in range(videos.count()):
-                videos.nth(i).scroll_into_view_if_needed()
-                videos.nth(i).hover()  # plays on hover
+            # lazy: a box gets its <video> only when it comes near the view
+            boxes = page.locator(".vid")
+            assert boxes.count() == 9
+            assert page.evaluate("document.querySelectorAll('.vid video').length") < 9
+            for i in range(boxes.count()):
+                boxes.nth(i).scroll_into_view_if_needed()
+                boxes.nth(i).hover()  # plays on hover
             page.wait_for_function(
-                "() => Array.from(document.querySelectorAll('video'))"
+                "() => document.querySelectorAll('.vid video').length === 9 &&"
+                " Array.from(document.querySelectorAll('video'))"
                 ".every(v => v.readyState >= 1 && v.duration > 0)",
                 timeout=15_000,
             )
@@ -87,11 +85,14 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
                 """Array.from(document.querySelectorAll('video')).map(v => ({
                     idx: Number(v.closest('figure').dataset.idx), ready: v.readyState,
                     duration: v.duration, error: v.error && v.error.code,
-                    src: v.currentSrc}))"""
+                    src: v.currentSrc, poster: v.poster, muted: v.muted, loop: v.loop,
+                    inline: v.hasAttribute('playsinline'), preload: v.preload}))"""
             )
             for st in states:
                 assert st["error"] is None and st["ready"] >= 1, st
                 assert st["src"].startswith("file://"), st
+                assert st["poster"].endswith(".jpg") and st["preload"] == "none", st
+                assert st["muted"] and st["loop"] and st["inline"], st
                 assert abs(st["duration"] - asked[st["idx"]]) < 0.5, st
             # the last one hovered is playing
             page.wait_for_function(
