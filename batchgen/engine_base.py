@@ -67,8 +67,11 @@ Collector = Callable[
 Materializer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def idem_key(job_key: str, attempt: int) -> str:
-    return hashlib.sha256(f"{job_key}:{attempt}".encode()).hexdigest()[:32]
+def idem_key(job_key: str, attempt: int, batch: str = "") -> str:
+    # The batch name is part of it: a nightly manifest sends the same inputs every night
+    # (same job keys), and tonight's POST must make a new run, not replay last night's.
+    material = f"{batch}/{job_key}:{attempt}" if batch else f"{job_key}:{attempt}"
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 @dataclass

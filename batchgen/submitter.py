@@ -86,7 +86,7 @@ class Submitter(EngineBase):
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
         else:
             attempt = job.attempts + 1
-            key = idem_key(job.key, attempt)
+            key = idem_key(job.key, attempt, self.batch.name)
         try:
             api_input = self.materialize(store.job_input(job))
         except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
