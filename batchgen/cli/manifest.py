@@ -1,3 +1,247 @@
-"""Commands: manifest (to be written)."""
+"""Commands: validate, plan, status. Parsing and printing; the work is in the library."""
 
-from batchgen.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from batchgen.cli._app import DbOption, JsonOption, app
+from batchgen.cli.run import parse_rate
+from batchgen.errors import BatchgenError, UsageError
+from batchgen.manifest import LoadedManifest, Overrides, load_manifest
+from batchgen.plan import build_plan, render_plan
+from batchgen.states import JobState
+from batchgen.store import batches
+from batchgen.store.schema import DEFAULT_DB, Batch, open_db
+
+ManifestArg = Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)]
+DateOpt = Annotated[
+    str | None,
+    typer.Option("--date", help="Evaluate date templates for this day (YYYY-MM-DD)."),
+]
+MaxJobsOpt = Annotated[
+    int | None,
+    typer.Option("--max-jobs", min=1, help="Refuse a matrix larger than this (default 100,000)."),
+]
+
+
+@contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """A BatchgenError becomes its message on stderr and its exit code (2 for bad input)."""
+    try:
+        yield
+    except BatchgenError as exc:
+        print(f"batchgen: {exc}", file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code)) from None
+
+
+def _parse_date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
+
+
+def _load(
+    manifest: Path, date: str | None, max_jobs: int | None, **overrides: Any
+) -> LoadedManifest:
+    return load_manifest(
+        manifest,
+        date=_parse_date(date),
+        overrides=Overrides(max_jobs=max_jobs, **overrides),
+    )
+
+
+@app.command()
+def validate(
+    manifest: ManifestArg,
+    date: DateOpt = None,
+    max_jobs: MaxJobsOpt = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Check MANIFEST and count its jobs; every problem is listed with file, line and fix.
+
+    Reads nothing but the manifest and the files it names; writes nothing.
+    Exit 0 when the manifest is valid, 2 otherwise.
+
+    Example: batchgen validate manifests/example.yaml
+    """
+    try:
+        loaded = _load(manifest, date, max_jobs)
+    except UsageError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        n = len(exc.problems)
+        print(f"batchgen: {manifest}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code)) from None
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "batch": loaded.name,
+                    "jobs": loaded.job_count,
+                    "collapsed": loaded.collapsed,
+                    "warnings": loaded.warnings,
+                },
+                indent=2,
+            )
+        )
+        return
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    collapsed = (
+        f", {loaded.collapsed:,} identical combinations collapsed" if loaded.collapsed else ""
+    )
+    print(f"{manifest}: valid, {loaded.job_count:,} jobs{collapsed} (batch {loaded.name})")
+
+
+@app.command()
+def plan(
+    manifest: ManifestArg,
+    db: DbOption = Path(DEFAULT_DB),
+    date: DateOpt = None,
+    max_jobs: MaxJobsOpt = None,
+    rate: Annotated[
+        str | None, typer.Option("--rate", help="Plan for this request limit, e.g. 20/10s.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Plan for this many in flight.")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", min=0.0, help="Plan against this budget.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show what MANIFEST will do and cost: jobs by axis, samples, seconds of video,
+    estimated USD and wall time, and a warning past the budget.
+
+    No network, no writes. When the state database already holds the batch, the plan
+    says which jobs are new, waiting, in progress, done or no longer listed, and
+    prices only those a run would submit.
+
+    Example: batchgen plan manifests/prompt-sweep.yaml --budget-usd 50 --json
+    """
+    with _exit_on_error():
+        loaded = _load(
+            manifest,
+            date,
+            max_jobs,
+            rate=parse_rate(rate),
+            concurrency=concurrency,
+            budget_usd=budget_usd,
+        )
+        # Read-only, and only if it exists: plan must never create or change a file.
+        engine = open_db(db, readonly=True) if db.is_file() else None
+        try:
+            result = build_plan(loaded, engine)
+        finally:
+            if engine is not None:
+                engine.dispose()
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(render_plan(result))
+
+
+@app.command()
+def status(
+    batch: Annotated[
+        str | None,
+        typer.Argument(help="Batch name (default: the most recent one).", show_default=False),
+    ] = None,
+    db: DbOption = Path(DEFAULT_DB),
+    failures: Annotated[
+        int, typer.Option("--failures", min=0, help="Failed jobs and error kinds to list.")
+    ] = 10,
+    json_out: JsonOption = False,
+) -> None:
+    """Counts by state, jobs in doubt, cost so far, and the failures with their errors.
+
+    Reads the state database only (never the network), fast on a million jobs.
+    Exit 2 when the database or the batch does not exist.
+
+    Example: batchgen status nightly-2024-05-01 --json
+    """
+    with _exit_on_error():
+        engine = open_db(db, readonly=True)
+        try:
+            found = batches.find_batch(engine, batch)
+            assert found.id is not None
+            counts = batches.batch_counts(engine, found.id, failures=failures)
+        finally:
+            engine.dispose()
+    report = _status_dict(found, counts)
+    if json_out:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(_status_text(report))
+
+
+def _usd(micro: int) -> float:
+    return round(micro / 1_000_000, 6)
+
+
+def _status_dict(batch: Batch, counts: batches.BatchCounts) -> dict[str, Any]:
+    return {
+        "batch": batch.name,
+        "model": batch.model,
+        "manifest": batch.manifest_path,
+        "out_dir": batch.out_dir,
+        "canceled": batch.canceled,
+        "jobs": counts.total,
+        "by_state": counts.by_state,
+        "in_doubt": counts.by_state.get(JobState.IN_DOUBT.value, 0),
+        "unlisted": counts.unlisted,
+        "cost_usd": _usd(counts.cost_micro_usd),
+        "estimate_queued_usd": _usd(counts.estimate_queued_micro_usd),
+        "errors": [{"code": g.code, "error": g.error, "jobs": g.jobs} for g in counts.errors],
+        "failures": [
+            {"idx": f.idx, "key": f.key, "code": f.code, "error": f.error} for f in counts.failed
+        ],
+    }
+
+
+def _status_text(r: dict[str, Any]) -> str:
+    by_state: dict[str, int] = r["by_state"]
+    shown = ", ".join(f"{state} {n:,}" for state, n in by_state.items() if n) or "none"
+    out = [
+        f"batch     {r['batch']}" + ("  (canceled)" if r["canceled"] else ""),
+        f"model     {r['model']}",
+        f"outputs   {r['out_dir']}",
+        f"jobs      {r['jobs']:,}: {shown}",
+        f"cost      ${r['cost_usd']:,.2f} so far; "
+        f"${r['estimate_queued_usd']:,.2f} estimated for the queued jobs",
+    ]
+    name = r["batch"]
+    if r["in_doubt"]:
+        out.append(
+            f"in doubt  {r['in_doubt']:,} (a submission whose outcome is unknown): "
+            f"`batchgen retry {name} --in-doubt` resends them with the same key"
+        )
+    unlisted: dict[str, int] = r["unlisted"]
+    if unlisted:
+        parts = ", ".join(f"{state} {n:,}" for state, n in unlisted.items())
+        out.append(f"unlisted  {sum(unlisted.values()):,} no longer in the manifest ({parts})")
+    failed = by_state.get(JobState.FAILED.value, 0)
+    if failed:
+        out.append(f"failures  {failed:,}; by error:")
+        out += [f"  {g['jobs']:>7,}  {_error(g)}" for g in r["errors"]]
+        out.append("first failed jobs:")
+        out += [f"  #{f['idx']} {f['key'][:12]}  {_error(f)}" for f in r["failures"]]
+        out.append(f"retry them: batchgen retry {name} --failed")
+    return "\n".join(out)
+
+
+def _error(d: dict[str, Any]) -> str:
+    message = d["error"] or "(no message)"
+    return f"{d['code']}: {message}" if d["code"] else str(message)

@@ -1,0 +1,405 @@
+"""Every SQL statement about batches: storing a manifest's jobs, finding a batch, and the
+read-only counts behind ``batchgen plan`` and ``batchgen status``.
+
+``sync_batch`` streams: it reads ``loaded.jobs()`` once and writes chunks of
+``CHUNK`` rows, each chunk its own ``BEGIN IMMEDIATE`` transaction. One transaction for
+a million rows would hold the write lock (and grow the WAL) for the whole expansion and
+make every other process time out on ``busy_timeout``; a crash between chunks leaves
+a prefix of the jobs stored, and the next sync stores the rest (it is idempotent).
+
+Identity is the job key alone. Decisions:
+
+- ``idx`` of a job that is still ``queued`` follows the manifest's current order, so a
+  run works through the jobs in the order the manifest now lists them. A job that has
+  left ``queued`` keeps the ``idx`` it had (its events and files were made with it).
+  Two jobs may then share an ``idx``; pages are ordered by ``(idx, id)`` and file names
+  carry a key tag, so nothing depends on ``idx`` being unique.
+- A job the manifest no longer lists gets ``listed = 0``; nothing else of it changes.
+  ``store.jobs.page_queued`` only pages listed jobs, so an unlisted job that never
+  started is not submitted; one already paid for is still polled and downloaded. A job
+  listed again gets ``listed = 1`` back.
+- ``run_date`` is set when the batch is created and never changed (the name and output
+  folder were evaluated with it); the other batch columns follow the latest manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine
+from sqlmodel import Session, col, select
+
+from batchgen.errors import StateError
+from batchgen.modelspec import load_model
+from batchgen.states import JobState
+from batchgen.store.schema import Batch
+
+if TYPE_CHECKING:
+    from batchgen.manifest import ExpandedJob, LoadedManifest
+
+#: rows per write transaction. Keys arrive in random order, so every chunk dirties pages
+#: all over the unique (batch_id, key) index and each commit writes them to the WAL
+#: again: fewer, larger chunks write far less (measured: 5,000 rows per chunk spent 6x
+#: longer committing than 50,000). One chunk holds the write lock for about a second.
+CHUNK = 50_000
+#: SQLite page cache while syncing: the unique (batch_id, key) index takes keys in random
+#: order, and a 2 MB cache makes each insert re-read index pages
+SYNC_CACHE_KIB = 65_536
+#: keys per read-only lookup in ``lookup_states`` (well under SQLite's 32766 parameters)
+LOOKUP_CHUNK = 500
+#: batch names listed in the "no such batch" message
+KNOWN_SHOWN = 10
+
+_UPSERT = """
+INSERT INTO job (batch_id, key, idx, variant, input_json, axes_json, listed, state,
+                 attempts, errors, next_attempt_at, estimate_micro_usd, cost_micro_usd,
+                 output_paths_json, checksums_json, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, 1, 'queued', 0, 0, 0.0, ?, 0, '[]', '[]', ?)
+ON CONFLICT (batch_id, key) DO UPDATE SET
+    listed = 1,
+    idx = CASE WHEN job.state = 'queued' THEN excluded.idx ELSE job.idx END,
+    updated_at = excluded.updated_at
+WHERE job.listed = 0 OR (job.state = 'queued' AND job.idx != excluded.idx)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    batch_id: int
+    created: bool
+    added: int  # jobs new to the database (state queued)
+    unlisted: int  # jobs the manifest listed before and no longer lists
+    relisted: int  # jobs unlisted before and listed again
+    total: int  # jobs of the batch in the database, listed or not
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps(value: Any) -> str:
+    return _ENCODER.encode(value)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _pricer(model: str) -> Any:
+    """``input -> micro-USD`` for ``model``; 0 when no price table describes it."""
+    try:
+        spec = load_model(model)
+    except KeyError:
+        return lambda _input: 0
+
+    defaults = spec.defaults()
+
+    def price(input_: dict[str, Any]) -> int:
+        full = {**defaults, **input_}
+        try:
+            return spec.prices[full["resolution"]][full["duration"]]
+        except (KeyError, TypeError):
+            return 0
+
+    return price
+
+
+# ------------------------------------------------------------------ writing
+
+
+def sync_batch(db: Engine, loaded: LoadedManifest) -> SyncResult:
+    """Store the manifest's batch and jobs: add what is new, unlist what is gone.
+
+    Idempotent: the same manifest again changes nothing. Jobs that already ran are
+    never touched (state, run id, attempts, cost, outputs).
+    """
+    now = time.time()
+    with db.connect() as conn, _cache_size(conn, SYNC_CACHE_KIB):
+        with conn.begin():
+            batch_id, created = _upsert_batch(conn, loaded, now)
+        total0, unlisted0 = (0, 0) if created else _listing(conn, batch_id)
+        price = _pricer(loaded.model)
+        streamed = 0
+        jobs = iter(loaded.jobs())
+        # Rows are built outside the transaction: the write lock covers only the insert.
+        while rows := [_row(batch_id, job, price(job.input), now) for job in islice(jobs, CHUNK)]:
+            streamed += len(rows)
+            with conn.begin():
+                conn.exec_driver_sql(_UPSERT, rows)
+            del rows
+        total1, unlisted1 = _listing(conn, batch_id)
+        unlisted = 0
+        # Every streamed key is now listed: more listed rows than keys means some are gone.
+        if total1 - unlisted1 != streamed:
+            unlisted = _unlist_missing(conn, batch_id, loaded, now)
+    return SyncResult(
+        batch_id=batch_id,
+        created=created,
+        added=total1 - total0,
+        unlisted=unlisted,
+        relisted=unlisted0 - unlisted1,
+        total=total1,
+    )
+
+
+@contextmanager
+def _cache_size(conn: Connection, kib: int) -> Iterator[None]:
+    raw: Any = conn.connection.driver_connection
+    before = raw.execute("PRAGMA cache_size").fetchone()[0]
+    raw.execute(f"PRAGMA cache_size = -{int(kib)}")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA cache_size = {int(before)}")
+
+
+def _row(batch_id: int, job: ExpandedJob, price: int, now: float) -> tuple[Any, ...]:
+    return (
+        batch_id,
+        job.key,
+        job.idx,
+        job.variant,
+        _dumps(job.input),
+        _dumps(job.axes),
+        price,
+        now,
+    )
+
+
+def _upsert_batch(conn: Connection, loaded: LoadedManifest, now: float) -> tuple[int, bool]:
+    values = {
+        "model": loaded.model,
+        "manifest_path": str(loaded.path),
+        "manifest_sha256": loaded.sha256,
+        "out_dir": str(loaded.out_dir),
+        "filename_template": loaded.filename_template,
+        "settings_json": _dumps(loaded.settings),
+        "now": now,
+        "name": loaded.name,
+    }
+    row = conn.exec_driver_sql("SELECT id FROM batch WHERE name = ?", (loaded.name,)).first()
+    if row is not None:
+        conn.exec_driver_sql(
+            "UPDATE batch SET model = :model, manifest_path = :manifest_path, "
+            "manifest_sha256 = :manifest_sha256, out_dir = :out_dir, "
+            "filename_template = :filename_template, settings_json = :settings_json, "
+            "updated_at = :now WHERE name = :name",
+            values,
+        )
+        return int(row[0]), False
+    cursor = conn.exec_driver_sql(
+        "INSERT INTO batch (name, model, manifest_path, manifest_sha256, out_dir, "
+        "filename_template, settings_json, run_date, canceled, abandon, created_at, "
+        "updated_at) VALUES (:name, :model, :manifest_path, :manifest_sha256, :out_dir, "
+        ":filename_template, :settings_json, :run_date, 0, 0, :now, :now)",
+        {**values, "run_date": loaded.run_date.isoformat()},
+    )
+    assert cursor.lastrowid is not None
+    return int(cursor.lastrowid), True
+
+
+def _listing(conn: Connection, batch_id: int) -> tuple[int, int]:
+    """(jobs, unlisted jobs) of the batch."""
+    row = conn.exec_driver_sql(
+        "SELECT count(*), coalesce(sum(listed = 0), 0) FROM job WHERE batch_id = ?",
+        (batch_id,),
+    ).one()
+    conn.rollback()
+    return int(row[0]), int(row[1])
+
+
+def _unlist_missing(conn: Connection, batch_id: int, loaded: LoadedManifest, now: float) -> int:
+    """Second pass over the manifest: its keys into a temporary table, then unlist the rest.
+
+    Only needed when the manifest lost jobs, so re-running an unchanged or grown
+    manifest never pays for it. The temporary table lives on disk (``temp_store``), not
+    in memory.
+    """
+    # Outside any transaction (SQLite refuses it inside one): the raw connection.
+    raw: Any = conn.connection.driver_connection
+    raw.execute("PRAGMA temp_store = FILE")
+    with conn.begin():
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS sync_keys (key TEXT PRIMARY KEY) WITHOUT ROWID"
+        )
+        conn.exec_driver_sql("DELETE FROM temp.sync_keys")
+    try:
+        for chunk in _chunks((job.key for job in loaded.jobs()), CHUNK):
+            with conn.begin():
+                conn.exec_driver_sql(
+                    "INSERT OR IGNORE INTO temp.sync_keys (key) VALUES (?)", [(k,) for k in chunk]
+                )
+        with conn.begin():
+            cursor = conn.exec_driver_sql(
+                "UPDATE job SET listed = 0, updated_at = ? WHERE batch_id = ? AND listed = 1 "
+                "AND key NOT IN (SELECT key FROM temp.sync_keys)",
+                (now, batch_id),
+            )
+            return int(cursor.rowcount)
+    finally:
+        with conn.begin():
+            conn.exec_driver_sql("DROP TABLE IF EXISTS temp.sync_keys")
+
+
+# ------------------------------------------------------------------ finding
+
+
+def find_batch(db: Engine, name: str | None) -> Batch:
+    """The batch called ``name``; None: the most recently run or synced one.
+
+    Raises ``StateError`` (exit 2) naming the batches the database does hold.
+    """
+    with Session(db, expire_on_commit=False) as s:
+        query = select(Batch)
+        if name is not None:
+            query = query.where(Batch.name == name)
+        else:
+            query = query.order_by(col(Batch.updated_at).desc(), col(Batch.id).desc())
+        found = s.exec(query.limit(1)).first()
+        if found is not None:
+            return found
+        known = list(
+            s.exec(
+                select(Batch.name)
+                .order_by(col(Batch.updated_at).desc(), col(Batch.id).desc())
+                .limit(KNOWN_SHOWN + 1)
+            ).all()
+        )
+    if not known:
+        raise StateError(
+            "the state database holds no batch yet: run `batchgen run MANIFEST` first "
+            "(or pass --db to point at another database)"
+        )
+    shown = ", ".join(known[:KNOWN_SHOWN]) + (", ..." if len(known) > KNOWN_SHOWN else "")
+    raise StateError(f"no batch named {name!r}; known batches (most recent first): {shown}")
+
+
+def list_batches(db: Engine) -> list[Batch]:
+    """Every batch, the most recent first."""
+    with Session(db, expire_on_commit=False) as s:
+        return list(
+            s.exec(select(Batch).order_by(col(Batch.updated_at).desc(), col(Batch.id).desc())).all()
+        )
+
+
+# ------------------------------------------------------------------ reading: status
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    code: str | None
+    error: str | None
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    key: str
+    idx: int
+    code: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    by_state: dict[str, int]  # every state, listed or not
+    unlisted: dict[str, int]  # the unlisted among them, by state (states with any only)
+    cost_micro_usd: int  # what the runs cost so far
+    estimate_queued_micro_usd: int  # the price of the listed queued jobs
+    errors: list[ErrorGroup] = field(default_factory=list)
+    failed: list[FailedJob] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def batch_counts(db: Engine, batch_id: int, *, failures: int = 10) -> BatchCounts:
+    """Counts for ``batchgen status``: GROUP BY queries, no job object is loaded."""
+    by_state = {st.value: 0 for st in JobState}
+    unlisted: dict[str, int] = {}
+    cost = estimate = 0
+    with db.connect() as conn:
+        # One pass over the covering index ix_job_batch_status.
+        for state, listed, n, spent, priced in conn.exec_driver_sql(
+            "SELECT state, listed, count(*), sum(cost_micro_usd), sum(estimate_micro_usd) "
+            "FROM job WHERE batch_id = ? GROUP BY state, listed",
+            (batch_id,),
+        ):
+            by_state[str(state)] = by_state.get(str(state), 0) + int(n)
+            cost += int(spent or 0)
+            if not listed:
+                unlisted[str(state)] = int(n)
+            elif state == JobState.QUEUED.value:
+                estimate += int(priced or 0)
+        errors: list[ErrorGroup] = []
+        failed: list[FailedJob] = []
+        if by_state[JobState.FAILED.value]:
+            errors = [
+                ErrorGroup(code, error, int(n))
+                for code, error, n in conn.exec_driver_sql(
+                    "SELECT error_code, last_error, count(*) AS n FROM job "
+                    "WHERE batch_id = ? AND state = 'failed' "
+                    "GROUP BY error_code, last_error ORDER BY n DESC, error_code LIMIT ?",
+                    (batch_id, failures),
+                )
+            ]
+            failed = [
+                FailedJob(key, int(idx), code, error)
+                for key, idx, code, error in conn.exec_driver_sql(
+                    "SELECT key, idx, error_code, last_error FROM job "
+                    "WHERE batch_id = ? AND state = 'failed' ORDER BY idx, id LIMIT ?",
+                    (batch_id, failures),
+                )
+            ]
+        conn.rollback()
+    return BatchCounts(
+        by_state=by_state,
+        unlisted=unlisted,
+        cost_micro_usd=cost,
+        estimate_queued_micro_usd=estimate,
+        errors=errors,
+        failed=failed,
+    )
+
+
+# ------------------------------------------------------------------ reading: plan
+
+
+def lookup_states(db: Engine, batch_id: int, keys: Sequence[str]) -> dict[str, str]:
+    """``key -> state`` for those of ``keys`` the batch already holds."""
+    found: dict[str, str] = {}
+    with db.connect() as conn:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.exec_driver_sql(
+                f"SELECT key, state FROM job WHERE batch_id = ? AND key IN ({marks})",
+                (batch_id, *chunk),
+            )
+            found.update((str(k), str(s)) for k, s in rows)
+        conn.rollback()
+    return found
+
+
+def job_total(db: Engine, batch_id: int) -> int:
+    with db.connect() as conn:
+        n = conn.exec_driver_sql(
+            "SELECT count(*) FROM job WHERE batch_id = ?", (batch_id,)
+        ).scalar_one()
+        conn.rollback()
+    return int(n)
+
+
+def batch_id_named(db: Engine, name: str) -> int | None:
+    with db.connect() as conn:
+        row = conn.exec_driver_sql("SELECT id FROM batch WHERE name = ?", (name,)).first()
+        conn.rollback()
+    return None if row is None else int(row[0])
