@@ -236,7 +236,9 @@ class EngineBase:
             self._forget(job)
             return None
         self._count(old, new)
-        self._emit(moved, old, new, detail if isinstance(detail, str) else None)
+        # observers (the --log-file) get the error a move records, and the run it left
+        why = detail if isinstance(detail, str) else fields.get("last_error")
+        self._emit(moved, old, new, why, run_id=moved.run_id or job.run_id)
         return moved
 
     def _forget(self, job: Job) -> None:
@@ -256,7 +258,9 @@ class EngineBase:
         self.counts[old.value] = self.counts.get(old.value, 0) - 1
         self.counts[new.value] = self.counts.get(new.value, 0) + 1
 
-    def _emit(self, job: Job, old: JobState, new: JobState, detail: str | None) -> None:
+    def _emit(
+        self, job: Job, old: JobState, new: JobState, detail: str | None, run_id: str | None = None
+    ) -> None:
         ev = TransitionEvent(
             at=self.clock.now(),
             batch=self.batch.name,
@@ -264,7 +268,7 @@ class EngineBase:
             job_idx=job.idx,
             from_state=old.value,
             to_state=new.value,
-            run_id=job.run_id,
+            run_id=run_id or job.run_id,
             detail=detail,
         )
         for obs in self.observers:

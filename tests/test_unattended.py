@@ -109,7 +109,7 @@ def assert_no_key(*paths: Path) -> None:
 
 async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path: Path) -> None:
     n = 8
-    config = sim_config(time_scale=0.01, rate=(20, 0.5), error_rate=0.1, seed=3)
+    config = sim_config(time_scale=0.01, rate=(20, 0.5), error_rate=0.1, fail_rate=0.3, seed=3)
     async with Simulator(config) as sim, receiver([500]) as (url, got):
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out", name="nightly-2026-11-25")
@@ -130,7 +130,8 @@ async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path
     summary = json.loads((files / "summary.json").read_text())
     spend = store.spent_micro_usd(db, bid(batch))
     assert summary["counts"] == {"succeeded": n} and summary["exit_code"] == 0
-    assert summary["spend_micro_usd"] == spend == st["charged_micro_usd"] > 0
+    assert summary["spend_micro_usd"] == spend > 0
+    assert spend == st["charged_micro_usd"] - st["refunded_micro_usd"]  # failed runs refunded
     # every API request the simulator saw, the summary counted, by route and status
     assert summary["requests"]["POST /api/v1/runs"] == st["requests"]["POST /api/v1/runs"]
     assert summary["requests"]["GET /api/v1/runs/{id}"] == st["requests"]["GET /api/v1/runs/{id}"]
@@ -141,7 +142,11 @@ async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path
     assert sorted(x["job_idx"] for x in transitions if x["to"] == "succeeded") == list(range(n))
     assert all(x["batch"] == batch.name for x in transitions)
     created = [x for x in requests if x["route"] == "POST /api/v1/runs" and x["status"] == 200]
-    assert len(created) == st["runs_created"] == n
+    assert len(created) == st["runs_created"] == n + st["runs_failed"]
+    # a failed run (refunded, submitted again) is in the log with its run and its reason
+    retried = [x for x in transitions if (x["from"], x["to"]) == ("running", "queued")]
+    assert st["runs_failed"] > 0 and len(retried) == st["runs_failed"]
+    assert all(x["run_id"] and x["detail"] for x in retried)
     assert len(requests) == summary["requests_total"]
     assert sum(1 for x in requests if x["status"] == 500) == sum(
         st["requests"][route].get("500", 0) for route in API_ROUTES
