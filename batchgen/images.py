@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -160,12 +159,16 @@ def _inline(ref: str, base_dir: Path | None) -> str:
         raise UsageError(
             [Problem(str(path), "image vanished since the batch was planned", fix="put it back")]
         ) from None
-    return _data_uri(str(path), sha, stat.st_mtime_ns, stat.st_size)
+    if stat.st_size > MAX_IMAGE_BYTES:
+        raise UsageError(
+            [Problem(str(path), "image grew over the size limit since the batch was planned")]
+        )
+    return _data_uri(str(path), sha)
 
 
-@lru_cache(maxsize=4)
-def _data_uri(path: str, sha: str, _mtime_ns: int, _size: int) -> str:
-    # Keyed on mtime and size too, so an image edited in place is read (and refused) again.
+def _data_uri(path: str, sha: str) -> str:
+    # Read once and check the very bytes that are sent; no cache, so an image edited in
+    # place is always noticed (one POST at a time makes the re-read cheap).
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -245,9 +245,8 @@ def _spec(r: Resolver, m: Manifest) -> Spec:
     includes = r.includes()
     provides: dict[str, list[str]] = {}  # name -> axes that set it
     for axis in axes:
-        names = {n for c in axis.choices for n in (*c.labels, *c.fields)}
-        names = {"image_urls" if n == IMAGE else n for n in names}
-        for n in names:
+        set_here = {n for c in axis.choices for n in (*c.labels, *c.fields)}
+        for n in {"image_urls" if n == IMAGE else n for n in set_here}:
             provides.setdefault(n, []).append(axis.name)
     for n, where in provides.items():
         if len(where) > 1:

@@ -268,6 +268,7 @@ class Resolver:
             return []
 
     def _file_problem(self, path: Path, exc: FileProblem, where: YamlPath) -> None:
+        self.partial = True  # its values are unknown: checks across the manifest would guess
         if exc.line is None:
             self.ctx.add(where, f"{_dotted(where)}: {exc}", exc.fix)
         else:

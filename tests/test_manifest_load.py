@@ -317,6 +317,7 @@ def test_an_images_mapping_sends_public_urls(tmp_path: Path) -> None:
 
 
 def test_max_jobs_is_a_limit_the_command_line_can_raise(tmp_path: Path) -> None:
-    text = "defaults: {prompt: 'a {n}'}\nmatrix:\n  n: [%s]\n" % ", ".join(map(str, range(50)))
+    values = ", ".join(map(str, range(50)))
+    text = "defaults: {prompt: 'a {n}'}\nmatrix:\n  n: [" + values + "]\n"
     assert load(tmp_path, text, max_jobs=50).job_count == 50
     assert Overrides().max_jobs is None

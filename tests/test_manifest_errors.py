@@ -1,0 +1,286 @@
+"""Bad manifests: every problem reported at once, with file, line, column and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchgen.errors import ExitCode, Problem, UsageError
+from batchgen.manifest import load_manifest
+from tests.manifest_helpers import JPEG, problems, write
+
+
+def one(found: list[Problem]) -> Problem:
+    assert len(found) == 1, "\n".join(map(str, found))
+    return found[0]
+
+
+def test_a_missing_manifest_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        load_manifest(tmp_path / "nope.yaml")
+    assert info.value.exit_code == ExitCode.USAGE
+    assert int(info.value.exit_code) == 2
+    assert "does not exist" in str(info.value)
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path: Path) -> None:
+    p = one(problems(tmp_path, "name: x\nmatrix:\n  prompt: [a cat, a dog\n  style: x\n"))
+    assert p.file == str(tmp_path / "m.yaml")
+    assert "malformed YAML" in p.message
+    assert (p.line, p.column) == (4, 8)
+    assert p.fix
+
+
+def test_an_empty_manifest_and_a_non_mapping_are_reported(tmp_path: Path) -> None:
+    assert "empty" in one(problems(tmp_path, "# nothing\n")).message
+    assert "mapping" in one(problems(tmp_path, "- a\n- b\n")).message
+
+
+def test_unknown_keys_suggest_the_closest_known_one(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        nmae: x
+        defaults: {prompt: a cat}
+        limits:
+          concurency: 3
+        matrix:
+          prompt: {fil: p.txt}
+        """,
+    )
+    by_line = {p.line: p for p in found}
+    assert by_line[1].message == "unknown key 'nmae' (did you mean 'name'?)"
+    assert by_line[1].column == 1
+    assert "did you mean 'concurrency'?" in by_line[4].message
+    assert by_line[4].column == 3
+    assert "did you mean 'file'?" in by_line[6].message
+    assert "known keys here:" in (by_line[6].fix or "")
+
+
+def test_wrong_types_say_what_was_expected(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: a cat}
+        repeat: two
+        matrix:
+          aspect_ratio: "16:9"
+        limits:
+          concurrency: 0
+          budget_usd: lots
+        """,
+    )
+    text = {p.line: p.message for p in found}
+    assert text[2] == 'repeat: expected a whole number from 1 to 1000, got "two"'
+    assert text[4].startswith("matrix.aspect_ratio: expected a list of values")
+    assert "greater than or equal to 1" in text[6]
+    assert text[7].startswith("limits.budget_usd: expected a number of dollars")
+    assert len(found) == 4
+
+
+def test_a_yes_where_text_is_wanted_says_to_quote_it(tmp_path: Path) -> None:
+    p = one(problems(tmp_path, "defaults: {prompt: yes}\n"))
+    assert "got true" in p.message
+    assert "quote" in (p.fix or "")
+
+
+def test_invalid_enum_values_list_the_allowed_ones(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: a cat, resolution: 4k}
+        matrix:
+          aspect_ratio: ["16:9", "2:1"]
+          duration: [5, 7]
+        """,
+    )
+    text = [p.message for p in found]
+    assert "defaults.resolution: '4k' is not a valid resolution; allowed: 720p, 1080p" in text
+    assert any(t.startswith("matrix.aspect_ratio[1]: '2:1'") and "16:9, 9:16" in t for t in text)
+    assert "matrix.duration[1]: '7' is not a valid duration; allowed: 5, 10" in text
+    assert [(p.line, p.column) for p in found] == [(1, 39), (3, 26), (4, 17)]
+
+
+def test_empty_axes_and_empty_rows(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("# only a comment\n\n")
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: "a {style}"}
+        matrix:
+          style: []
+          aspect_ratio: {file: empty.txt}
+        rows: []
+        """,
+    )
+    text = [p.message for p in found]
+    assert "matrix.style has no values" in text
+    assert "matrix.aspect_ratio has no values" in text
+    assert "rows has no rows" in text
+
+
+def test_missing_files_and_images(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: move}
+        rows: nope.csv
+        matrix:
+          image: [gone.png, "https://example.com/fine.png"]
+          resolution: {file: nope.txt}
+        """,
+    )
+    by_line = {p.line: p for p in found}
+    assert "nope.csv does not exist" in by_line[2].message
+    assert "gone.png does not exist" in by_line[4].message
+    assert by_line[4].column == 11
+    assert "nope.txt does not exist" in by_line[5].message
+    assert all(p.fix for p in found)
+
+
+def test_images_that_are_not_images_or_too_big(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not an image at all")
+    (tmp_path / "huge.jpg").write_bytes(JPEG + b"\x00" * (10 * 1024 * 1024))
+    found = problems(tmp_path, "defaults: {prompt: move}\nmatrix: {image: [notes.png, huge.jpg]}\n")
+    text = " ".join(p.message for p in found)
+    assert "not a JPEG, PNG or WebP" in text
+    assert "over the 10 MB limit" in text
+
+
+def test_problems_in_values_files_name_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("prompt,aspect_ratio\na cat,16:9\na dog,2:1\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{oops\n')
+    p = one(problems(tmp_path, "rows: rows.csv\n"))
+    assert (p.file, p.line) == (str(tmp_path / "rows.csv"), 3)
+    assert "'2:1' is not a valid aspect_ratio" in p.message
+    p = one(problems(tmp_path, "rows: bad.jsonl\n"))
+    assert (p.file, p.line) == (str(tmp_path / "bad.jsonl"), 2)
+    assert "malformed JSON" in p.message
+
+
+def test_a_template_variable_without_values(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: "a {subject} in {style}"}
+        matrix:
+          subject: [cat]
+        include:
+          - {prompt: "an {animal}"}
+        """,
+    )
+    text = [(p.line, p.message) for p in found]
+    assert (1, "prompt template variable {style} has no values") in text
+    assert (5, "prompt template variable {animal} has no values") in text
+    assert len(found) == 2
+
+
+def test_an_unused_variable_is_probably_a_typo(tmp_path: Path) -> None:
+    p = one(problems(tmp_path, "defaults: {prompt: a cat}\nmatrix:\n  aspect_ration: ['16:9']\n"))
+    assert p.message == (
+        "'aspect_ration' is not a model input and no prompt template uses it "
+        "(did you mean 'aspect_ratio'?)"
+    )
+    assert (p.line, p.column) == (3, 3)
+
+
+def test_no_prompt_anywhere(tmp_path: Path) -> None:
+    found = problems(tmp_path, "matrix:\n  aspect_ratio: ['16:9']\ninclude:\n  - {duration: '5'}\n")
+    text = [p.message for p in found]
+    assert "no prompt: every job needs one" in text
+    assert "include[0] has no prompt" in text
+
+
+def test_a_prompt_that_can_render_empty(tmp_path: Path) -> None:
+    p = one(problems(tmp_path, "defaults: {prompt: '{x}'}\nmatrix:\n  x: [a, ' ']\n"))
+    assert "renders empty" in p.message
+
+
+def test_a_malformed_template_and_a_bad_file_name_field(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        filename: "{index}-{colour}"
+        defaults: {prompt: "a {subject"}
+        """,
+    )
+    text = " ".join(p.message for p in found)
+    assert "prompt template 'a {subject'" in text
+    assert "unknown field {colour}" in text
+
+
+def test_unknown_model_and_bad_date_template(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        name: "run-{day}"
+        model: bytedance/seedance-1-pr0
+        defaults: {prompt: a cat}
+        """,
+    )
+    text = [p.message for p in found]
+    assert any("unknown field {day}" in t for t in text)
+    assert any("did you mean 'bytedance/seedance-1-pro'?" in t for t in text)
+
+
+def test_a_key_written_twice(tmp_path: Path) -> None:
+    p = one(problems(tmp_path, "defaults: {prompt: a}\nrepeat: 2\nrepeat: 3\n"))
+    assert "written twice" in p.message and p.line == 3
+
+
+def test_exclude_naming_something_unknown(tmp_path: Path) -> None:
+    p = one(
+        problems(
+            tmp_path,
+            "defaults: {prompt: 'a {subject}'}\nmatrix: {subject: [a]}\n"
+            "exclude:\n  - {subjet: a}\n",
+        )
+    )
+    assert "did you mean 'subject'?" in p.message
+    assert (p.line, p.column) == (4, 6)
+
+
+def test_a_matrix_over_max_jobs_says_how_to_raise_the_limit(tmp_path: Path) -> None:
+    a_values = ", ".join(f"a{i}" for i in range(300))
+    b_values = ", ".join(f"b{i}" for i in range(200))
+    text = f"""
+    defaults: {{prompt: "{{a}} {{b}}"}}
+    matrix:
+      a: [{a_values}]
+      b: [{b_values}]
+    repeat: 3
+    """
+    p = one(problems(tmp_path, text))
+    assert p.message == (
+        "the manifest makes up to 180,000 jobs (300 a x 200 b, x 3 repeats), "
+        "over the limit of 100,000"
+    )
+    assert "--max-jobs 180000" in (p.fix or "")
+    assert "over the limit of 1,000" in one(problems(tmp_path, text, max_jobs=1000)).message
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        nmae: x
+        defaults: {prompt: "a {subject} in {style}", resolution: 4k}
+        matrix:
+          subject: [cat]
+          image: [missing.png]
+          empty: []
+        repeat: 0
+        """,
+    )
+    assert len(found) >= 6
+    lines = [p.line or 0 for p in found]
+    assert lines == sorted(lines)
+    assert all(p.file == str(tmp_path / "m.yaml") for p in found)
+
+
+def test_loading_a_bad_manifest_writes_nothing(tmp_path: Path) -> None:
+    write(tmp_path, "out_dir: out\ndefaults: {prompt: a, resolution: 4k}\n")
+    with pytest.raises(UsageError):
+        load_manifest(tmp_path / "m.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
