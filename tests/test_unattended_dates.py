@@ -1,0 +1,141 @@
+"""Date templates in unattended runs: evaluated once per run, recorded, replayable.
+
+A nightly manifest names its batch and output folder after the day
+(``nightly-{date:%Y-%m-%d}``). A run that starts at 23:59:59 and ends after midnight
+must stay one batch with one folder; ``--date`` replays (or finishes) a given day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from batchgen.runner import RunOptions, arun_batch
+from batchgen.sim import SimConfig, Simulator
+from batchgen.store.schema import Batch, open_db
+from tests.test_unattended import KEY, cron_env
+
+MANIFEST = """\
+name: "nightly-{date:%Y-%m-%d}"
+out_dir: "out/{date:%Y-%m-%d}"
+filename: "{index:03d}-{subject}"
+defaults:
+  prompt: "a {subject} at dawn, cinematic"
+  resolution: 720p
+  duration: 5
+matrix:
+  subject: [fox, heron, owl, hare]
+limits:
+  rate: 40/1s
+  concurrency: 4
+"""
+N = 4
+
+
+class ShiftedClock:
+    """The system clock, moved so that it reads ``start`` now (and runs on in real time)."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.offset = start.timestamp() - time.time()
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.now()).date()
+
+
+def batches(db_path: Path) -> list[Batch]:
+    with Session(open_db(db_path)) as s:
+        return list(s.exec(select(Batch).order_by(col(Batch.id))))
+
+
+def videos(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.mp4")) if folder.is_dir() else []
+
+
+async def test_a_run_crossing_midnight_stays_one_batch_and_date_replays_it(tmp_path: Path) -> None:
+    day = dt.date(2026, 11, 24)
+    manifest = tmp_path / "nightly.yaml"
+    manifest.write_text(MANIFEST)
+    db_path = tmp_path / "state.db"
+    # 23:59:59.3 local time: the run starts on the 24th and ends on the 25th
+    clock = ShiftedClock(dt.datetime.combine(day, dt.time(23, 59, 59, 300_000)))
+    log = tmp_path / "run.jsonl"
+    async with Simulator(SimConfig(keys=[KEY], time_scale=0.04, rate=(40, 1.0))) as sim:
+        opts = RunOptions(base_url=sim.base_url, log_file=log)
+        summary = await arun_batch(
+            db_path, api_key=KEY, manifest=manifest, options=opts, clock=clock
+        )
+        assert summary.exit_code == 0, summary.reason
+        assert clock.today() == day + dt.timedelta(days=1)  # it is tomorrow now
+
+        # the whole run belongs to the 24th: one batch, one folder, its date recorded
+        assert summary.batch == "nightly-2026-11-24"
+        assert [(b.name, b.run_date) for b in batches(db_path)] == [
+            ("nightly-2026-11-24", "2026-11-24")
+        ]
+        assert len(videos(tmp_path / "out" / "2026-11-24")) == N
+        assert not (tmp_path / "out" / "2026-11-25").exists()
+        stamps = [json.loads(x)["ts"] for x in log.read_text().splitlines()]
+        local_days = {dt.datetime.fromisoformat(t).astimezone().date() for t in stamps}
+        assert local_days == {day, day + dt.timedelta(days=1)}, "the run did not cross midnight"
+
+        # --date replays the 24th after midnight: the same batch, nothing sent again
+        again = RunOptions(base_url=sim.base_url, date=day)
+        replay = await arun_batch(
+            db_path, api_key=KEY, manifest=manifest, options=again, clock=clock
+        )
+        assert replay.exit_code == 0 and replay.batch == "nightly-2026-11-24"
+        assert replay.requests == {} and replay.counts == {"succeeded": N}
+        assert sim.stats()["runs_created"] == N
+
+        # tonight's run (no --date) is the 25th's batch, in the 25th's folder
+        tonight = await arun_batch(
+            db_path, api_key=KEY, manifest=manifest, options=opts, clock=clock
+        )
+        assert tonight.exit_code == 0 and tonight.batch == "nightly-2026-11-25"
+        assert len(videos(tmp_path / "out" / "2026-11-25")) == N
+        assert sim.stats()["runs_created"] == 2 * N
+    assert [b.run_date for b in batches(db_path)] == ["2026-11-24", "2026-11-25"]
+
+
+async def test_the_command_with_date_replays_a_day_from_cron(tmp_path: Path) -> None:
+    manifest = tmp_path / "nightly.yaml"
+    manifest.write_text(MANIFEST)
+    db_path = tmp_path / "state.db"
+    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0))) as sim:
+        env = cron_env(tmp_path, sim.base_url)
+        args = [
+            sys.executable, "-m", "batchgen", "run", str(manifest), "--db", str(db_path),
+            "--date", "2024-02-29", "--json",
+        ]  # fmt: skip
+        results = []
+        for _ in range(2):  # the second one finds the day done
+            proc = await asyncio.create_subprocess_exec(
+                *args, env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            results.append(json.loads(out))
+        st = sim.stats()
+    assert [r["batch"] for r in results] == ["nightly-2024-02-29"] * 2
+    assert results[1]["requests"] == {} and results[1]["counts"] == {"succeeded": N}
+    assert st["runs_created"] == N
+    assert [(b.name, b.run_date) for b in batches(db_path)] == [
+        ("nightly-2024-02-29", "2024-02-29")
+    ]
+    assert len(videos(tmp_path / "out" / "2024-02-29")) == N
