@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,9 +109,16 @@ def _axis_names(jobs: Iterable[JobRow]) -> tuple[list[str], dict[str, list[str]]
 
 
 def choose_layout(
-    axes: list[str], values: dict[str, list[str]], rows: str | None, cols: str | None, where: str
+    axes: list[str],
+    values: dict[str, list[str]],
+    rows: str | None,
+    cols: str | None,
+    where: str,
+    *,
+    jobs: Sequence[JobRow] = (),
 ) -> tuple[str, str | None]:
-    """Rows: ``rows``, else prompts. Columns: ``cols``, else the axis with most values."""
+    """Rows: ``rows``, else prompts. Columns: ``cols``, else the axis with most values
+    that the rows do not already decide (given ``jobs``)."""
     for flag, name in (("--rows", rows), ("--cols", cols)):
         if name is not None and name not in axes:
             raise UsageError(
@@ -129,6 +136,14 @@ def choose_layout(
     if cols is not None:
         return row_axis, cols
     others = [a for a in axes if a != row_axis and len(values.get(a, [])) > 1]
+    # A prompt template's variable ("a {subject} in a meadow") has one value per prompt:
+    # as columns it would only fill the diagonal.
+    rows_n = len(values.get(row_axis, []))
+    others = [
+        a
+        for a in others
+        if not jobs or len({(axis_value(j, row_axis), axis_value(j, a)) for j in jobs}) > rows_n
+    ]
     if not others:
         return row_axis, None
     # the most values wins; on a tie, the axis the manifest named first
@@ -182,7 +197,7 @@ def gather(
     batch = get_batch_row(db, batch_id)
     jobs = list(iter_job_rows(db, batch_id))
     axes, values = _axis_names(jobs)
-    row_axis, col_axis = choose_layout(axes, values, rows, cols, f"batch {batch.name}")
+    row_axis, col_axis = choose_layout(axes, values, rows, cols, f"batch {batch.name}", jobs=jobs)
     links = _Links(Path(batch.out_dir).resolve(), out.resolve().parent, posters)
     spend_axis = col_axis or row_axis
     cells: dict[tuple[str, str], list[Clip]] = {}
