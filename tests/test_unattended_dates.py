@@ -16,10 +16,11 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+from batchgen.lock import read_holder
 from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import SimConfig, Simulator
 from batchgen.store.schema import Batch, open_db
-from tests.test_unattended import KEY, cron_env
+from tests.test_unattended import KEY, cron_env, finish, gated, start, until
 
 MANIFEST = """\
 name: "nightly-{date:%Y-%m-%d}"
@@ -139,3 +140,29 @@ async def test_the_command_with_date_replays_a_day_from_cron(tmp_path: Path) -> 
         ("nightly-2024-02-29", "2024-02-29")
     ]
     assert len(videos(tmp_path / "out" / "2024-02-29")) == N
+
+
+async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_path: Path) -> None:
+    manifest = tmp_path / "nightly.yaml"
+    manifest.write_text(MANIFEST)
+    db_path = tmp_path / "state.db"
+    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0)))
+    gate = gated(sim)  # the first run cannot end until the others have tried
+    async with sim:
+        env = cron_env(tmp_path, sim.base_url)
+        args = ("run", str(manifest), "--db", str(db_path), "--date", "2026-11-24")
+        first = await start(*args, env=env, cwd=tmp_path)
+        await until(lambda: (read_holder(db_path) or {}).get("pid") == first.pid)
+        code, _, stderr = await finish(await start(*args, env=env, cwd=tmp_path))
+        assert code == 75 and f"pid {first.pid}" in stderr and "nightly-2026-11-24" in stderr
+        waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)
+        await asyncio.sleep(0.5)
+        assert waiter.returncode is None  # waiting, not refused
+        gate.set()
+        assert (await finish(first))[0] == 0
+        code, out, stderr = await finish(waiter)
+        st = sim.stats()
+    assert code == 0, stderr[-2000:]
+    assert json.loads(out)["counts"] == {"succeeded": N}
+    assert st["runs_created"] == N and st["idempotent_replays"] == 0
+    assert [b.name for b in batches(db_path)] == ["nightly-2026-11-24"]
