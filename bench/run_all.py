@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_expand", "bench.bench_engine"]
+BENCHES = ["bench.bench_expand", "bench.bench_engine", "bench.bench_report"]
 
 
 def main() -> int:
