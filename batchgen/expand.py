@@ -55,6 +55,8 @@ class Choice:
     labels: dict[str, str] = field(default_factory=dict)  # names as written -> label
     #: bit i set: this choice does not contradict exclude i (filled by ``Spec.prepare``)
     mask: int = -1
+    #: field -> its ``"name":value`` text in the key form (filled by ``Spec.prepare``)
+    frags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -86,7 +88,10 @@ class Spec:
         return (self.matrix_size() + len(self.includes)) * self.repeat
 
     def prepare(self) -> None:
-        """Precompute which excludes each choice is compatible with, as bit masks."""
+        """Precompute the key-form JSON pieces of every choice, and which excludes each
+        choice is compatible with, as bit masks."""
+        for choice in (*(c for a in self.axes for c in a.choices), *self.includes):
+            choice.frags = _fragments(choice.fields)
         full = (1 << len(self.excludes)) - 1
         provided: set[str] = set()
         for axis in self.axes:
@@ -155,6 +160,7 @@ def canonical_json(value: Any) -> str:
 
 
 def job_key(model: str, key_json: str, variant: int) -> str:
+    """``sha256(model NUL key-form JSON NUL variant)`` in hex."""
     return hashlib.sha256(f"{model}\x00{key_json}\x00{variant}".encode()).hexdigest()
 
 
@@ -163,6 +169,13 @@ def _key_input(input_: dict[str, Any]) -> dict[str, Any]:
     if isinstance(urls, list):
         return {**input_, "image_urls": [key_form(u) if isinstance(u, str) else u for u in urls]}
     return input_
+
+
+def _fragments(fields: dict[str, Any]) -> dict[str, str]:
+    # Joined in sorted key order with "," inside "{}", the pieces are exactly
+    # canonical_json(key form): the same text, computed once per choice, not per job.
+    key = _key_input(fields)
+    return {name: f"{_ENCODE(name)}:{_ENCODE(value)}" for name, value in key.items()}
 
 
 def _picks(spec: Spec, counts: Counts | None) -> Iterator[tuple[Choice, ...]]:
@@ -185,27 +198,49 @@ def _picks(spec: Spec, counts: Counts | None) -> Iterator[tuple[Choice, ...]]:
         yield (include,)
 
 
-def combinations(
-    spec: Spec, counts: Counts | None = None
-) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
-    """``(input, labels)`` of every combination that survives the excludes, then of
-    every include, in order."""
+def _stream(
+    spec: Spec, counts: Counts | None, *, build: bool
+) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
+    """``(key-form JSON, input, labels)`` of every combination that survives the
+    excludes, then of every include, in order; input and labels stay empty unless
+    ``build``."""
     base_labels = dict.fromkeys(spec.label_names, "")
     base_labels.update(spec.base_labels)
     base, base_vars = spec.base, spec.base_variables
+    base_frags = _fragments(base)
+    empty: dict[str, Any] = {}
     for picks in _picks(spec, counts):
-        input_ = base.copy()
-        variables = base_vars.copy()
-        labels = base_labels.copy()
+        frags = base_frags.copy()
+        template = base.get("prompt")
         for choice in picks:
-            input_.update(choice.fields)
-            variables.update(choice.variables)
-            labels.update(choice.labels)
-        template = input_.get("prompt")
+            frags.update(choice.frags)
+            if "prompt" in choice.fields:
+                template = choice.fields["prompt"]
+        input_ = labels = empty
+        if build:
+            input_ = base.copy()
+            labels = base_labels.copy()
+            for choice in picks:
+                input_.update(choice.fields)
+                labels.update(choice.labels)
         if template.__class__ is str and ("{" in template or "}" in template):
-            input_["prompt"] = prompt = template.format_map(variables)
-            if "prompt" in labels:
-                labels["prompt"] = prompt
+            variables = base_vars.copy()
+            for choice in picks:
+                variables.update(choice.variables)
+            prompt = template.format_map(variables)
+            frags["prompt"] = '"prompt":' + _ENCODE(prompt)
+            if build:
+                input_["prompt"] = prompt
+                if "prompt" in labels:
+                    labels["prompt"] = prompt
+        yield "{" + ",".join([frags[k] for k in sorted(frags)]) + "}", input_, labels
+
+
+def combinations(
+    spec: Spec, counts: Counts | None = None
+) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """``(input, labels)`` of every combination, before collapsing identical ones."""
+    for _key_json, input_, labels in _stream(spec, counts, build=True):
         yield input_, labels
 
 
@@ -219,8 +254,7 @@ def expand(spec: Spec, counts: Counts | None = None) -> Iterator[ExpandedJob]:
     idx = 0
     model, repeat = spec.model, spec.repeat
     sha256 = hashlib.sha256
-    for input_, labels in combinations(spec, tally):
-        key_json = _ENCODE(_key_input(input_) if "image_urls" in input_ else input_)
+    for key_json, input_, labels in _stream(spec, tally, build=True):
         # The variant-0 key doubles as the combination's identity: one hash, not two.
         first = sha256(f"{model}\x00{key_json}\x000".encode()).digest()
         digest = first[:DIGEST_BYTES]
@@ -252,8 +286,7 @@ def count(spec: Spec) -> Counts:
     seen: set[bytes] = set()
     model = spec.model
     sha256 = hashlib.sha256
-    for input_, _labels in combinations(spec, counts):
-        key_json = _ENCODE(_key_input(input_) if "image_urls" in input_ else input_)
+    for key_json, _input, _labels in _stream(spec, counts, build=False):
         digest = sha256(f"{model}\x00{key_json}\x000".encode()).digest()[:DIGEST_BYTES]
         if digest in seen:
             counts.collapsed += 1

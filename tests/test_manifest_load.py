@@ -321,3 +321,27 @@ def test_max_jobs_is_a_limit_the_command_line_can_raise(tmp_path: Path) -> None:
     text = "defaults: {prompt: 'a {n}'}\nmatrix:\n  n: [" + values + "]\n"
     assert load(tmp_path, text, max_jobs=50).job_count == 50
     assert Overrides().max_jobs is None
+
+
+def test_the_complete_example_of_the_docs_loads(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "manifest.md").read_text(encoding="utf-8")
+    example = doc.split("```yaml\n")[2].split("```")[0]
+    assert example.startswith("# yaml-language-server:")
+    (tmp_path / "styles.txt").write_text("watercolor\nneon\nglitch\n")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png())
+    loaded = load_manifest(write(tmp_path, example), date=dt.date(2024, 5, 1))
+    assert loaded.name == "animals-2024-05-01"
+    assert loaded.out_dir == tmp_path.parent / "videos" / "2024-05-01"
+    # 2 rows x 3 subjects x 3 styles x 2 ratios x 2 images = 72, minus 12 (heron, 9:16)
+    # and 16 (fox in neon or glitch), plus 1 include; times 2 variants.
+    assert loaded.job_count == (72 - 12 - 16 + 1) * 2
+    jobs = list(loaded.jobs())
+    assert jobs[0].input == {
+        "prompt": "a fox in watercolor, soft light, slow dolly-in",
+        "aspect_ratio": "16:9",
+        "resolution": "720p",
+        "duration": "5",
+        "image_urls": ["https://cdn.example.com/batch-images/a.png"],
+    }
+    assert loaded.settings["budget_usd"] == 25.0
