@@ -284,3 +284,41 @@ def test_loading_a_bad_manifest_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         load_manifest(tmp_path / "m.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
+
+
+def test_reserved_or_odd_variable_names_and_names_set_twice(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: "a {index}"}
+        matrix:
+          index: ["1"]
+          prompt: [a cat]
+          "my style": [x]
+        rows:
+          - {prompt: a dog}
+        """,
+    )
+    text = " ".join(p.message for p in found)
+    assert "'index' cannot be a template variable (a reserved name)" in text
+    assert "'my style' cannot be a template variable (use letters, digits and _)" in text
+    assert "'prompt' is set by more than one axis (rows, prompt)" in text
+
+
+def test_a_rows_file_with_a_missing_column_value_or_unknown_kind(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a {x}", "x": "1"}\n{"prompt": "b"}\n')
+    (tmp_path / "rows.tsv").write_text("prompt\ta\n")
+    p = one(problems(tmp_path, "rows: rows.jsonl\n"))
+    assert (p.file, p.line) == (str(tmp_path / "rows.jsonl"), 2)
+    assert p.message == "rows.jsonl line 2: this row has no value for x"
+    p = one(problems(tmp_path, "rows: rows.tsv\n"))
+    assert "unknown kind (.tsv)" in p.message and ".csv" in (p.fix or "")
+
+
+def test_a_csv_with_a_ragged_row_or_a_bad_header(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text('prompt,x\n"a, quoted {x}",1\nb,2,3\n')
+    (tmp_path / "b.csv").write_text("prompt,prompt\na,b\n")
+    p = one(problems(tmp_path, "rows: a.csv\n"))
+    assert (p.line, p.message) == (3, "row has 3 cells, the header has 2")
+    p = one(problems(tmp_path, "rows: b.csv\n"))
+    assert p.line == 1 and "distinct" in p.message

@@ -345,3 +345,21 @@ def test_the_complete_example_of_the_docs_loads(tmp_path: Path) -> None:
         "image_urls": ["https://cdn.example.com/batch-images/a.png"],
     }
     assert loaded.settings["budget_usd"] == 25.0
+
+
+def test_rows_from_a_text_file_and_an_image_urls_axis(tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    (tmp_path / "a.png").write_bytes(png())
+    loaded = load(
+        tmp_path,
+        """
+        rows: prompts.txt
+        matrix:
+          image_urls: [[a.png, "https://x.example/b.png"]]
+        """,
+    )
+    jobs = list(loaded.jobs())
+    assert [j.input["prompt"] for j in jobs] == ["a cat", "a dog"]
+    urls = jobs[0].input["image_urls"]
+    assert urls[0].startswith("file:a.png#sha256=") and urls[1] == "https://x.example/b.png"
+    assert jobs[0].axes == {"prompt": "a cat", "image_urls": "a.png+https://x.example/b.png"}
