@@ -137,9 +137,9 @@ def load_manifest(
             [Problem(str(path), "manifest is not UTF-8 text", fix="save it as UTF-8")]
         ) from None
     data, pos, problems = load_yaml(path, text)
-    if problems:
-        raise UsageError(problems)
-    ctx = Context(path, pos)
+    ctx = Context(path, pos, problems)
+    if problems and data is None:  # malformed: nothing more can be checked
+        _fail(ctx)
     manifest, partial = check_shape(data, ctx)
     if manifest is None:
         _fail(ctx)
@@ -152,7 +152,7 @@ def load_manifest(
     resolver = Resolver(ctx, manifest, spec_model, partial=partial)
     spec = _spec(resolver, manifest)
     max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
-    if not partial and not ctx.problems and spec.upper_bound() > max_jobs:
+    if not partial and spec.upper_bound() > max_jobs:
         _too_many(ctx, spec, max_jobs)
     if ctx.problems:
         _fail(ctx)
@@ -240,6 +240,7 @@ def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
 
 
 def _spec(r: Resolver, m: Manifest) -> Spec:
+    r.check_images_mapping()
     base, base_vars, base_labels = r.base()
     axes = r.axes()
     includes = r.includes()

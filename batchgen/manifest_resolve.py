@@ -160,6 +160,23 @@ class Resolver:
             return None
         return str(raw)
 
+    def check_images_mapping(self) -> None:
+        for folder, base in self.m.images.items():
+            if not base.startswith(("http://", "https://")):
+                self.ctx.add(
+                    ("images", folder),
+                    f"images.{folder}: {base!r} is not an http(s) URL",
+                    "map the folder to the public base URL it is served from, "
+                    "e.g. https://cdn.example.com/images/",
+                )
+            elif not resolve(folder, self.base_dir).is_dir():
+                self.ctx.add(
+                    ("images", folder),
+                    f"images: {folder!r} is not a folder next to the manifest",
+                    "name a folder relative to the manifest's folder",
+                    key=True,
+                )
+
     def image(self, written: str, where: Where) -> str | None:
         if is_remote(written):
             return written

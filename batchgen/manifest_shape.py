@@ -103,7 +103,11 @@ def _problems(data: Any, exc: ValidationError, ctx: Context) -> set[str]:
         value = _value_at(data, path)
         shown = json.dumps(value, default=str)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        typed = all(e["type"].endswith("_type") or e["type"] == "union_tag_invalid" for e in errs)
+        typed = all(
+            e["type"].endswith("_type")
+            or e["type"] in ("union_tag_invalid", "string_pattern_mismatch")
+            for e in errs
+        )
         expected = _expected(path)
         if typed and expected:
             fix = f"write {expected}"

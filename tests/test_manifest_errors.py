@@ -224,9 +224,14 @@ def test_unknown_model_and_bad_date_template(tmp_path: Path) -> None:
     assert any("did you mean 'bytedance/seedance-1-pro'?" in t for t in text)
 
 
-def test_a_key_written_twice(tmp_path: Path) -> None:
-    p = one(problems(tmp_path, "defaults: {prompt: a}\nrepeat: 2\nrepeat: 3\n"))
-    assert "written twice" in p.message and p.line == 3
+def test_a_key_written_twice_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path, "defaults: {prompt: a}\nrepeat: 2\nrepeat: 3\nlimits: {rate: fast}\n"
+    )
+    assert [(p.line, p.message) for p in found] == [
+        (3, "key 'repeat' is written twice in this mapping (first on line 2)"),
+        (4, 'limits.rate: expected a rate such as 20/10s, got "fast"'),
+    ]
 
 
 def test_exclude_naming_something_unknown(tmp_path: Path) -> None:
@@ -322,3 +327,21 @@ def test_a_csv_with_a_ragged_row_or_a_bad_header(tmp_path: Path) -> None:
     assert (p.line, p.message) == (3, "row has 3 cells, the header has 2")
     p = one(problems(tmp_path, "rows: b.csv\n"))
     assert p.line == 1 and "distinct" in p.message
+
+
+def test_an_images_mapping_needs_a_folder_and_a_url(tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: a}
+        images:
+          pics: cdn.example.com/pics
+          nowhere: https://cdn.example.com/x
+        """,
+    )
+    text = [(p.line, p.message) for p in found]
+    assert text == [
+        (3, "images.pics: 'cdn.example.com/pics' is not an http(s) URL"),
+        (4, "images: 'nowhere' is not a folder next to the manifest"),
+    ]
