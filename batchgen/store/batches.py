@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 CHUNK = 50_000
 #: SQLite page cache while syncing: the unique (batch_id, key) index takes keys in random
 #: order, and a 2 MB cache makes each insert re-read index pages
-SYNC_CACHE_KIB = 65_536
+SYNC_CACHE_KIB = 32_768
 #: keys per read-only lookup in ``lookup_states`` (well under SQLite's 32766 parameters)
 LOOKUP_CHUNK = 500
 #: batch names listed in the "no such batch" message
