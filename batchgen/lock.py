@@ -105,8 +105,9 @@ def _acquire(fd: int, db_path: Path, wait_s: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             how = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+            where = Path(db_path).resolve()
             raise LockHeldError(
-                f"the state database {db_path} is in use by {describe(holder)}{how}; "
+                f"the state database {where} is in use by {describe(holder)}{how}; "
                 "nothing was done. Try later, or wait with --wait-lock SECONDS"
             )
         if not waited:
