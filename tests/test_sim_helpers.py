@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 
@@ -28,7 +29,7 @@ ROUTE_FILES = "GET /files"
 class Answer:
     status: int
     body: Any
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
 
     @property
     def code(self) -> str | None:
@@ -70,7 +71,7 @@ class Api:
             body: Any = await resp.json(content_type=None) if raw else None
         except ValueError:
             body = raw.decode(errors="replace")
-        return Answer(resp.status, body, dict(resp.headers))
+        return Answer(resp.status, body, CIMultiDict(resp.headers))
 
     async def post(
         self,
@@ -114,7 +115,7 @@ class Api:
 
     async def fetch(self, url: str, headers: dict[str, str] | None = None) -> Answer:
         async with self.session.get(url, headers=headers or {}) as resp:
-            return Answer(resp.status, await resp.read(), dict(resp.headers))
+            return Answer(resp.status, await resp.read(), CIMultiDict(resp.headers))
 
     async def stats(self) -> dict[str, Any]:
         async with self.session.get(f"{self.base_url}/_sim/stats") as resp:
