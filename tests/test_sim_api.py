@@ -147,7 +147,7 @@ async def test_every_bad_request_is_a_400_with_its_code_and_names_the_field():
 
 
 async def test_every_valid_input_is_accepted():
-    good = [
+    good: list[dict[str, Any]] = [
         {"prompt": "x", "aspect_ratio": ar, "resolution": res, "duration": d}
         for ar in ("16:9", "9:16", "4:3", "3:4", "1:1", "21:9")
         for res in ("720p", "1080p")

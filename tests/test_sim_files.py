@@ -14,7 +14,7 @@ from tests.test_sim_helpers import running
 
 def decode(data: bytes) -> tuple[str, int, int, float, int, bytes]:
     """codec, width, height, duration (s), frames, the first frame's luma bytes."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         stream = container.streams.video[0]
         frames = list(container.decode(stream))
         assert container.duration is not None
