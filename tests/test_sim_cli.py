@@ -1,0 +1,163 @@
+"""`batchgen sim` as a real process (behaviour 11 of issue 2): the first line is the
+base URL, the seed's quickstart curl commands work unchanged against it, and
+SIGTERM / SIGINT stop it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from batchgen.sim import DEFAULT_KEY
+
+# The seed's quickstart (seeds/000_*.txt), verbatim; the base URL is swapped when run.
+CREATE = """curl -s https://runbase.net/api/v1/runs \\
+-H "Authorization: Bearer $RUNBASE_API_KEY" \\
+-H "Content-Type: application/json" \\
+-d '{
+"model": "bytedance/seedance-1-pro",
+"input": {
+"prompt": "A cinematic product photo of a ceramic lamp"
+}
+}'"""
+CREATE_SHORT = """curl -s https://runbase.net/api/v1/runs \\
+-H "Authorization: Bearer $RUNBASE_API_KEY" \\
+-H "Content-Type: application/json" \\
+-d '{
+"model": "bytedance/seedance-1-pro",
+"input": { "prompt": "A cinematic product photo of a ceramic lamp" }
+}'"""
+STATUS = """curl -s https://runbase.net/api/v1/runs/RUN_ID \\
+-H "Authorization: Bearer $RUNBASE_API_KEY\""""
+
+
+@contextmanager
+def sim_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "sim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", first), (first, proc.stderr)
+        yield proc, first
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def shell(command: str, base_url: str) -> dict[str, Any]:
+    """Run one curl command from the seed (or replay it exactly when curl is missing)."""
+    command = command.replace("https://runbase.net", base_url)
+    env = {**os.environ, "RUNBASE_API_KEY": DEFAULT_KEY}
+    if shutil.which("curl"):
+        done = subprocess.run(
+            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=10
+        )
+        assert done.returncode == 0, done.stderr
+        data: dict[str, Any] = json.loads(done.stdout)
+        return data
+    return replay(shlex.split(command.replace("$RUNBASE_API_KEY", DEFAULT_KEY)))
+
+
+def replay(argv: list[str]) -> dict[str, Any]:
+    url, headers, body = "", {}, None
+    it = iter(argv[1:])
+    for arg in it:
+        if arg == "-H":
+            name, _, value = next(it).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            body = next(it).encode()
+        elif not arg.startswith("-"):
+            url = arg
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        data = json.loads(exc.read())
+    return data
+
+
+def stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=15)
+    return proc.returncode, err
+
+
+def test_the_seed_quickstart_works_against_the_simulator(tmp_path: Path) -> None:
+    with sim_process("--time-scale", "0.002") as (proc, base_url):
+        created = shell(CREATE, base_url)
+        short = shell(CREATE_SHORT, base_url)
+        assert created.get("status") == "pending", created
+        assert created["id"].startswith("run_")
+        assert short["id"] != created["id"]
+        for _ in range(200):
+            run = shell(STATUS.replace("RUN_ID", created["id"]), base_url)
+            if run["status"] == "succeeded":
+                break
+            time.sleep(0.02)
+        assert run["status"] == "succeeded", run
+        video = tmp_path / "out.mp4"
+        urllib.request.urlretrieve(run["output"]["urls"][0], video)
+        with urllib.request.urlopen(f"{base_url}/_sim/stats") as resp:
+            stats = json.loads(resp.read())
+        code, err = stop(proc, signal.SIGTERM)
+    assert video.read_bytes()[4:8] == b"ftyp"
+    assert stats["runs_created"] == 2
+    assert code == 0 and "stopped" in err and "Traceback" not in err
+
+
+def test_keys_rate_and_sigint() -> None:
+    key_a, key_b = "sk-cli-aaaaaaaaaaaa", "sk-cli-bbbbbbbbbbbb"
+    with sim_process("--key", key_a, "--key", key_b, "--rate", "2/30s") as (proc, base_url):
+
+        def get(key: str) -> int:
+            request = urllib.request.Request(
+                f"{base_url}/api/v1/runs/run_x", headers={"Authorization": f"Bearer {key}"}
+            )
+            try:
+                urllib.request.urlopen(request, timeout=10)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            return 200
+
+        statuses = [get(key_a) for _ in range(3)] + [get(key_b), get(DEFAULT_KEY)]
+        code, err = stop(proc, signal.SIGINT)
+    assert statuses == [404, 404, 429, 404, 401]
+    assert code == 0 and "Traceback" not in err
+    assert key_a not in err and key_b not in err
+
+
+def test_bad_options_exit_2_with_a_message_and_print_no_url() -> None:
+    for args, words in [
+        (["--rate", "fast"], "--rate"),
+        (["--key", "not-a-key"], "sk-"),
+        (["--drop-rate", "1.5"], "--drop-rate"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchgen", "sim", "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr and done.stdout == ""
+        assert "not-a-key" not in done.stderr
