@@ -145,7 +145,13 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
     if readonly:
         if not path.exists():
             raise StateError(f"{path}: no state database here (run `batchgen run` first)")
-        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+        # A read-only connection to a WAL database creates -wal and -shm files when none
+        # exist. None exist only when no writer has the database open (the last one to
+        # close folds the WAL back in): then the main file is the whole database, read
+        # as immutable so nothing is created. With a writer active, share its files.
+        wal = path.with_name(path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        engine = create_engine(f"sqlite:///file:{path}?{mode}&uri=true")
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _begin_deferred)
         _check_version(engine, path)
