@@ -73,7 +73,8 @@ def shell(command: str, base_url: str) -> dict[str, Any]:
         assert done.returncode == 0, done.stderr
         data: dict[str, Any] = json.loads(done.stdout)
         return data
-    return replay(shlex.split(command.replace("$RUNBASE_API_KEY", DEFAULT_KEY)))
+    command = command.replace("$RUNBASE_API_KEY", DEFAULT_KEY).replace("\\\n", " ")
+    return replay(shlex.split(command))
 
 
 def replay(argv: list[str]) -> dict[str, Any]:
