@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from batchgen.errors import Problem
 from batchgen.expand import Axis, Choice
 from batchgen.images import ImageError, check_image, is_remote, public_url, reference, resolve
@@ -78,6 +80,7 @@ class Resolver:
         self.props: dict[str, Any] = spec.input_schema.get("properties", {})
         self.inputs = set(self.props) | {IMAGE}
         self._checked: dict[tuple[str, str], bool] = {}
+        self._validators: dict[str, Draft202012Validator] = {}
         self._images: dict[str, str | None] = {}
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
@@ -138,8 +141,12 @@ class Resolver:
         return ok
 
     def _report_invalid(self, name: str, value: Any, probe: Any, where: Where) -> bool:
-        probe_input = {"prompt": "x", name: probe}
-        found = [p for p in self.model.problems(probe_input) if p.startswith(f"input.{name}")]
+        # The schema's fields are independent, so each field is checked alone against
+        # its own sub-schema, with a validator built once (not one per value).
+        validator = self._validators.get(name)
+        if validator is None:
+            validator = self._validators[name] = Draft202012Validator(self.props[name])
+        found = [f"input.{name}: {e.message}" for e in validator.iter_errors(probe)]
         if not found:
             return True
         enum = self.props[name].get("enum")
