@@ -9,11 +9,11 @@ model inputs and which are prompt-template variables) is checked afterwards by
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from batchgen.modelspec import DEFAULT_MODEL
+from batchgen.modelspec import DEFAULT_MODEL, load_model
 
 #: one value of an input or a template variable; numbers become text where the model
 #: wants text (``duration: 5`` -> ``"5"``)
@@ -28,6 +28,48 @@ _INPUT_DOC = (
     "Model inputs (prompt, aspect_ratio, resolution, duration, image, image_urls) and "
     "prompt-template variables (any other name used as {name} in a prompt)."
 )
+
+
+def _value_hint(prop: dict[str, Any]) -> dict[str, Any]:
+    hint = {k: v for k, v in prop.items() if k in ("description", "enum", "type")}
+    if prop.get("type") == "array":
+        hint["items"] = {"type": "string"}  # local paths too, not only URLs
+    enum = prop.get("enum")
+    if enum and all(isinstance(v, str) and v.isdigit() for v in enum):
+        hint.pop("type", None)
+        hint["enum"] = [*enum, *(int(v) for v in enum)]  # duration: 5 is taken as "5"
+    return hint
+
+
+def _input_hints(shape: str) -> dict[str, Any]:
+    """Editor hints for the default model's inputs, as ``properties`` of a mapping.
+
+    Only for the JSON Schema (completion and checks while typing); the loader checks
+    the manifest's own model, whatever it is."""
+    props: dict[str, Any] = load_model(DEFAULT_MODEL).input_schema["properties"]
+    one = {name: _value_hint(prop) for name, prop in props.items()}
+    one["image"] = {
+        "type": "string",
+        "description": "One source image, a URL or a local path; sent as image_urls: [it]",
+    }
+    if shape == "axis":
+        return {
+            "properties": {
+                name: {
+                    "anyOf": [
+                        {"type": "array", "items": hint, "minItems": 1},
+                        {
+                            "type": "object",
+                            "properties": {"file": {"type": "string"}},
+                            "required": ["file"],
+                            "additionalProperties": False,
+                        },
+                    ]
+                }
+                for name, hint in one.items()
+            }
+        }
+    return {"properties": one}
 
 
 class _Strict(BaseModel):
@@ -83,12 +125,15 @@ class Manifest(_Strict):
         "any axis or variable, any model input; format specs such as {index:04d} work.",
     )
     defaults: dict[str, Value] = Field(
-        default_factory=dict, description="Values every job starts from. " + _INPUT_DOC
+        default_factory=dict,
+        description="Values every job starts from. " + _INPUT_DOC,
+        json_schema_extra=_input_hints("value"),
     )
     matrix: dict[str, list[Value] | FileRef] = Field(
         default_factory=dict,
         description="Axes: name -> list of values (or {file: values.txt}). The jobs are the "
         "cartesian product of all axes (and rows). " + _INPUT_DOC,
+        json_schema_extra=_input_hints("axis"),
     )
     rows: StrictStr | list[dict[str, Value]] | None = Field(
         default=None,
@@ -96,9 +141,11 @@ class Manifest(_Strict):
         "mappings, or a .csv / .jsonl file (columns = names) or a .txt file (one prompt "
         "per line).",
     )
-    include: list[dict[str, Value]] = Field(
-        default_factory=list,
-        description="Extra jobs, each written out in full (defaults apply).",
+    include: list[Annotated[dict[str, Value], Field(json_schema_extra=_input_hints("value"))]] = (
+        Field(
+            default_factory=list,
+            description="Extra jobs, each written out in full (defaults apply).",
+        )
     )
     exclude: list[dict[str, Scalar | list[Scalar]]] = Field(
         default_factory=list,

@@ -43,3 +43,13 @@ def test_the_schema_is_valid_and_rejects_what_the_loader_rejects() -> None:
     assert not validator.is_valid({"repeat": 0})
     assert not validator.is_valid({"matrix": {"style": "not a list"}})
     assert not validator.is_valid({"limits": {"rate": "fast"}})
+
+
+def test_editors_get_the_model_inputs_allowed_values() -> None:
+    validator = jsonschema.Draft202012Validator(manifest_schema())
+    assert not validator.is_valid({"defaults": {"resolution": "4k"}})
+    assert not validator.is_valid({"matrix": {"aspect_ratio": ["2:1"]}})
+    assert not validator.is_valid({"include": [{"duration": 7}]})
+    assert validator.is_valid({"defaults": {"duration": 5, "image": "a.png"}})
+    assert validator.is_valid({"matrix": {"prompt": {"file": "p.txt"}, "image": ["a.png"]}})
+    assert validator.is_valid({"matrix": {"image_urls": [["a.png", "https://x.example/b"]]}})
