@@ -2,10 +2,11 @@
 /dev/null, no TTY; against the simulator over loopback.
 
 Covered here: the log, summary and metrics files parse and agree with the simulator
-and the database; the notification arrives; two overlapping starts (refused with 75
-naming the holder, or waiting with --wait-lock) never run a job twice; a lock left by
-`kill -9` is taken over; `--max-runtime` stops with 75 and a resume finishes; and the
-API key is in none of the files, the database or the output.
+and the database; the notification arrives; a second start on the same database is
+refused with 75 naming the holder (overlapping runs of one manifest, refused or
+waiting, are in test_unattended_dates.py); a lock left by `kill -9` is taken over;
+`--max-runtime` stops with 75 and a resume finishes; and the API key is in none of
+the files, the database or the output.
 """
 
 from __future__ import annotations
@@ -190,38 +191,6 @@ async def test_without_a_key_the_summary_and_metrics_still_say_why(tmp_path: Pat
     assert value(parse_prom((tmp_path / "m.prom").read_text()), "batchgen_exit_code") == 2
     assert got and got[0]["exit_code"] == 2
     assert not (tmp_path / "state.db").exists()  # nothing written to the state
-
-
-async def test_overlapping_starts_refuse_or_wait_and_nothing_runs_twice(tmp_path: Path) -> None:
-    n = 12
-    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
-    gate = gated(sim)
-    async with sim:
-        db_path = tmp_path / "state.db"
-        db, batch = make_batch(db_path, prompts(n), tmp_path / "out", name="nightly-a")
-        env = cron_env(tmp_path, sim.base_url)
-        args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
-        first = await start(*args, env=env, cwd=tmp_path)
-        await until(lambda: (read_holder(db_path) or {}).get("pid") == first.pid)
-
-        summary = tmp_path / "second.json"
-        refused = await start(*args, "--summary-file", str(summary), env=env, cwd=tmp_path)
-        code, _, stderr = await finish(refused, 30)
-        assert first.returncode is None, "the first run ended too soon to test anything"
-        assert code == 75, stderr[-2000:]
-        assert f"pid {first.pid}" in stderr and "'nightly-a'" in stderr
-        assert json.loads(summary.read_text())["exit_code"] == 75
-
-        gate.set()
-        waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)
-        code1, _, err1 = await finish(first)
-        code2, out2, err2 = await finish(waiter)
-        st = sim.stats()
-    assert code1 == 0, err1[-2000:]
-    assert code2 == 0, err2[-2000:]
-    assert json.loads(out2)["requests"] == {}  # it found everything done: sent nothing
-    assert st["runs_created"] == n and st["idempotent_replays"] == 0
-    assert store.counts(db, bid(batch))["succeeded"] == n
 
 
 async def test_a_different_batch_on_the_same_database_is_refused_too(tmp_path: Path) -> None:

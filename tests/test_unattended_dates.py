@@ -153,8 +153,12 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
         args = ("run", str(manifest), "--db", str(db_path), "--date", "2026-11-24")
         first = await start(*args, env=env, cwd=tmp_path)
         await until(lambda: (read_holder(db_path) or {}).get("pid") == first.pid)
-        code, _, stderr = await finish(await start(*args, env=env, cwd=tmp_path))
+        summary = tmp_path / "refused.json"
+        refused = await start(*args, "--summary-file", str(summary), env=env, cwd=tmp_path)
+        code, _, stderr = await finish(refused)
         assert code == 75 and f"pid {first.pid}" in stderr and "nightly-2026-11-24" in stderr
+        assert first.returncode is None  # it was refused while the first one ran
+        assert json.loads(summary.read_text())["exit_code"] == 75
         waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)
         await asyncio.sleep(0.5)
         assert waiter.returncode is None  # waiting, not refused
