@@ -160,8 +160,11 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
         assert first.returncode is None  # it was refused while the first one ran
         assert json.loads(summary.read_text())["exit_code"] == 75
         waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)
-        await asyncio.sleep(0.5)
-        assert waiter.returncode is None  # waiting, not refused
+        assert waiter.stderr is not None
+        line = b""
+        while b"waiting up to 60 s for pid" not in line:  # it waits, it was not refused
+            line = await asyncio.wait_for(waiter.stderr.readline(), 30)
+            assert line, "the waiter ended without waiting"
         gate.set()
         assert (await finish(first))[0] == 0
         code, out, stderr = await finish(waiter)
