@@ -84,6 +84,7 @@ class Resolver:
         self._images: dict[str, str | None] = {}
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
+        self.notes: list[str] = []  # warnings that are no problems
 
     # ------------------------------------------------------------ values
 

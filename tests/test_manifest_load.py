@@ -363,3 +363,13 @@ def test_rows_from_a_text_file_and_an_image_urls_axis(tmp_path: Path) -> None:
     urls = jobs[0].input["image_urls"]
     assert urls[0].startswith("file:a.png#sha256=") and urls[1] == "https://x.example/b.png"
     assert jobs[0].axes == {"prompt": "a cat", "image_urls": "a.png+https://x.example/b.png"}
+
+
+def test_a_rows_column_nothing_reads_is_flagged_as_a_probable_typo(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("prompt,aspect_ration,take\na cat,9:16,1\n")
+    loaded = load(tmp_path, 'rows: rows.csv\nfilename: "{take}"\n')
+    assert loaded.warnings == [
+        "rows column 'aspect_ration' is no model input, no prompt uses it and the file "
+        "name does not show it (did you mean 'aspect_ratio'?)"
+    ]
+    assert next(iter(loaded.jobs())).input["aspect_ratio"] == "16:9"
