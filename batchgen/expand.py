@@ -102,16 +102,26 @@ class Spec:
         for i, rule in enumerate(self.excludes):
             bit = 1 << i
             for name, allowed in rule.items():
-                if name in provided:
-                    continue
-                if _value_of(name, self.base, self.base_variables, self.base_labels) not in allowed:
+                if name not in provided and self._base_value(name) not in allowed:
                     self._base_mask &= ~bit
             for axis in self.axes:
+                # A name this axis sets in some choices only (an empty CSV cell) has the
+                # base value in the others.
+                own = {n for c in axis.choices for n in _names(c)}
                 for choice in axis.choices:
+                    names = _names(choice)
                     for name, allowed in rule.items():
-                        if name in _names(choice) and _choice_value(choice, name) not in allowed:
+                        if name not in own:
+                            continue
+                        value = _choice_value(choice, name) if name in names else None
+                        if value is None:
+                            value = self._base_value(name)
+                        if value not in allowed:
                             choice.mask &= ~bit
                             break
+
+    def _base_value(self, name: str) -> str:
+        return _value_of(name, self.base, self.base_variables, self.base_labels)
 
 
 @dataclass

@@ -103,7 +103,8 @@ def _csv_rows(text: str) -> list[Row]:
                     line=line,
                     fix="quote cells that contain commas",
                 )
-            rows.append(Row(line, dict(zip(names, cells, strict=True))))
+            # Cells are trimmed: "a, b" in a hand-written CSV means "b", not " b".
+            rows.append(Row(line, dict(zip(names, (c.strip() for c in cells), strict=True))))
     except csv.Error as exc:
         raise FileProblem(f"malformed CSV: {exc}", line=reader.line_num) from None
     return rows

@@ -373,3 +373,24 @@ def test_a_rows_column_nothing_reads_is_flagged_as_a_probable_typo(tmp_path: Pat
         "name does not show it (did you mean 'aspect_ratio'?)"
     ]
     assert next(iter(loaded.jobs())).input["aspect_ratio"] == "16:9"
+
+
+def test_an_exclude_sees_the_default_where_a_csv_cell_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("prompt, aspect_ratio\na cat, 9:16\na dog,\n")
+    loaded = load(
+        tmp_path,
+        """
+        rows: rows.csv
+        matrix: {resolution: [720p, 1080p]}
+        exclude:
+          - {aspect_ratio: "16:9", resolution: 720p}
+        """,
+    )
+    got = [
+        (j.input["prompt"], j.input["aspect_ratio"], j.input["resolution"]) for j in loaded.jobs()
+    ]
+    assert got == [
+        ("a cat", "9:16", "720p"),
+        ("a cat", "9:16", "1080p"),
+        ("a dog", "16:9", "1080p"),
+    ]
