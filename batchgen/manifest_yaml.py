@@ -125,9 +125,12 @@ def _build(
             for i, child in enumerate(node.value)
         ]
     if isinstance(node, MappingNode):
-        loader.flatten_mapping(node)  # resolves "<<" merge keys
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # resolves "<<" merge keys: merged pairs come first
+        first_explicit = len(node.value) - explicit
+        merged: set[str] = set()
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        for i, (key_node, value_node) in enumerate(node.value):
             line, col = _mark(key_node)
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, Hashable) or isinstance(key, list | dict):
@@ -137,6 +140,12 @@ def _build(
                 continue
             if not isinstance(key, str):
                 key = str(key)
+            if key in merged:
+                # Merged values ("<<") give way to later merges and to explicit keys.
+                merged.discard(key)
+                out.pop(key, None)
+            if i < first_explicit:
+                merged.add(key)
             if key in out:
                 first = pos.keys[(*path, key)]
                 problems.append(

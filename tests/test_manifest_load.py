@@ -394,3 +394,16 @@ def test_an_exclude_sees_the_default_where_a_csv_cell_is_empty(tmp_path: Path) -
         ("a cat", "9:16", "1080p"),
         ("a dog", "16:9", "1080p"),
     ]
+
+
+def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
+    loaded = load(
+        tmp_path,
+        """
+        defaults: &base {prompt: a cat, resolution: 720p}
+        include:
+          - <<: *base
+            resolution: 1080p
+        """,
+    )
+    assert [j.input["resolution"] for j in loaded.jobs()] == ["720p", "1080p"]
