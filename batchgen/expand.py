@@ -154,13 +154,6 @@ def _value_of(
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def render_prompt(template: str, variables: dict[str, str]) -> str:
-    """A prompt template with its variables filled in; ``{{`` and ``}}`` are literal braces."""
-    if "{" not in template and "}" not in template:
-        return template
-    return template.format_map(variables)
-
-
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 

@@ -263,12 +263,14 @@ class Resolver:
             where: YamlPath = ("matrix", name)
             if name not in self.inputs and not self.variable_name(name, where):
                 continue
-            items: list[tuple[Any, Where]]
+            items: list[tuple[Any, Where]] | None
             if isinstance(values, FileRef):
                 items = self.file_values(values.file, (*where, "file"))
             else:
                 items = [(v, (*where, i)) for i, v in enumerate(values)]
-            if not items and not (isinstance(values, FileRef) and self._missing(values.file)):
+            if items is None:  # the file's problem is reported
+                continue
+            if not items:
                 self.ctx.add(
                     where,
                     f"matrix.{name} has no values",
@@ -281,16 +283,13 @@ class Resolver:
             out.append(Axis(name, [c for c in choices if c is not None]))
         return out
 
-    def _missing(self, written: str) -> bool:
-        return not resolve(written, self.base_dir).is_file()
-
-    def file_values(self, written: str, where: YamlPath) -> list[tuple[Any, Where]]:
+    def file_values(self, written: str, where: YamlPath) -> list[tuple[Any, Where]] | None:
         path = resolve(written, self.base_dir)
         try:
             return [(text, (path, n)) for n, text in read_lines(path)]
         except FileProblem as exc:
             self._file_problem(path, exc, where)
-            return []
+            return None
 
     def _file_problem(self, path: Path, exc: FileProblem, where: YamlPath) -> None:
         self.partial = True  # its values are unknown: checks across the manifest would guess

@@ -345,3 +345,13 @@ def test_an_images_mapping_needs_a_folder_and_a_url(tmp_path: Path) -> None:
         (3, "images.pics: 'cdn.example.com/pics' is not an http(s) URL"),
         (4, "images: 'nowhere' is not a folder next to the manifest"),
     ]
+
+
+def test_a_values_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_bytes(b"a cat\n\xff\xfe oops\n")
+    p = one(problems(tmp_path, "matrix: {prompt: {file: p.txt}}\n"))
+    assert (p.file, p.line, p.message) == (
+        str(tmp_path / "p.txt"),
+        2,
+        f"file {tmp_path / 'p.txt'} is not UTF-8 text",
+    )
