@@ -111,18 +111,18 @@ def _check_templates(
                     f"prompt template variable {{{name}}} has no values",
                     f"add a matrix axis `{name}: [...]`, a rows column or a defaults value",
                 )
-    prompt_axes = [
-        a for a in axes if a.name == "prompt" or all("prompt" in c.fields for c in a.choices)
-    ]
-    if "prompt" not in base and not prompt_axes:
-        r.ctx.add(
-            ("matrix",) if m.matrix else (),
-            "no prompt: every job needs one",
-            "add defaults.prompt, a matrix prompt axis, or a prompt column in rows",
-        )
-    for i, inc in r.included.items():
-        if "prompt" not in inc.fields and "prompt" not in base:
-            r.ctx.add(("include", i), f"include[{i}] has no prompt", "give it a prompt")
+    # Inputs the model requires (Seedance: the prompt) must reach every job.
+    for need in r.model.input_schema.get("required", []):
+        from_axis = [a for a in axes if a.name == need or all(need in c.fields for c in a.choices)]
+        if need not in base and not from_axis:
+            r.ctx.add(
+                ("matrix",) if m.matrix else (),
+                f"no {need}: every job needs one",
+                f"add defaults.{need}, a matrix {need} axis, or a {need} column in rows",
+            )
+        for i, inc in r.included.items():
+            if need not in inc.fields and need not in base:
+                r.ctx.add(("include", i), f"include[{i}] has no {need}", f"give it a {need}")
     defined: list[tuple[tuple[str | int, ...], str]] = [(("defaults", n), n) for n in base_vars]
     defined += [
         (("matrix", a.name), a.name) for a in axes if a.name in m.matrix and a.name not in r.inputs
