@@ -161,7 +161,7 @@ class MetricsFile:
         except (OSError, UnicodeDecodeError):
             previous = []
         try:
-            atomic_write_text(self.path, render(samples_for(summary, previous)))
+            atomic_write_text(self.path, render(samples_for(summary, previous)), shared=True)
         except OSError as exc:
             log.error("--metrics-file %s: cannot write (%s)", self.path, exc)
 

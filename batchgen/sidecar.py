@@ -70,11 +70,15 @@ def read_sidecar(video_path: Path) -> dict[str, Any]:
     return data
 
 
-def atomic_write_text(target: Path, text: str) -> None:
-    """Replace ``target`` with ``text`` so a reader sees the old file or the new, never half."""
+def atomic_write_text(target: Path, text: str, *, shared: bool = False) -> None:
+    """Replace ``target`` with ``text`` so a reader sees the old file or the new, never half.
+
+    ``shared``: several processes may write ``target`` at once (a summary or metrics
+    file that a run refused by the lock also writes), so each uses its own temp name.
+    """
     # One writer per file (the batch lock): a fixed temp name means a crash leftover is
     # simply overwritten by the next write instead of piling up.
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp" if shared else f".{target.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -182,7 +182,7 @@ class SummaryFile:
     def finished(self, summary: RunSummary) -> None:
         text = json.dumps(scrub(summary.to_json()), indent=2, sort_keys=True, ensure_ascii=False)
         try:
-            atomic_write_text(self.path, text + "\n")
+            atomic_write_text(self.path, text + "\n", shared=True)
         except OSError as exc:
             log.error("--summary-file %s: cannot write (%s)", self.path, exc)
 

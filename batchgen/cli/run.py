@@ -82,7 +82,9 @@ OnLostOpt = Annotated[
 ]
 WaitLockOpt = Annotated[
     float,
-    typer.Option("--wait-lock", min=0.0, help="Wait this long for another run of the batch."),
+    typer.Option(
+        "--wait-lock", min=0.0, help="Wait this long for another run using the same state database."
+    ),
 ]
 LogFileOpt = Annotated[
     Path | None, typer.Option("--log-file", help="JSON-lines log of every change and request.")
@@ -134,10 +136,11 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
         print(f"batchgen: {summary.reason}", file=sys.stderr)
     elif not as_json:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+        where = f"outputs in {summary.out_dir}; " if summary.out_dir else ""
         print(
             f"batchgen: {summary.batch}: {summary.reason} ({counts or 'no jobs'}); "
             f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
-            f"outputs in {summary.out_dir}; exit {summary.exit_code}",
+            f"{where}exit {summary.exit_code}",
             file=sys.stderr,
         )
     raise typer.Exit(summary.exit_code)
