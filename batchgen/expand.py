@@ -130,6 +130,7 @@ class Counts:
     combinations: int = 0  # distinct combinations (jobs / repeat)
     collapsed: int = 0
     excluded: int = 0
+    rules_hit: int = 0  # bit i set: exclude i dropped at least one combination
 
 
 def _names(choice: Choice) -> set[str]:
@@ -193,6 +194,7 @@ def _picks(spec: Spec, counts: Counts | None) -> Iterator[tuple[Choice, ...]]:
             if mask:  # some exclude rule matches every part of this combination
                 if counts is not None:
                     counts.excluded += 1
+                    counts.rules_hit |= mask
                 continue
             yield picks
     else:

@@ -93,6 +93,12 @@ class LoadedManifest:
     @property
     def warnings(self) -> list[str]:
         out = list(self.notes)
+        counts = self.counts()
+        for i in range(len(self.spec.excludes)):
+            if not counts.rules_hit >> i & 1:
+                out.append(f"exclude[{i}] matches no combination (a misspelt value?)")
+        if counts.jobs == 0:
+            out.append("the manifest makes no jobs: every combination is excluded")
         if self.collapsed:
             out.append(
                 f"{self.collapsed} combination(s) collapsed into identical jobs (the same "

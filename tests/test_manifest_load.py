@@ -407,3 +407,23 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
         """,
     )
     assert [j.input["resolution"] for j in loaded.jobs()] == ["720p", "1080p"]
+
+
+def test_an_exclude_that_matches_nothing_and_an_empty_batch_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    loaded = load(
+        tmp_path,
+        """
+        defaults: {prompt: "a {style}"}
+        matrix: {style: [ink, oil]}
+        exclude:
+          - {style: [ink, oil]}
+          - {style: watercolour}
+        """,
+    )
+    assert loaded.job_count == 0
+    assert loaded.warnings == [
+        "exclude[1] matches no combination (a misspelt value?)",
+        "the manifest makes no jobs: every combination is excluded",
+    ]
