@@ -56,7 +56,7 @@ def sync(db: Engine, manifest: Path) -> batches.SyncResult:
 def rows(db_path: Path) -> list[dict[str, Any]]:
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
-    out = [dict(r) for r in conn.execute("SELECT * FROM job ORDER BY id")]
+    out = [dict(r) for r in conn.execute("SELECT * FROM job ORDER BY idx, id")]
     conn.close()
     return out
 
