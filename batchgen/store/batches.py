@@ -100,7 +100,8 @@ def _pricer(model: str) -> Any:
         return lambda _input: 0
 
     defaults = spec.defaults()
-    resolution, duration = defaults.get("resolution"), defaults.get("duration")
+    resolution: str = defaults.get("resolution", "")
+    duration: str = defaults.get("duration", "")
 
     def price(input_: dict[str, Any]) -> int:
         try:
