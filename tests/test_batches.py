@@ -312,3 +312,52 @@ def test_re_running_never_duplicates_a_job(tmp_path_factory, versions):
         assert len(stored) == len({r["key"] for r in stored}) == len(seen) == result.total
         assert {r["key"] for r in stored if r["listed"]} == keys
     db.dispose()
+
+
+def test_chunk_boundaries_change_nothing(tmp_path, db, db_path, monkeypatch):
+    monkeypatch.setattr(batches, "CHUNK", 3)
+    subjects = [f"s{i}" for i in range(10)]
+    manifest = write_manifest(tmp_path, subjects)
+    assert sync(db, manifest).added == 20
+    write_manifest(tmp_path, [*subjects[2:], "x", "y"])
+    changed = sync(db, manifest)
+    assert (changed.added, changed.unlisted, changed.relisted, changed.total) == (4, 4, 0, 24)
+    write_manifest(tmp_path, subjects)
+    back = sync(db, manifest)
+    assert (back.added, back.unlisted, back.relisted, back.total) == (0, 4, 4, 24)
+    assert len({r["key"] for r in rows(db_path)}) == 24
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopsAfter:
+    """A loaded manifest whose job stream breaks after ``n`` jobs, like a crash mid-sync."""
+
+    def __init__(self, loaded: Any, n: int) -> None:
+        self._loaded = loaded
+        self._n = n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loaded, name)
+
+    def jobs(self) -> Any:
+        for i, job in enumerate(self._loaded.jobs()):
+            if i == self._n:
+                raise Interrupted
+            yield job
+
+
+def test_a_sync_cut_short_keeps_whole_chunks_and_the_next_one_completes(
+    tmp_path, db, db_path, monkeypatch
+):
+    monkeypatch.setattr(batches, "CHUNK", 4)
+    manifest = write_manifest(tmp_path, [f"s{i}" for i in range(5)])
+    loaded = load_manifest(manifest)
+    with pytest.raises(Interrupted):
+        batches.sync_batch(db, StopsAfter(loaded, 6))
+    assert len(rows(db_path)) == 4  # the first chunk committed, the second never began
+    result = batches.sync_batch(db, loaded)
+    assert (result.created, result.added, result.unlisted, result.total) == (False, 6, 0, 10)
+    assert [r["key"] for r in rows(db_path)] == [j.key for j in loaded.jobs()]
