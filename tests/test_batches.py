@@ -356,7 +356,7 @@ def test_a_sync_cut_short_keeps_whole_chunks_and_the_next_one_completes(
     manifest = write_manifest(tmp_path, [f"s{i}" for i in range(5)])
     loaded = load_manifest(manifest)
     with pytest.raises(Interrupted):
-        batches.sync_batch(db, StopsAfter(loaded, 6))
+        batches.sync_batch(db, StopsAfter(loaded, 6))  # type: ignore[arg-type]
     assert len(rows(db_path)) == 4  # the first chunk committed, the second never began
     result = batches.sync_batch(db, loaded)
     assert (result.created, result.added, result.unlisted, result.total) == (False, 6, 0, 10)
