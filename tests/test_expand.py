@@ -60,6 +60,7 @@ def test_jobs_streams_and_can_be_called_again(tmp_path: Path) -> None:
     again = [(j.key, j.idx, j.input, j.axes) for j in loaded.jobs()]
     assert again == [(j.key, j.idx, j.input, j.axes) for j in loaded.jobs()]
     assert len({k for k, *_ in again}) == len(again) == loaded.job_count == 24
+    assert list(loaded.keys()) == [k for k, *_ in again]
 
 
 def test_reordering_axis_values_keeps_every_key(tmp_path: Path) -> None:

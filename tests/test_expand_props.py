@@ -80,6 +80,7 @@ def test_re_expanding_never_duplicates_a_key_and_gives_the_same_jobs(data: dict[
     loaded = _load(data)
     first = [(j.key, j.idx, j.variant, j.input) for j in loaded.jobs()]
     assert len({k for k, *_ in first}) == len(first)
+    assert list(loaded.keys()) == [k for k, *_ in first]
     assert first == [(j.key, j.idx, j.variant, j.input) for j in loaded.jobs()]
     assert first == [(j.key, j.idx, j.variant, j.input) for j in _load(data).jobs()]
 
