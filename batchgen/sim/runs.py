@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchgen.modelspec import ModelSpec
+from batchgen.sim.config import SimConfig
 
 #: spread of the generation time around the typical one (log-normal sigma)
 GEN_SIGMA = 0.12
@@ -49,20 +50,20 @@ class SimRun:
 
 @dataclass
 class Timing:
-    """Draws queue wait and generation time for new runs."""
+    """Draws queue wait and generation time for new runs (reads the config live)."""
 
     rng: random.Random
-    time_scale: float
-    fail_rate: float
+    config: SimConfig
 
     def draw(self, spec: ModelSpec, input: dict[str, Any]) -> tuple[float, float, bool]:
         typical = spec.typical_seconds(input)
         gen = typical * min(max(self.rng.lognormvariate(0.0, GEN_SIGMA), 0.6), 1.6)
         queue = min(self.rng.expovariate(1.0 / (QUEUE_FRACTION * typical)), typical)
-        fails = self.rng.random() < self.fail_rate
+        fails = self.rng.random() < self.config.fail_rate
         if fails:  # failures show part-way through generation
             gen *= self.rng.uniform(0.5, 1.0)
-        return queue * self.time_scale, gen * self.time_scale, fails
+        scale = self.config.time_scale
+        return queue * scale, gen * scale, fails
 
 
 @dataclass

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -118,7 +119,7 @@ class Simulator:
             request.transport.abort()
         return web.Response()
 
-    def _urls_for(self, request: web.Request) -> Any:
+    def _urls_for(self, request: web.Request) -> Callable[[SimRun], list[str]]:
         base = f"{request.scheme}://{request.host}"
 
         def urls(run: SimRun) -> list[str]:

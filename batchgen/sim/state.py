@@ -59,7 +59,7 @@ class SimState:
         # Separate streams, so that (say) turning faults on does not change run ids.
         self.ids_rng = random.Random(f"{seed}/ids")
         self.faults_rng = random.Random(f"{seed}/faults")
-        self.timing = Timing(random.Random(f"{seed}/timing"), c.time_scale, c.fail_rate)
+        self.timing = Timing(random.Random(f"{seed}/timing"), c)
         self.accounts = [
             Account(f"key#{i + 1}", round(c.balance_usd * 1e6), SlidingWindow(*c.rate))
             for i in range(len(self.keyring))
