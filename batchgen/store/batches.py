@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -92,7 +92,7 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _pricer(model: str) -> Any:
+def _pricer(model: str) -> Callable[[dict[str, Any]], int]:
     """``input -> micro-USD`` for ``model``; 0 when no price table describes it."""
     try:
         spec = load_model(model)
