@@ -71,8 +71,8 @@ def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
             f"image {path} does not exist",
             "check the path (relative paths start at the manifest's folder)",
         ) from None
-    except OSError as exc:
-        raise ImageError(f"image {path} cannot be read: {exc}", "check its permissions") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ImageError(f"image {path} cannot be read: {exc}", "check the path") from exc
     if not path.is_file():
         raise ImageError(f"image {path} is not a file", "name an image file, not a folder")
     if size > max_bytes:
@@ -121,8 +121,8 @@ def public_url(written: str, base_dir: Path, mapping: dict[str, str]) -> str | N
     target = resolve(written, base_dir).resolve()
     best: tuple[int, str] | None = None
     for folder, base in mapping.items():
-        root = resolve(folder, base_dir).resolve()
-        try:
+        try:  # ValueError: not under this folder (or a NUL in its name)
+            root = resolve(folder, base_dir).resolve()
             inner = target.relative_to(root)
         except ValueError:
             continue
@@ -155,7 +155,7 @@ def _inline(ref: str, base_dir: Path | None) -> str:
     path = resolve(written, base_dir)
     try:
         stat = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         raise UsageError(
             [Problem(str(path), "image vanished since the batch was planned", fix="put it back")]
         ) from None

@@ -39,8 +39,8 @@ def _text(path: Path) -> str:
             f"file {path} does not exist",
             fix="check the path (relative paths start at the manifest's folder)",
         ) from None
-    except OSError as exc:
-        raise FileProblem(f"file {path} cannot be read: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise FileProblem(f"file {path} cannot be read: {exc}", fix="check the path") from exc
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
