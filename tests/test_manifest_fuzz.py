@@ -68,3 +68,28 @@ SHAPED = st.fixed_dictionaries(
 @given(SHAPED)
 def test_loading_a_manifest_shaped_input_never_crashes(data: dict[str, Any]) -> None:
     test_loading_never_crashes.hypothesis.inner_test(data)  # type: ignore[attr-defined]
+
+
+LINES = st.lists(
+    st.sampled_from(
+        ["prompt,subject", "a {subject},cat", '"a, b",x', "prompt", '{"prompt": "a"}', "{",
+         '{"prompt": 5, "subject": null}', "[1]", "", "# c", "a,b,c", '"unclosed', "\ufeffp"]
+    ) | st.text(max_size=8),
+    max_size=5,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["csv", "jsonl", "txt"]), LINES, st.booleans())
+def test_loading_any_values_file_never_crashes(kind: str, lines: list[str], as_axis: bool) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, f"r.{kind}").write_text("\n".join(lines), encoding="utf-8")
+        path = Path(folder) / "m.yaml"
+        text = "matrix: {prompt: {file: r.%s}}\n" if as_axis else "rows: r.%s\n"
+        path.write_text(text % kind, encoding="utf-8")
+        try:
+            loaded = load_manifest(path)
+        except UsageError as exc:
+            assert exc.problems and all(p.message for p in exc.problems)
+            return
+        assert sum(1 for _ in loaded.jobs()) == loaded.job_count
