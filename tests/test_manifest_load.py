@@ -427,3 +427,27 @@ def test_an_exclude_that_matches_nothing_and_an_empty_batch_are_warned_about(
         "exclude[1] matches no combination (a misspelt value?)",
         "the manifest makes no jobs: every combination is excluded",
     ]
+
+
+def test_csv_columns_feed_the_variables_of_a_defaults_template(tmp_path: Path) -> None:
+    (tmp_path / "pairs.csv").write_text("subject,style\ncat,ink\ndog,oil\n")
+    loaded = load(
+        tmp_path,
+        """
+        defaults: {prompt: "a {subject} in {style}"}
+        rows: pairs.csv
+        matrix: {duration: [5, 10]}
+        """,
+    )
+    got = [(j.input["prompt"], j.input["duration"]) for j in loaded.jobs()]
+    assert got == [
+        ("a cat in ink", "5"),
+        ("a cat in ink", "10"),
+        ("a dog in oil", "5"),
+        ("a dog in oil", "10"),
+    ]
+    assert loaded.axes == {
+        "subject": ["cat", "dog"],
+        "style": ["ink", "oil"],
+        "duration": ["5", "10"],
+    }
