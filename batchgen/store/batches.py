@@ -242,7 +242,7 @@ def _unlist_missing(conn: Connection, batch_id: int, loaded: LoadedManifest, now
         )
         conn.exec_driver_sql("DELETE FROM temp.sync_keys")
     try:
-        for chunk in _chunks((job.key for job in loaded.jobs()), CHUNK):
+        for chunk in _chunks(loaded.keys(), CHUNK):
             with conn.begin():
                 conn.exec_driver_sql(
                     "INSERT OR IGNORE INTO temp.sync_keys (key) VALUES (?)",
