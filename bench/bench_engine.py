@@ -35,33 +35,20 @@ from sqlmodel import Session
 
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
+from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.modelspec import load_model
 from batchgen.polling import DurationModel, PollPolicy
 from batchgen.ratelimit import RequestLimiter
 from batchgen.retry import RetryPolicy
+from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job, open_db
 
 MODEL = "bytedance/seedance-1-pro"
 WINDOW_S = 10.0
 LIMIT = 20
-
-
-def _sim_classes() -> tuple[Any, Any, str]:
-    try:
-        from batchgen.sim import (  # type: ignore[attr-defined, unused-ignore]
-            DEFAULT_KEY,
-            SimConfig,
-            Simulator,
-        )
-
-        return Simulator, SimConfig, DEFAULT_KEY
-    except ImportError:  # TEMPORARY until batchgen.sim lands
-        from tests.test_engine_helpers import KEY, StandInConfig, StandInSim
-
-        return StandInSim, StandInConfig, KEY
 
 
 def job_inputs(n: int, seed: int) -> list[dict[str, Any]]:
@@ -136,26 +123,8 @@ def make_batch(db_path: Path, inputs: list[dict[str, Any]], out: Path) -> tuple[
     return db, batch
 
 
-async def _simple_collect_factory(session: aiohttp.ClientSession, out: Path) -> Any:
-    async def collect(job: Job, urls: list[str], refresh: Any) -> dict[str, Any]:
-        paths = []
-        for n, url in enumerate(urls):
-            async with session.get(url) as resp:
-                if resp.status in (403, 404, 410):
-                    url = (await refresh())[n]
-                    resp = await session.get(url)
-                resp.raise_for_status()
-                data = await resp.read()
-            path = out / f"{job.idx:05d}_{n}.mp4"
-            path.write_bytes(data)
-            paths.append(path.name)
-        return {"output_paths_json": json.dumps(paths)}
-
-    return collect
-
-
 async def bench_engine(args: argparse.Namespace, inputs: list[dict[str, Any]]) -> Figures:
-    Simulator, SimConfig, key = _sim_classes()
+    key = DEFAULT_KEY
     ts = args.time_scale
     figures = Figures("batchgen engine", len(inputs))
     config = SimConfig(rate=(LIMIT, WINDOW_S * ts), time_scale=ts, seed=args.seed)
@@ -171,7 +140,7 @@ async def bench_engine(args: argparse.Namespace, inputs: list[dict[str, Any]]) -
                     sim.base_url, key, limiter=limiter, observers=[_Recorder(figures)]
                 ) as client,
             ):
-                collect = await _collector(files, batch, out)
+                collect = make_collect(files, batch, out_dir=out)
                 engine = RunEngine(
                     db, batch, client=client, limiter=limiter, collect=collect,
                     materialize=lambda x: x,
@@ -191,28 +160,18 @@ async def bench_engine(args: argparse.Namespace, inputs: list[dict[str, Any]]) -
     return figures
 
 
-async def _collector(files: aiohttp.ClientSession, batch: Batch, out: Path) -> Any:
-    try:
-        from batchgen.sim import Simulator  # type: ignore[attr-defined, unused-ignore]  # noqa: F401
-    except ImportError:  # TEMPORARY: the stand-in serves no real MP4 the decoder accepts
-        return await _simple_collect_factory(files, out)
-    from batchgen.collector import make_collect
-
-    return make_collect(files, batch, out_dir=out)
-
-
 def _from_stats(figures: Figures, stats: dict[str, Any]) -> None:
-    figures.requests = sum(sum(v.values()) for v in stats["requests"].values())
-    figures.rate_limited = sum(
-        int(n) for per in stats["requests"].values() for s, n in per.items() if s == "429"
-    )
+    # API requests only: file downloads do not spend the key's rate limit.
+    api = {route: per for route, per in stats["requests"].items() if "/api/" in route}
+    figures.requests = sum(sum(v.values()) for v in api.values())
+    figures.rate_limited = sum(int(n) for per in api.values() for s, n in per.items() if s == "429")
     figures.runs_created = stats["runs_created"]
     figures.charged_minus_refunded = stats["charged_micro_usd"] - stats["refunded_micro_usd"]
 
 
 async def bench_naive(args: argparse.Namespace, inputs: list[dict[str, Any]]) -> Figures:
     """The provider's suggested pattern: poll every 2 s, exponential backoff on 429."""
-    Simulator, SimConfig, key = _sim_classes()
+    key = DEFAULT_KEY
     ts = args.time_scale
     figures = Figures("naive (poll every 2 s)", len(inputs))
     config = SimConfig(rate=(LIMIT, WINDOW_S * ts), time_scale=ts, seed=args.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_expand", "bench.bench_engine", "bench.bench_report"]
+BENCHES = ["bench.bench_expand", "bench.bench_engine", "bench.bench_report", "bench.bench_sim"]
 
 
 def main() -> int:
