@@ -31,20 +31,26 @@ from typing import Any
 import aiohttp
 from sqlalchemy import Engine
 
+from batchgen import images
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
 from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
 from batchgen.engine_base import InDoubtPolicy, LostPolicy
-from batchgen.errors import BatchgenError, ExitCode, StateError, UsageError
+from batchgen.errors import BatchgenError, ExitCode, UsageError
 from batchgen.events import Observer, RunSummary
+from batchgen.lock import batch_lock
+from batchgen.manifest import Overrides, load_manifest
 from batchgen.polling import DurationModel, PollPolicy, api_duration, run_class
 from batchgen.progress import ProgressMode, RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import RequestLimiter
+from batchgen.report import LiveReport
 from batchgen.retry import RetryPolicy
+from batchgen.store import batches
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, open_db
+from batchgen.watch import build_observers
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +173,6 @@ async def arun_batch(
 def _unattended_observers(opts: RunOptions) -> list[Observer]:
     if not (opts.log_file or opts.summary_file or opts.metrics_file or opts.notify_url):
         return []
-    from batchgen.watch import build_observers  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
     return list(
         build_observers(
             log_file=opts.log_file,
@@ -222,8 +226,6 @@ class _Run:
     ) -> tuple[ExitCode, str]:
         loaded = None
         if manifest is not None:
-            from batchgen.manifest import Overrides, load_manifest  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
             overrides = Overrides(
                 out_dir=self.opts.out_dir,
                 rate=self.opts.rate,
@@ -240,9 +242,7 @@ class _Run:
             self.batch_name = found.name
         with _lock(self.db_path, self.batch_name, self.opts.wait_lock_s):
             if loaded is not None:
-                from batchgen.store.batches import sync_batch  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-                synced = sync_batch(db, loaded)
+                synced = batches.sync_batch(db, loaded)
                 self.batch = store.get_batch(db, synced.batch_id)
                 if self.batch.canceled:
                     store.uncancel(db, synced.batch_id, now=self.clock.now())
@@ -283,20 +283,13 @@ class _Run:
         )
         observers = list(self.observers)
         if opts.report_path is not None:
-            from batchgen.report import LiveReport  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
             observers.append(LiveReport(self.db, batch.id, opts.report_path))
             self.observers.append(observers[-1])
         progress = make_progress(opts.progress)
         base_dir = Path(batch.manifest_path).parent if batch.manifest_path else None
 
         def materialize(input_: dict[str, Any]) -> dict[str, Any]:
-            try:
-                from batchgen.images import materialize as real  # type: ignore[import-untyped, import-not-found, unused-ignore]
-            except ImportError:  # TEMPORARY until batchgen.images lands: no local images
-                return input_
-            api_input: dict[str, Any] = real(input_, base_dir)
-            return api_input
+            return images.materialize(input_, base_dir)
 
         started = self.clock.monotonic()
 
@@ -409,26 +402,7 @@ class _Run:
 
 def find_batch(db: Engine, name: str | None) -> Batch:
     """The batch called ``name`` (None: the most recently run one)."""
-    try:
-        from batchgen.store.batches import find_batch as real  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError:  # TEMPORARY until batchgen.store.batches lands
-        from sqlmodel import Session, col, select
-
-        with Session(db, expire_on_commit=False) as s:
-            query = select(Batch)
-            query = (
-                query.where(Batch.name == name)
-                if name
-                else query.order_by(col(Batch.updated_at).desc())
-            )
-            found = s.exec(query).first()
-        if found is None:
-            raise StateError(
-                f"no batch {name!r} in the state database" if name else "no batch"
-            ) from None
-        return found
-    batch: Batch = real(db, name)
-    return batch
+    return batches.find_batch(db, name)
 
 
 def _settings(batch: Batch) -> dict[str, Any]:
@@ -456,12 +430,6 @@ def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:
 
 @contextlib.contextmanager
 def _lock(db_path: Path, batch: str, wait_s: float) -> Iterator[None]:
-    try:
-        from batchgen.lock import batch_lock  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError:  # TEMPORARY until batchgen.lock lands
-        log.warning("batchgen.lock is not there yet: running without the batch lock")
-        yield
-        return
     with batch_lock(db_path, batch, wait_s=wait_s):
         yield
 

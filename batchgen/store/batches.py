@@ -285,9 +285,10 @@ def find_batch(db: Engine, name: str | None) -> Batch:
             ).all()
         )
     if not known:
+        asked = f"no batch named {name!r}: " if name is not None else ""
         raise StateError(
-            "the state database holds no batch yet: run `batchgen run MANIFEST` first "
-            "(or pass --db to point at another database)"
+            f"{asked}the state database holds no batch yet: run `batchgen run MANIFEST` "
+            "first (or pass --db to point at another database)"
         )
     shown = ", ".join(known[:KNOWN_SHOWN]) + (", ..." if len(known) > KNOWN_SHOWN else "")
     raise StateError(f"no batch named {name!r}; known batches (most recent first): {shown}")
