@@ -34,7 +34,9 @@ __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_SETTINGS: dict[str, Any] = {
     "rate": [20, 10.0],
-    "concurrency": 10,
+    # At 20 requests per 10 s a key can start about one run a second, and runs take
+    # 40-90 s: it takes this many in flight to keep the limit busy.
+    "concurrency": 100,
     "budget_usd": None,
     "max_attempts": 5,
 }

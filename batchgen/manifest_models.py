@@ -92,7 +92,7 @@ class Limits(_Strict):
         examples=["20/10s"],
     )
     concurrency: Annotated[StrictInt, Field(ge=1)] | None = Field(
-        default=None, description="Most runs in flight at once (default 10)."
+        default=None, description="Most runs in flight at once (default 100)."
     )
     budget_usd: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = Field(
         default=None, description="Never spend more than this on the batch (default: no cap)."

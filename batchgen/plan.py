@@ -29,7 +29,7 @@ NO_LABEL = "(none)"
 #: a job costs at least a POST and one poll against the key's request limit
 REQUESTS_PER_JOB = 2
 DEFAULT_RATE = (20, 10.0)
-DEFAULT_CONCURRENCY = 10
+DEFAULT_CONCURRENCY = 100
 #: jobs looked up in the database at once
 LOOKUP = 2_000
 

@@ -267,7 +267,7 @@ class _Run:
         opts = self.opts
         settings = _settings(batch)
         rate = opts.rate or _rate(settings.get("rate")) or (20, 10.0)
-        concurrency = opts.concurrency or int(settings.get("concurrency") or 10)
+        concurrency = opts.concurrency or int(settings.get("concurrency") or 100)
         max_attempts = opts.max_attempts or int(settings.get("max_attempts") or 5)
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
         out_dir = Path(opts.out_dir or batch.out_dir)

@@ -77,7 +77,7 @@ def test_name_defaults_to_the_file_name_and_settings_to_the_documented_values(
     assert loaded.out_dir == tmp_path / "videos" / "m"
     assert loaded.settings == {
         "rate": [20, 10.0],
-        "concurrency": 10,
+        "concurrency": 100,
         "budget_usd": None,
         "max_attempts": 5,
     }
