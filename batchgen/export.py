@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -20,7 +19,7 @@ from typing import Any, Literal, TextIO
 from sqlalchemy import Engine
 
 from batchgen.polling import api_duration
-from batchgen.sidecar import fsync_dir
+from batchgen.sidecar import atomic_writer
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
 
 Format = Literal["csv", "jsonl"]
@@ -141,19 +140,9 @@ def write_export(db: Engine, batch_id: int, fmt: Format, stream: TextIO) -> int:
 def export_to_file(db: Engine, batch_id: int, fmt: Format, out: Path) -> int:
     """Like ``write_export``, into ``out`` atomically (a reader never sees half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        # newline="": the csv module writes its own line ends
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            n = write_export(db, batch_id, fmt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
-    return n
+    # newline="": the csv module writes its own line ends
+    with atomic_writer(out, newline="") as fh:
+        return write_export(db, batch_id, fmt, fh)
 
 
 __all__ = ["FIELDS", "Format", "export_to_file", "iter_records", "record", "write_export"]

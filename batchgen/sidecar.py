@@ -12,12 +12,13 @@ no field for headers or credentials, and any string that looks like a Runbase ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 #: the fields a sidecar may hold, and what each means
 FIELDS: dict[str, str] = {
@@ -44,7 +45,7 @@ FIELDS: dict[str, str] = {
 
 REDACTED = "[redacted]"
 # A Runbase key: "sk-" and a long token, not inside a longer word ("task-force").
-_KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
+KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
 
 
 def sidecar_path(video_path: Path) -> Path:
@@ -59,7 +60,7 @@ def write_sidecar(video_path: Path, data: Mapping[str, Any]) -> Path:
         raise ValueError(
             f"sidecar: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}"
         )
-    text = json.dumps(_scrub(dict(data)), sort_keys=True, indent=2, ensure_ascii=False, default=str)
+    text = json.dumps(scrub(dict(data)), sort_keys=True, indent=2, ensure_ascii=False, default=str)
     target = sidecar_path(video_path)
     atomic_write_text(target, text + "\n")
     return target
@@ -76,12 +77,22 @@ def atomic_write_text(target: Path, text: str, *, shared: bool = False) -> None:
     ``shared``: several processes may write ``target`` at once (a summary or metrics
     file that a run refused by the lock also writes), so each uses its own temp name.
     """
+    with atomic_writer(target, shared=shared) as fh:
+        fh.write(text)
+
+
+@contextlib.contextmanager
+def atomic_writer(
+    target: Path, *, shared: bool = False, newline: str | None = None
+) -> Iterator[TextIO]:
+    """A text file that replaces ``target`` (fsync, rename, fsync of the folder) when the
+    block ends without an error; on an error ``target`` is untouched and the temp is gone."""
     # One writer per file (the batch lock): a fixed temp name means a crash leftover is
     # simply overwritten by the next write instead of piling up.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp" if shared else f".{target.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -105,11 +116,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _scrub(value: Any) -> Any:
+def scrub(value: Any) -> Any:
+    """``value`` with every key-like string redacted (dicts and lists walked)."""
     if isinstance(value, str):
-        return _KEY_LIKE.sub(REDACTED, value)
+        return KEY_LIKE.sub(REDACTED, value)
     if isinstance(value, Mapping):
-        return {str(k): _scrub(v) for k, v in value.items()}
+        return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
+        return [scrub(v) for v in value]
     return value

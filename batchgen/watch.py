@@ -17,32 +17,15 @@ import datetime as dt
 import json
 import logging
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from batchgen.errors import UsageError
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
-from batchgen.sidecar import atomic_write_text
+from batchgen.sidecar import atomic_write_text, scrub
 
 log = logging.getLogger(__name__)
-
-REDACTED = "[redacted]"
-# A Runbase key: "sk-" and a long token, not inside a longer word ("task-force").
-_KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
-
-
-def scrub(value: Any) -> Any:
-    """``value`` with every key-like string redacted (dicts and lists walked)."""
-    if isinstance(value, str):
-        return _KEY_LIKE.sub(REDACTED, value)
-    if isinstance(value, Mapping):
-        return {str(k): scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    return value
 
 
 def iso(t: float) -> str:

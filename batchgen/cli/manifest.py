@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app
-from batchgen.cli.run import parse_rate
+from batchgen.cli.run import parse_date, parse_rate
 from batchgen.errors import BatchgenError, UsageError
 from batchgen.manifest import LoadedManifest, Overrides, load_manifest
 from batchgen.plan import build_plan, render_plan
@@ -42,21 +41,12 @@ def _exit_on_error() -> Iterator[None]:
         raise typer.Exit(int(exc.exit_code)) from None
 
 
-def _parse_date(text: str | None) -> dt.date | None:
-    if text is None:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
-
-
 def _load(
     manifest: Path, date: str | None, max_jobs: int | None, **overrides: Any
 ) -> LoadedManifest:
     return load_manifest(
         manifest,
-        date=_parse_date(date),
+        date=parse_date(date),
         overrides=Overrides(max_jobs=max_jobs, **overrides),
     )
 

@@ -114,7 +114,7 @@ def parse_rate(text: str | None) -> tuple[int, float] | None:
     return int(m.group(1)), seconds
 
 
-def _date(text: str | None) -> dt.date | None:
+def parse_date(text: str | None) -> dt.date | None:
     if text is None:
         return None
     try:
@@ -189,7 +189,7 @@ def run(
         max_runtime_s=max_runtime,
         in_doubt=in_doubt.value,
         on_lost=on_lost.value,
-        date=_date(date),
+        date=parse_date(date),
         wait_lock_s=wait_lock,
         log_file=log_file,
         summary_file=summary_file,
