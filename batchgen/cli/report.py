@@ -17,7 +17,7 @@ from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError
 from batchgen.export import export_to_file, write_export
 from batchgen.report import write_report
-from batchgen.runner import find_batch
+from batchgen.store.batches import find_batch
 from batchgen.store.schema import DEFAULT_DB, open_db
 
 BatchArg = Annotated[
