@@ -18,6 +18,7 @@ by Linux and depends on the server's lock manager: keep the state database local
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import errno
@@ -27,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,53 +68,102 @@ def describe(holder: dict[str, Any] | None) -> str:
 def batch_lock(db_path: Path, batch: str, *, wait_s: float = 0.0) -> Iterator[None]:
     """Hold the database's lock for ``batch``; raise ``LockHeldError`` (exit 75) if taken.
 
-    ``wait_s`` > 0: try again every ``POLL_S`` seconds for that long first.
+    ``wait_s`` > 0: try again every ``POLL_S`` seconds for that long first (sleeping:
+    from async code use ``abatch_lock``, which leaves the event loop free).
     """
-    path = lock_path(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_CLOEXEC (Python's default): a child process never inherits the lock.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(db_path)
     try:
-        _acquire(fd, db_path, wait_s)
-        previous = _read_fd(fd)
-        if previous:
-            # A holder that ended normally empties the file; this one died holding it.
-            log.warning("lock %s: taking over from %s, which is gone", path, describe(previous))
-        _write_fd(fd, _note(batch))
-        try:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        tries = 0
+        while not _try(fd, db_path, wait_s, deadline, tries):
+            tries += 1
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        with _held(fd, db_path, batch):
             yield
-        finally:
-            # Empty the note before unlocking, so it never names a finished process.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-def _acquire(fd: int, db_path: Path, wait_s: float) -> None:
-    deadline = time.monotonic() + max(0.0, wait_s)
-    waited = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-        holder = read_holder(db_path)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            how = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
-            where = Path(db_path).resolve()
-            raise LockHeldError(
-                f"the state database {where} is in use by {describe(holder)}{how}; "
-                "nothing was done. Try later, or wait with --wait-lock SECONDS"
+@contextlib.asynccontextmanager
+async def abatch_lock(
+    db_path: Path, batch: str, *, wait_s: float = 0.0, stop: asyncio.Event | None = None
+) -> AsyncIterator[None]:
+    """``batch_lock`` for async code: waits with ``asyncio.sleep`` (signal handlers and
+    other tasks keep running), and gives up at once with ``LockHeldError`` (exit 75,
+    nothing done) when ``stop`` is set, e.g. by SIGTERM during ``--wait-lock``."""
+    fd = _open(db_path)
+    try:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        tries = 0
+        while True:
+            if stop is not None and stop.is_set():
+                where = Path(db_path).resolve()
+                held = f", in use by {describe(read_holder(db_path))}" if tries else ""
+                raise LockHeldError(
+                    f"stopped while waiting for the state database {where}{held}; nothing was done"
+                )
+            if _try(fd, db_path, wait_s, deadline, tries):
+                break
+            tries += 1
+            pause = min(POLL_S, max(0.0, deadline - time.monotonic()))
+            if stop is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+        with _held(fd, db_path, batch):
+            yield
+    finally:
+        os.close(fd)
+
+
+def _open(db_path: Path) -> int:
+    path = lock_path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_CLOEXEC (Python's default): a child process never inherits the lock.
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@contextlib.contextmanager
+def _held(fd: int, db_path: Path, batch: str) -> Iterator[None]:
+    """The lock is ours: leave our note, and on the way out empty it and unlock."""
+    try:
+        previous = _read_fd(fd)
+        if previous:
+            # A holder that ended normally empties the file; this one died holding it.
+            log.warning(
+                "lock %s: taking over from %s, which is gone",
+                lock_path(db_path),
+                describe(previous),
             )
-        if not waited:
-            log.info("waiting up to %g s for %s", wait_s, describe(holder))
-            waited = True
-        time.sleep(min(POLL_S, remaining))
+        _write_fd(fd, _note(batch))
+        yield
+    finally:
+        # Empty the note before unlocking, so it never names a finished process.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _try(fd: int, db_path: Path, wait_s: float, deadline: float, tries: int) -> bool:
+    """Take the lock now (True), or False to try again, or raise once the wait is over."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+    holder = read_holder(db_path)
+    if deadline - time.monotonic() <= 0:
+        how = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+        where = Path(db_path).resolve()
+        raise LockHeldError(
+            f"the state database {where} is in use by {describe(holder)}{how}; "
+            "nothing was done. Try later, or wait with --wait-lock SECONDS"
+        )
+    if tries == 0:  # say it once
+        log.info("waiting up to %g s for %s", wait_s, describe(holder))
+    return False
 
 
 def _note(batch: str) -> dict[str, Any]:
@@ -144,4 +194,4 @@ def _write_fd(fd: int, note: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
-__all__ = ["POLL_S", "batch_lock", "describe", "lock_path", "read_holder"]
+__all__ = ["POLL_S", "abatch_lock", "batch_lock", "describe", "lock_path", "read_holder"]

@@ -40,7 +40,7 @@ from batchgen.engine import EngineConfig, RunEngine
 from batchgen.engine_base import InDoubtPolicy, LostPolicy
 from batchgen.errors import BatchgenError, ExitCode, UsageError
 from batchgen.events import Observer, RunSummary
-from batchgen.lock import batch_lock
+from batchgen.lock import abatch_lock
 from batchgen.manifest import Overrides, load_manifest
 from batchgen.polling import DurationModel, PollPolicy, api_duration, run_class
 from batchgen.progress import ProgressMode, RequestTally, Snapshot, make_progress
@@ -157,7 +157,8 @@ async def arun_batch(
     code, reason = ExitCode.USAGE, "not started"
     try:
         run.key = check_api_key(api_key)
-        code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+        with _signals(run, enabled=opts.handle_signals):
+            code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
         code, reason = exc.exit_code, str(exc)
     except BaseException as exc:
@@ -220,6 +221,16 @@ class _Run:
         self.batch_name = ""
         self.engine: RunEngine | None = None
         self.out_dir = ""
+        #: set by a signal: stops a wait for the lock (the engine is told directly)
+        self.stop_event = asyncio.Event()
+        self.interrupted: str | None = None
+
+    def interrupt(self, reason: str, *, hard: bool = False) -> None:
+        """SIGINT/SIGTERM: give up waiting for the lock, or wind the engine down."""
+        self.interrupted = self.interrupted or reason
+        self.stop_event.set()
+        if self.engine is not None:
+            self.engine.stop("interrupted", reason, hard=hard)
 
     async def execute(
         self, manifest: Path | None, batch: str | None, retry_failed: bool, retry_in_doubt: bool
@@ -240,7 +251,10 @@ class _Run:
         if loaded is None:
             found = find_batch(db, batch)
             self.batch_name = found.name
-        with _lock(self.db_path, self.batch_name, self.opts.wait_lock_s):
+        # waits without blocking the loop, so a signal during --wait-lock ends it cleanly
+        async with abatch_lock(
+            self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=self.stop_event
+        ):
             if loaded is not None:
                 synced = batches.sync_batch(db, loaded)
                 self.batch = store.get_batch(db, synced.batch_id)
@@ -333,12 +347,13 @@ class _Run:
             self.engine = engine
             if opts.max_runtime_s is not None:
                 engine.deadline = started + opts.max_runtime_s
-            with _signals(engine, enabled=opts.handle_signals):
-                try:
-                    outcome = await engine.run()
-                finally:
-                    if progress is not None:
-                        progress.close(self._snapshot(engine, started))
+            if self.interrupted:  # a signal came between the lock and now
+                engine.stop("interrupted", self.interrupted)
+            try:
+                outcome = await engine.run()
+            finally:
+                if progress is not None:
+                    progress.close(self._snapshot(engine, started))
         return outcome.exit_code, outcome.reason
 
     def _snapshot(self, engine: RunEngine, started: float) -> Snapshot:
@@ -429,14 +444,9 @@ def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:
 
 
 @contextlib.contextmanager
-def _lock(db_path: Path, batch: str, wait_s: float) -> Iterator[None]:
-    with batch_lock(db_path, batch, wait_s=wait_s):
-        yield
-
-
-@contextlib.contextmanager
-def _signals(engine: RunEngine, *, enabled: bool) -> Iterator[None]:
-    """First SIGINT/SIGTERM: stop submitting and wind down. Second: stop now. Third: exit."""
+def _signals(run: _Run, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop submitting and wind down (or stop waiting for the lock).
+    Second: stop now. Third: exit."""
     if not enabled:
         yield
         return
@@ -446,11 +456,14 @@ def _signals(engine: RunEngine, *, enabled: bool) -> Iterator[None]:
     def handler(signame: str) -> None:
         seen[0] += 1
         if seen[0] == 1:
-            log.warning("%s: no new submissions; recording what is in flight", signame)
-            engine.stop("interrupted", f"interrupted ({signame})")
+            if run.engine is None:
+                log.warning("%s: stopping before anything is sent", signame)
+            else:
+                log.warning("%s: no new submissions; recording what is in flight", signame)
+            run.interrupt(f"interrupted ({signame})")
         elif seen[0] == 2:
             log.warning("%s again: stopping now", signame)
-            engine.stop("interrupted", f"interrupted ({signame}, twice)", hard=True)
+            run.interrupt(f"interrupted ({signame}, twice)", hard=True)
         else:
             os._exit(int(ExitCode.INTERRUPTED))
 
