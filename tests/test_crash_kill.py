@@ -9,6 +9,7 @@ costs equal what was charged, and no partial file is left in the output folder.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -17,8 +18,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from batchgen.media import probe
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.batches import find_batch
+from batchgen.store.schema import open_db
 from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
 
 
@@ -43,51 +47,86 @@ def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.rglob("*") if ".part" in p.name)
 
 
+MANIFEST = """\
+name: killed
+out_dir: videos
+filename: "{index:03d}-{subject}-{take}"
+defaults:
+  prompt: "a {subject} in the snow, take {take}"
+  resolution: 720p
+  duration: 5
+matrix:
+  subject: [fox, owl, hare, lynx, crane]
+  take: [1, 2, 3, 4, 5, 6]
+limits:
+  rate: 10/0.5s
+  concurrency: 12
+"""
+
+
 async def test_kill_9_at_random_moments_then_resume_pays_once_and_loses_nothing(tmp_path):
-    n = 40
+    # `batchgen run MANIFEST`, killed with SIGKILL six times: twice at the worst moment
+    # (a run created and charged, its answer not back yet), three times at a random
+    # moment (mid-poll, mid-expansion...), once while a video is being written. Then the same
+    # command finishes the batch.
+    n = 30
     rng = random.Random(2024)
-    config = StandInConfig(time_scale=0.02, rate=(10, 0.5), seed=11, cut_rate=0.2, slow_rate=0.5)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST)
+    db_path, out = tmp_path / "state.db", tmp_path / "videos"
+    config = StandInConfig(time_scale=0.02, rate=(10, 0.5), seed=11, cut_rate=0.3, slow_rate=0.5)
     async with StandInSim(config) as sim:
-        db_path = tmp_path / "state.db"
-        out = tmp_path / "out"
-        db, batch = make_batch(db_path, prompts(n), out)
-        args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
-        kills = 0
-        for i in range(4):
+        args = ("run", str(manifest), "--db", str(db_path))
+        kills, moments, parts_left = 0, [], []
+        for i in range(6):
             proc = await start(*args, base_url=sim.base_url)
-            if i % 2:
-                await asyncio.sleep(rng.uniform(0.8, 2.0))
-            else:  # the worst moment: the run is created and charged, its answer not back
-                await wait_until(lambda: sim.slow_answers > 0)
+            if i in (1, 3):  # the worst moment
+                slow = sim.slow_answers
+                await wait_until(lambda: sim.slow_answers > slow)  # noqa: B023
+            elif i == 5:  # in the middle of writing a video
+                await wait_until(lambda: bool(leftovers(out)))
+            else:
+                moments.append(rng.uniform(0.2, 2.5))
+                await asyncio.sleep(moments[-1])
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             await proc.communicate()
-        assert kills >= 3
-        middle = store.counts(db, bid(batch))
+            parts_left += leftovers(out)
+        assert kills >= 5, moments
+        assert parts_left  # a kill left a partial file behind for the resume to deal with
+        db = open_db(db_path)
+        batch = find_batch(db, "killed")
+        assert batch.id is not None
+        middle = store.counts(db, batch.id)
         assert middle["succeeded"] < n, "the kills came too late to test anything"
 
         proc = await start(*args, "--json", base_url=sim.base_url)
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 90)
         assert proc.returncode == 0, stderr.decode()[-3000:]
         summary = json.loads(stdout)
         st = sim.stats()
 
     assert summary["counts"] == {"succeeded": n}
-    # the two kills mid-POST left paid runs in doubt; resending their keys found them
-    assert store.in_doubt_since(db, bid(batch), 0) >= 2
+    # the kills mid-POST left paid runs in doubt; resending their keys found them
+    assert store.in_doubt_since(db, batch.id, 0) >= 2
     assert st["idempotent_replays"] >= 2
-    assert store.counts(db, bid(batch))["succeeded"] == n
-    jobs = list(store.iter_jobs(db, bid(batch), states=list(JobState)))
+    jobs = list(store.iter_jobs(db, batch.id, states=list(JobState)))
+    assert len(jobs) == n and all(j.state == JobState.SUCCEEDED for j in jobs)
     # one run per job, charged once: in-doubt submissions were resent with their key
     assert st["runs_created"] == n, st
     assert st["charged_micro_usd"] - st["refunded_micro_usd"] == sum(j.cost_micro_usd for j in jobs)
     assert len({j.run_id for j in jobs}) == n
     assert all(j.attempts == 1 for j in jobs)
+    files = sorted(p.name for p in out.iterdir())
+    assert leftovers(out) == [] and len(files) == 2 * n  # a video and its sidecar, no more
     for job in jobs:
         for rel in json.loads(job.output_paths_json):
-            assert (out / rel).is_file() and (out / (rel + ".json")).is_file()
-    assert leftovers(out) == []
+            video = out / rel
+            side = json.loads((out / (rel + ".json")).read_text())
+            assert side["run_id"] == job.run_id
+            assert side["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+            assert probe(video).frames > 0
 
 
 async def test_sigint_stops_cleanly_with_75_and_resume_finishes(tmp_path):
