@@ -36,6 +36,9 @@ class SimConfig:
     ignore_idempotency: bool = False  # behave like a service that ignores Idempotency-Key
     seed: int = 0
     slow_s: float = 0.3  # how late a slow answer comes
+    #: while True, GET /api/v1/runs/{id} answers wait (live knob): to clients no run
+    #: ends. Tests set it to keep runs in flight, then back to False to let them finish.
+    hold_polls: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -178,6 +178,8 @@ class Simulator:
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         route = ROUTE_GET
+        while self.config.hold_polls:  # held before the gate: no window, no fault draw
+            await asyncio.sleep(0.01)
         try:
             account, drop, _after = self._gate(request)
             if drop:
