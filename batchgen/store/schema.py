@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Index, UniqueConstraint, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 from batchgen.errors import StateError
@@ -123,6 +124,15 @@ def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> No
     cur.close()
 
 
+def _on_connect_readonly(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # No synchronous or foreign_keys: they only matter to writes, and SQLite refuses
+    # to change them on an immutable connection.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
 def _wal(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode = WAL")
@@ -140,19 +150,18 @@ def _begin_deferred(conn: Any) -> None:
 def open_db(path: Path, *, readonly: bool = False) -> Engine:
     """Open (and create or migrate, unless ``readonly``) the state database.
 
-    ``readonly`` never creates the file and never writes: ``plan`` and ``status`` use it.
+    ``readonly`` never creates the database, never writes to it and leaves no file
+    behind: ``plan``, ``status``, ``report`` and ``export`` use it.
     """
     if readonly:
         if not path.exists():
             raise StateError(f"{path}: no state database here (run `batchgen run` first)")
-        # A read-only connection to a WAL database creates -wal and -shm files when none
-        # exist. None exist only when no writer has the database open (the last one to
-        # close folds the WAL back in): then the main file is the whole database, read
-        # as immutable so nothing is created. With a writer active, share its files.
-        wal = path.with_name(path.name + "-wal")
-        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
-        engine = create_engine(f"sqlite:///file:{path}?{mode}&uri=true")
-        event.listen(engine, "connect", _on_connect)
+        # NullPool: each connection closes when its read ends, so the -wal and -shm files
+        # a read may have created go away at once, not at interpreter exit.
+        engine = create_engine(
+            "sqlite://", creator=lambda: _connect_readonly(path), poolclass=NullPool
+        )
+        event.listen(engine, "connect", _on_connect_readonly)
         event.listen(engine, "begin", _begin_deferred)
         _check_version(engine, path)
         return engine
@@ -163,6 +172,39 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
     event.listen(engine, "connect", _wal)
     _migrate(engine, path)
     return engine
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` correctly even while a writer starts, and leaves
+    no -wal or -shm file behind when it is the last one.
+
+    Not ``immutable=1`` when it can be helped: SQLite then takes no lock and reads the
+    main file while a writer that starts meanwhile checkpoints into it, which gives
+    "database disk image is malformed" or silently wrong counts. Instead:
+
+    - no -wal yet: open read-write under ``query_only``. Reads share the WAL index like
+      any connection (a writer that starts meanwhile is seen consistently), no statement
+      can write, and the last connection to close removes the -wal and -shm it made;
+      with no WAL frames to fold back, the main file keeps its bytes and mtime.
+    - a -wal exists (a writer is active, or one was killed): ``mode=ro`` shares its
+      files; a read-only connection never checkpoints, so the main file is untouched.
+    - a database we may not write: ``mode=ro`` (SQLite keeps the -wal and -shm it needs).
+    - a folder we may not write and no -wal: SQLite cannot create the WAL index, so only
+      ``immutable=1`` can read it; no writer without more privilege can run there.
+    """
+    wal = path.with_name(path.name + "-wal")
+    uri = path.resolve().as_uri()
+    if wal.exists():
+        mode = "mode=ro"
+    elif not os.access(path.parent, os.W_OK):
+        mode = "mode=ro&immutable=1"
+    elif not os.access(path, os.W_OK):
+        mode = "mode=ro"
+    else:
+        mode = "mode=rw"
+    conn = sqlite3.connect(f"{uri}?{mode}", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
 
 
 def _read_version(engine: Engine) -> int | None:
