@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_expand", "bench.bench_engine", "bench.bench_report", "bench.bench_sim"]
+BENCHES = [
+    "bench.bench_expand",
+    "bench.bench_engine",
+    "bench.bench_report",
+    "bench.bench_sim",
+    "bench.bench_ratelimit",
+]
 
 
 def main() -> int:
