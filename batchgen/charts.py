@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import unicodedata
 from collections.abc import Sequence
 
 WIDTH = 360
@@ -18,8 +19,22 @@ def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+def _width(char: str) -> int:
+    """Rough width in half-em units: wide (CJK, emoji) characters count twice."""
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
 def _short(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` cut (with an ellipsis) to about ``limit`` narrow characters wide."""
+    if sum(map(_width, text)) <= limit:
+        return text
+    used, kept = 1, []
+    for char in text:
+        used += _width(char)
+        if used > limit:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def _seconds(s: float) -> str:
@@ -91,7 +106,7 @@ def spend_bars(items: Sequence[tuple[str, int]], *, title: str, limit: int = 12)
         parts.append(f'<text x="4" y="40" {_FONT}>nothing spent yet</text></svg>')
         return "".join(parts)
     top = max(v for _, v in ranked) or 1
-    label_w, value_w = 130, 60
+    label_w, value_w = 140, 60
     span = WIDTH - label_w - value_w - 8
     for i, (label, value) in enumerate(ranked):
         y = 24 + i * (BAR_H + 4)
@@ -99,7 +114,7 @@ def spend_bars(items: Sequence[tuple[str, int]], *, title: str, limit: int = 12)
         usd = f"${value / 1_000_000:,.2f}"
         parts.append(
             f'<text x="{label_w - 4}" y="{y + BAR_H - 4}" {_FONT} text-anchor="end">'
-            f"<title>{_esc(label)}</title>{_esc(_short(label, 22))}</text>"
+            f"<title>{_esc(label)}</title>{_esc(_short(label, 20))}</text>"
             f'<rect x="{label_w}" y="{y}" width="{max(1.0, w):.1f}" height="{BAR_H}" '
             f'fill="#3c9a6a"><title>{_esc(f"{label}: {usd}")}</title></rect>'
             f'<text x="{label_w + max(1.0, w) + 4:.1f}" y="{y + BAR_H - 4}" {_FONT}>'

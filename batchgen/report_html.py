@@ -50,9 +50,12 @@ h1 { font-size: 1.3rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
 #filter { width: min(40rem, 90%); padding: .3rem .5rem; font-size: 14px; }
 table.grid { border-collapse: collapse; }
 .grid th, .grid td { border: 1px solid var(--line); vertical-align: top; padding: .3rem; }
-.grid thead th { position: sticky; top: 2.8rem; background: Canvas; z-index: 1; }
+.grid thead th { position: sticky; top: 2.8rem; background: Canvas; z-index: 1;
+  max-width: 240px; }
+.grid thead th div { max-height: 4.2em; overflow: auto; overflow-wrap: anywhere;
+  white-space: pre-wrap; }
 .rowhead { text-align: left; font-weight: normal; min-width: 12rem; max-width: 22rem; }
-.rowhead div { max-height: 14rem; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
+.rowhead div { max-height: 14em; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 .axis { font-size: 11px; color: var(--muted); text-transform: uppercase; }
 .clip { margin: 0 0 .5rem; width: 240px; }
 .clip .vid, .clip video, .clip img, .clip .ph { width: 240px; height: 135px;
@@ -236,7 +239,8 @@ def _grid(data: ReportData) -> str:
     corner = data.rows_axis + (f" \\ {data.cols_axis}" if data.cols_axis else "")
     out.append(f'<th class="axis">{_e(corner)}</th>')
     for col in data.col_values:
-        out.append(f"<th>{_e(col) if data.cols_axis else 'jobs'}</th>")
+        label = _e(col) if data.cols_axis else "jobs"
+        out.append(f'<th scope="col"><div title="{label}">{label}</div></th>')
     out.append("</tr></thead><tbody>")
     for row in data.row_values:
         out.append(f'<tr><th class="rowhead" scope="row"><div>{_e(row)}</div></th>')
@@ -270,7 +274,7 @@ def _clip(clip: Clip, data: ReportData, row: str, col: str) -> str:
         facts.append("no longer in the manifest")
     parts.append(f"<div>{_e(' · '.join(facts))}</div>")
     if job.state == "failed" or (job.last_error and job.state != "succeeded"):
-        error = ": ".join(x for x in (job.error_code, job.last_error) if x) or "failed"
+        error = _error(job.error_code, job.last_error)
         parts.append(f'<div class="error">{_e(error)}</div>')
     if job.media_note:
         parts.append(f'<div class="error">{_e(job.media_note)}</div>')
@@ -287,6 +291,13 @@ def _clip(clip: Clip, data: ReportData, row: str, col: str) -> str:
         parts.append("<div>" + " · ".join(links) + "</div>")
     parts.append("</figcaption></figure>")
     return "".join(parts)
+
+
+def _error(code: str | None, message: str | None) -> str:
+    """``code: message``, without the code twice when the message already names it."""
+    if code and message and code in message:
+        return message
+    return ": ".join(x for x in (code, message) if x) or "failed"
 
 
 def _media(clip: Clip) -> str:

@@ -130,7 +130,27 @@ def test_the_report_shows_every_job_and_links_only_local_files(ran: Demo) -> Non
     assert len(failed) == 1 and "invalid_input" in text and "7:3" in text
     # totals in the header and the two charts
     assert "succeeded 9" in text and "failed 1" in text and "spent $4.84" in text
-    assert len(page.all("svg")) == 2
+    assert re.search(r"wall time \d+\.\d s", text), text[:500]
+    svgs = re.findall(r"<svg\b.*?</svg>", html, re.S)
+    assert len(svgs) == 2 and "n = 9" in svgs[0]  # a generation time per succeeded run
+    spend = unescape(svgs[1])
+    assert "Spend by aspect_ratio value" in spend and spend.count("<rect") == 4
+    for label, usd in (("16:9", "$1.94"), ("9:16", "$1.94"), ("1:1", "$0.97"), ("7:3", "$0.00")):
+        assert f"{label}: {usd}" in spend, (label, spend)
+
+    # every clip: index and state; a succeeded one its cost, time to generate and done
+    figures = [unescape(f) for f in re.findall(r"<figure\b.*?</figure>", html, re.S)]
+    assert len(figures) == 10
+    for fig in figures:
+        state = re.search(r'class="clip s-(\w+)"', fig)
+        assert state is not None
+        if state.group(1) == "succeeded":
+            assert re.search(r"· \$0\.(48|97) · generated in \d+\.\d s · done in \d", fig), fig
+            assert "duration" in fig and ">sidecar<" in fig and "run_" in fig
+        else:
+            assert '<div class="ph">failed</div>' in fig
+            # the API's message, its error code not repeated in front of it
+            assert '<div class="error">400 invalid_input Invalid input' in fig
 
 
 def _boxes(page: Page) -> list[dict[str, str]]:
@@ -139,7 +159,8 @@ def _boxes(page: Page) -> list[dict[str, str]]:
 
 def _column_headers(html: str) -> list[str]:
     head = html[html.index("<thead>") : html.index("</thead>")]
-    return [unescape(cell) for cell in re.findall(r"<th\b[^>]*>(.*?)</th>", head)]
+    cells = re.findall(r"<th\b[^>]*>(.*?)</th>", head)
+    return [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in cells]
 
 
 def test_a_report_elsewhere_links_back_to_the_videos(ran: Demo, tmp_path: Path) -> None:

@@ -14,13 +14,30 @@ from typing import Any
 import pytest
 
 from batchgen.report import write_report
-from tests.test_report_helpers import INJECTION, LONG, UNICODE, demo
+from tests.test_report_helpers import BAD_PROMPT, INJECTION, LONG, UNICODE, demo
 
 CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium missing: run tests/ensure_chromium.sh"
 )
+
+
+PLAY_EACH = """async () => {
+  const out = [];
+  for (const v of document.querySelectorAll("video")) {
+    v.currentTime = 0;
+    await v.play();
+    const start = performance.now();
+    while (v.currentTime === 0 && performance.now() - start < 5000) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    v.pause();
+    out.push({ready: v.readyState, time: v.currentTime, error: v.error && v.error.code});
+  }
+  return out;
+}"""
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -52,7 +69,14 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+            executable_path=str(CHROMIUM),
+            # no network: page requests other than file:// are aborted (route below),
+            # and anything the browser itself might fetch goes to a closed port
+            args=[
+                *CHROMIUM_ARGS,
+                "--proxy-server=http://127.0.0.1:9",
+                "--proxy-bypass-list=<-loopback>",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 480})
@@ -88,6 +112,7 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
                     src: v.currentSrc, poster: v.poster, muted: v.muted, loop: v.loop,
                     inline: v.hasAttribute('playsinline'), preload: v.preload}))"""
             )
+            assert len(states) == 9
             for st in states:
                 assert st["error"] is None and st["ready"] >= 1, st
                 assert st["src"].startswith("file://"), st
@@ -100,6 +125,18 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
                 " return v && !v.paused && v.currentTime > 0; }",
                 timeout=10_000,
             )
+            # and every one of them plays: a frame decoded (readyState >= 2) and the
+            # clock moving, each in turn
+            played: list[dict[str, Any]] = page.evaluate(PLAY_EACH)
+            assert len(played) == 9
+            for st in played:
+                assert st["ready"] >= 2 and st["time"] > 0 and st["error"] is None, st
+
+            # the failed job's cell says so, with the API's error, as text
+            failed = page.locator("figure.s-failed")
+            assert failed.count() == 1 and failed.locator("video").count() == 0
+            assert "failed" in failed.locator(".ph").inner_text()
+            assert "invalid_input" in failed.inner_text() and BAD_PROMPT in text
 
             # the filter narrows the grid (debounced)
             page.fill("#filter", "日本語")
@@ -115,6 +152,19 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
             page.evaluate("window.scrollTo(0, 0)")
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # prompts as columns: a long prompt's header stays a few lines high (it
+            # sticks to the top of the view) and the columns keep the clips' width
+            by_aspect = write_report(
+                d.db, d.batch_id, d.out_dir / "by-aspect.html", rows="aspect_ratio"
+            )
+            page.goto(by_aspect.as_uri())
+            box = page.evaluate(
+                "(() => { const r = document.querySelector('table.grid thead')"
+                ".getBoundingClientRect(); return {h: r.height, w: r.width}; })()"
+            )
+            assert box["h"] < 120 and box["w"] < 1800, box
+            assert LONG[:100] in page.inner_text("body")
         finally:
             browser.close()
 

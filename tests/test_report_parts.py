@@ -75,6 +75,16 @@ def test_charts_escape_their_labels_and_handle_no_data() -> None:
     assert charts.histogram([5.0, 5.0], title="same").count("<rect") == 2
 
 
+def test_chart_labels_are_cut_to_fit_and_keep_the_whole_text_as_a_tooltip() -> None:
+    wide = "日本語の狐が雪の中を歩く"  # 12 wide characters: 24 narrow ones
+    long = "an extremely long prompt about a misty harbour"
+    svg = charts.spend_bars([(wide, 1), (long, 2), ("16:9", 3)], title="t")
+    # the text shown is cut (wide characters count twice); the tooltip holds it all
+    assert f"<title>{wide}</title>日本語の狐が雪の中…</text>" in svg
+    assert f"<title>{long}</title>an extremely long p…</text>" in svg
+    assert "<title>16:9</title>16:9</text>" in svg
+
+
 def test_layout_defaults_to_prompts_by_the_axis_with_most_values() -> None:
     axes = ["prompt", "style", "aspect_ratio", "duration"]
     values = {

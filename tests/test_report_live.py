@@ -1,0 +1,95 @@
+"""`batchgen run --report PATH` as a person uses it: the real command against the
+simulator (both subprocesses), the report file read over and over while the sweep
+runs. It must fill in as jobs finish, and every read must find a whole page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from batchgen.sim import DEFAULT_KEY
+
+MANIFEST = """\
+name: live
+out_dir: out
+filename: "{index:02d}-{aspect_ratio}"
+defaults:
+  resolution: 720p
+  duration: 5
+matrix:
+  prompt: ["a red fox in fresh snow", "<script>alert(1)</script> 日本語の狐", "a heron"]
+  aspect_ratio: ["16:9", "9:16"]
+limits:
+  rate: 20/10s
+  concurrency: 2
+"""
+_DATA = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
+
+
+def test_the_live_report_fills_in_during_the_run_and_is_never_half_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m.yaml").write_text(MANIFEST, encoding="utf-8")
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--time-scale", "0.04"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        base_url = sim.stdout.readline().strip()
+        env = {
+            **os.environ,
+            "RUNBASE_API_KEY": DEFAULT_KEY,
+            "RUNBASE_BASE_URL": base_url,
+            "BATCHGEN_DB": str(tmp_path / "state.db"),
+        }
+        report = tmp_path / "live" / "report.html"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "batchgen", "run", "m.yaml", "--report", str(report)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        seen: list[dict[str, int]] = []
+        reads = 0
+        while run.poll() is None:
+            if report.exists():
+                counts = _counts(report.read_text(encoding="utf-8"))
+                reads += 1
+                if not seen or seen[-1] != counts:
+                    seen.append(counts)
+            time.sleep(0.02)
+        _, stderr = run.communicate(timeout=30)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+    assert run.returncode == 0, stderr
+    final = report.read_text(encoding="utf-8")
+    assert _counts(final) == {"succeeded": 6}
+    assert DEFAULT_KEY not in final
+    # the first page came at once, and the sweep was seen filling in before the end
+    assert reads > 10 and seen[0].get("queued", 0) >= 1, seen
+    partial = [c for c in seen if 0 < c.get("succeeded", 0) < 6]
+    assert partial, seen
+    done = [c.get("succeeded", 0) for c in seen]
+    assert done == sorted(done), seen
+    # rewritten by rename: no temporary file is left beside it
+    assert [p.name for p in report.parent.iterdir()] == ["report.html"]
+
+
+def _counts(page: str) -> dict[str, int]:
+    """The page's job counts; fails on a page cut short (a non-atomic write)."""
+    assert page.startswith("<!doctype html>") and page.endswith("</body></html>\n")
+    found = _DATA.search(page)
+    assert found is not None
+    counts: dict[str, int] = json.loads(found.group(1))["counts"]
+    return counts
