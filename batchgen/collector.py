@@ -81,7 +81,7 @@ class Downloader(EngineBase):
             else:
                 act.urls = []
                 act.next_download = self.clock.monotonic() + self.retry.delay(act.dl_errors)
-                log.warning("job %s: download failed (%s); again later", job.key, exc)
+                log.warning("job #%d: download failed (%s); again later", job.idx, exc)
             return
         finally:
             self._downloads.pop(job.id, None)
@@ -136,6 +136,9 @@ def make_collect(
         )
         notes = [f.note for f in saved if f.note]
         rel = [_relative(f.path, root) for f in saved]
+        for f, name in zip(saved, rel, strict=True):
+            if f.note:  # kept (it was paid for) but never silently: the log, sidecar and DB say so
+                log.warning("job #%d: %s is not what was asked: %s", job.idx, name, f.note)
         for f, name in zip(saved, rel, strict=True):
             sidecar.write_sidecar(
                 f.path,

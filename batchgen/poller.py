@@ -115,8 +115,9 @@ class Poller(EngineBase):
                     min(act.poll_errors - 1, 8)
                 )
                 log.info(
-                    "job %s: poll failed (%s), again in %.1fs",
-                    act.job.key,
+                    "job #%d: poll of %s failed (%s), again in %.1fs",
+                    act.job.idx,
+                    act.job.run_id,
                     exc,
                     act.next_poll - self.clock.monotonic(),
                 )

@@ -76,3 +76,24 @@ async def test_collect_names_files_writes_sidecars_and_returns_fields(
     assert side["sha256"] == digest and side["run_id"] == "run_1" and side["file"] == name
     assert side["media"]["width"] == 64 and side["timings"]["downloaded_at"] == 42.0
     assert side["prompt"] == "A red fox in the snow" and side["cost_usd"] == 0.484
+
+
+async def test_a_video_unlike_what_was_asked_is_kept_recorded_and_said(
+    server: FileServer, mp4_16x9: bytes, tmp_path: Path, caplog: Any
+) -> None:
+    server.add("a.mp4", mp4_16x9)
+    out = tmp_path / "out"
+    portrait = json.dumps({"prompt": "A red fox", "aspect_ratio": "9:16"})
+
+    async def refresh() -> list[str]:
+        raise AssertionError("no refresh needed")
+
+    async with aiohttp.ClientSession() as s:
+        collect = make_collect(s, batch(out, "{index:03d}"))
+        with caplog.at_level("WARNING", logger="batchgen"):
+            fields = await collect(job(input_json=portrait), [server.url("a.mp4")], refresh)
+    name = "004-3f2a9c0d4e.mp4"
+    assert fields["media_note"] and "9:16" in fields["media_note"]
+    assert read_sidecar(out / name)["media_note"] == fields["media_note"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [f"job #4: {name} is not what was asked: {fields['media_note']}"]
