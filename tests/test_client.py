@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 class Canned:
@@ -413,6 +416,23 @@ async def test_429_is_absorbed_by_the_client_and_slows_the_limiter(canned, make_
     # the second 429 answered a request sent after the first cut: new evidence, cut again
     assert stats.cuts == 2
     assert limiter.limit == pytest.approx(5.0, abs=0.5)
+
+
+async def test_the_next_try_waits_as_long_as_the_service_asked(canned, make_client):
+    # Our own pause after a 429 is a window (50 ms here) plus jitter; a Retry-After header
+    # or a hint in the error body asks for 1 s, and that is what the key waits.
+    canned.queue(
+        Reply(429, err("Rate limit exceeded", "RATE_LIMITED"), {"Retry-After": "1"}),
+        Reply(429, {"error": {"message": "slow", "code": "RATE_LIMITED", "retryAfter": 1}}),
+        Reply(429, err("Rate limit exceeded", "RATE_LIMITED")),
+        Reply(200, {"id": "run_a", "status": "pending", "costUsd": 1}),
+    )
+    limiter = RequestLimiter(1000, 0.05, margin_s=0.0, burst=1000)
+    async with make_client(limiter=limiter) as client:
+        await client.create_run(MODEL, {"prompt": "x"}, idempotency_key="k")
+    header, body, unhinted = (b.at - a.at for a, b in itertools.pairwise(canned.seen))
+    assert header >= 1.0 and body >= 1.0
+    assert unhinted < 0.9  # the hint, not our own backoff, made the wait
 
 
 async def test_a_permanent_429_storm_ends_in_rate_limited(canned, make_client):
