@@ -88,19 +88,6 @@ async def receiver(status: list[int]) -> AsyncIterator[tuple[str, list[dict[str,
         await server.close()
 
 
-def gated(sim: Simulator) -> asyncio.Event:
-    """Hold every poll answer until the returned event is set: the run cannot end before."""
-    gate = asyncio.Event()
-    answer = sim._get
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        return await answer(request)
-
-    sim._get = held  # type: ignore[method-assign]  # before __aenter__ registers it
-    return gate
-
-
 def assert_no_key(*paths: Path) -> None:
     for path in paths:
         for p in [path, *path.parent.glob(path.name + "*")]:  # the DB's -wal and -shm too
@@ -194,8 +181,8 @@ async def test_without_a_key_the_summary_and_metrics_still_say_why(tmp_path: Pat
 
 
 async def test_a_different_batch_on_the_same_database_is_refused_too(tmp_path: Path) -> None:
-    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
-    gate = gated(sim)
+    # every poll answer is held (a sim knob) until the second start was refused
+    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5), hold_polls=True))
     async with sim:
         db_path = tmp_path / "state.db"
         make_batch(db_path, prompts(8), tmp_path / "a", name="batch-a")
@@ -207,15 +194,15 @@ async def test_a_different_batch_on_the_same_database_is_refused_too(tmp_path: P
         second = await start("resume", "batch-b", *common, env=env, cwd=tmp_path)
         code, _, stderr = await finish(second)
         assert code == 75 and "'batch-a'" in stderr
-        gate.set()
+        sim.config.hold_polls = False
         assert (await finish(first))[0] == 0
         assert sim.stats()["runs_created"] == 8  # batch-b sent nothing while batch-a ran
 
 
 async def test_a_lock_left_by_kill_9_is_taken_over(tmp_path: Path) -> None:
     n = 10
-    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5)))
-    gate = gated(sim)  # nothing finishes while the victim lives
+    # polls held: no run ends (to the client) while the victim lives
+    sim = Simulator(sim_config(time_scale=0.01, rate=(10, 0.5), hold_polls=True))
     async with sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
@@ -228,7 +215,7 @@ async def test_a_lock_left_by_kill_9_is_taken_over(tmp_path: Path) -> None:
         stale = read_holder(db_path)
         assert stale is not None and stale["pid"] == victim.pid  # nobody cleaned up
         assert store.counts(db, bid(batch))["succeeded"] == 0
-        gate.set()
+        sim.config.hold_polls = False
 
         code, _, stderr = await finish(await start(*args, env=env, cwd=tmp_path))
         st = sim.stats()
@@ -241,8 +228,8 @@ async def test_a_lock_left_by_kill_9_is_taken_over(tmp_path: Path) -> None:
 
 async def test_max_runtime_stops_with_75_and_a_resume_finishes(tmp_path: Path) -> None:
     n = 10
-    sim = Simulator(sim_config(time_scale=0.01, rate=(20, 0.5)))
-    gate = gated(sim)  # no run ends before the deadline
+    # polls held: no run ends before the deadline
+    sim = Simulator(sim_config(time_scale=0.01, rate=(20, 0.5), hold_polls=True))
     async with sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
@@ -263,7 +250,7 @@ async def test_max_runtime_stops_with_75_and_a_resume_finishes(tmp_path: Path) -
         assert counts["running"] == 4 and counts["queued"] == n - 4  # it stopped submitting
         assert counts["submitting"] == 0  # what was in flight was recorded
         assert first["counts"] == {k: v for k, v in counts.items() if v}
-        gate.set()
+        sim.config.hold_polls = False
         fams = parse_prom(metrics.read_text())
         assert value(fams, "batchgen_exit_code") == 75
         assert "batchgen_last_success_timestamp_seconds" not in fams

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.lock import read_holder
 from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import SimConfig, Simulator
 from batchgen.store.schema import Batch, open_db
-from tests.test_unattended import KEY, cron_env, finish, gated, start, until
+from tests.test_unattended import KEY, cron_env, finish, start, until
 
 MANIFEST = """\
 name: "nightly-{date:%Y-%m-%d}"
@@ -39,14 +40,22 @@ limits:
 N = 4
 
 
-class ShiftedClock:
-    """The system clock, moved so that it reads ``start`` now (and runs on in real time)."""
+class MidnightClock:
+    """A fixed clock: it reads ``before`` exactly until ``cross()`` is called, then
+    ``after`` plus the real time since. Monotonic time is real (the rate limiter's)."""
 
-    def __init__(self, start: dt.datetime) -> None:
-        self.offset = start.timestamp() - time.time()
+    def __init__(self, before: dt.datetime, after: dt.datetime) -> None:
+        self.before, self.after = before.timestamp(), after.timestamp()
+        self.crossed_at: float | None = None
+
+    def cross(self) -> None:
+        if self.crossed_at is None:
+            self.crossed_at = time.monotonic()
 
     def now(self) -> float:
-        return time.time() + self.offset
+        if self.crossed_at is None:
+            return self.before
+        return self.after + time.monotonic() - self.crossed_at
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -56,6 +65,23 @@ class ShiftedClock:
 
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self.now()).date()
+
+
+class CrossAtFirstRun:
+    """An observer that moves the clock past midnight when the first run is created."""
+
+    def __init__(self, clock: MidnightClock) -> None:
+        self.clock = clock
+
+    def transition(self, ev: TransitionEvent) -> None:
+        if ev.to_state == "running":
+            self.clock.cross()
+
+    def request(self, ev: RequestEvent) -> None:
+        pass
+
+    def finished(self, summary: RunSummary) -> None:
+        pass
 
 
 def batches(db_path: Path) -> list[Batch]:
@@ -72,16 +98,27 @@ async def test_a_run_crossing_midnight_stays_one_batch_and_date_replays_it(tmp_p
     manifest = tmp_path / "nightly.yaml"
     manifest.write_text(MANIFEST)
     db_path = tmp_path / "state.db"
-    # 23:59:59.3 local time: the run starts on the 24th and ends on the 25th
-    clock = ShiftedClock(dt.datetime.combine(day, dt.time(23, 59, 59, 300_000)))
+    # local time: the run starts at 23:59:59 on the 24th; once its first run is created
+    # the clock jumps to 00:00:01 on the 25th, where all the polls and downloads happen
+    clock = MidnightClock(
+        dt.datetime.combine(day, dt.time(23, 59, 59)),
+        dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0, 0, 1)),
+    )
     log = tmp_path / "run.jsonl"
-    async with Simulator(SimConfig(keys=[KEY], time_scale=0.04, rate=(40, 1.0))) as sim:
+    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0))) as sim:
         opts = RunOptions(base_url=sim.base_url, log_file=log)
         summary = await arun_batch(
-            db_path, api_key=KEY, manifest=manifest, options=opts, clock=clock
+            db_path,
+            api_key=KEY,
+            manifest=manifest,
+            options=opts,
+            clock=clock,
+            observers=[CrossAtFirstRun(clock)],
         )
         assert summary.exit_code == 0, summary.reason
         assert clock.today() == day + dt.timedelta(days=1)  # it is tomorrow now
+        local = [dt.datetime.fromtimestamp(t) for t in (summary.started_at, summary.finished_at)]
+        assert [t.date() for t in local] == [day, day + dt.timedelta(days=1)]
 
         # the whole run belongs to the 24th: one batch, one folder, its date recorded
         assert summary.batch == "nightly-2026-11-24"
@@ -90,9 +127,13 @@ async def test_a_run_crossing_midnight_stays_one_batch_and_date_replays_it(tmp_p
         ]
         assert len(videos(tmp_path / "out" / "2026-11-24")) == N
         assert not (tmp_path / "out" / "2026-11-25").exists()
-        stamps = [json.loads(x)["ts"] for x in log.read_text().splitlines()]
-        local_days = {dt.datetime.fromisoformat(t).astimezone().date() for t in stamps}
-        assert local_days == {day, day + dt.timedelta(days=1)}, "the run did not cross midnight"
+        # the log shows the crossing: submitted on the 24th, every job done on the 25th
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        days = [dt.datetime.fromisoformat(x["ts"]).astimezone().date() for x in lines]
+        assert days[0] == day and days[-1] == day + dt.timedelta(days=1)
+        done = [d for x, d in zip(lines, days, strict=True) if x.get("to") == "succeeded"]
+        assert done == [day + dt.timedelta(days=1)] * N
+        assert {x["batch"] for x in lines} == {"nightly-2026-11-24"}
 
         # --date replays the 24th after midnight: the same batch, nothing sent again
         again = RunOptions(base_url=sim.base_url, date=day)
@@ -146,8 +187,8 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
     manifest = tmp_path / "nightly.yaml"
     manifest.write_text(MANIFEST)
     db_path = tmp_path / "state.db"
-    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0)))
-    gate = gated(sim)  # the first run cannot end until the others have tried
+    # polls held (a sim knob): the first run cannot end until the others have tried
+    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), hold_polls=True))
     async with sim:
         env = cron_env(tmp_path, sim.base_url)
         args = ("run", str(manifest), "--db", str(db_path), "--date", "2026-11-24")
@@ -165,7 +206,7 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
         while b"waiting up to 60 s for pid" not in line:  # it waits, it was not refused
             line = await asyncio.wait_for(waiter.stderr.readline(), 30)
             assert line, "the waiter ended without waiting"
-        gate.set()
+        sim.config.hold_polls = False
         assert (await finish(first))[0] == 0
         code, out, stderr = await finish(waiter)
         st = sim.stats()
