@@ -38,7 +38,7 @@ from batchgen.clock import Clock, SystemClock
 from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
 from batchgen.engine_base import InDoubtPolicy, LostPolicy
-from batchgen.errors import BatchgenError, ExitCode, UsageError
+from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
 from batchgen.manifest import Overrides, load_manifest
@@ -151,11 +151,15 @@ async def arun_batch(
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
-    all_obs: list[Observer] = [*observers, *_unattended_observers(opts)]
+    # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
+    problems: list[Problem] = []
+    all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
     code, reason = ExitCode.USAGE, "not started"
     try:
+        if problems:
+            raise UsageError(problems)
         run.key = check_api_key(api_key)
         with _signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
@@ -171,7 +175,7 @@ async def arun_batch(
     return summary
 
 
-def _unattended_observers(opts: RunOptions) -> list[Observer]:
+def _unattended_observers(opts: RunOptions, problems: list[Problem]) -> list[Observer]:
     if not (opts.log_file or opts.summary_file or opts.metrics_file or opts.notify_url):
         return []
     return list(
@@ -180,6 +184,7 @@ def _unattended_observers(opts: RunOptions) -> list[Observer]:
             summary_file=opts.summary_file,
             metrics_file=opts.metrics_file,
             notify_url=opts.notify_url,
+            problems=problems,
         )
     )
 

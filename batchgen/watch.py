@@ -17,11 +17,12 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from batchgen.errors import UsageError
+from batchgen.errors import Problem, UsageError
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
 from batchgen.sidecar import atomic_write_text, scrub
 
@@ -38,24 +39,37 @@ def build_observers(
     summary_file: Path | None,
     metrics_file: Path | None,
     notify_url: str | None,
+    problems: list[Problem] | None = None,
 ) -> list[Observer]:
     """The observers for the given options, files first and the notification last.
 
     The runner calls ``finished`` and then ``aclose`` on each in order, so the files
-    are on disk before the (possibly slow) POST starts.
+    are on disk before the (possibly slow) POST starts. A bad option raises
+    ``UsageError``; with ``problems`` given, its problems are added there instead and
+    the other observers are still built, so that a typo in ``--notify-url`` still
+    leaves a summary and metrics saying exit 2 and why.
     """
     from batchgen.metrics import MetricsFile
     from batchgen.notify import Notifier
 
     observers: list[Observer] = []
+
+    def add(make: Callable[[], Observer]) -> None:
+        try:
+            observers.append(make())
+        except UsageError as exc:
+            if problems is None:
+                raise
+            problems.extend(exc.problems)
+
     if log_file is not None:
-        observers.append(JsonLog(log_file))
+        add(lambda: JsonLog(log_file))
     if summary_file is not None:
-        observers.append(SummaryFile(summary_file))
+        add(lambda: SummaryFile(summary_file))
     if metrics_file is not None:
-        observers.append(MetricsFile(metrics_file))
+        add(lambda: MetricsFile(metrics_file))
     if notify_url is not None:
-        observers.append(Notifier(check_url(notify_url)))
+        add(lambda: Notifier(check_url(notify_url)))
     return observers
 
 
