@@ -134,6 +134,11 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     if summary.exit_code == ExitCode.USAGE:
         print(f"batchgen: {summary.reason}", file=sys.stderr)
+    elif not as_json and not summary.out_dir:  # never reached its batch (database locked)
+        print(
+            f"batchgen: {summary.batch}: {summary.reason}; exit {summary.exit_code}",
+            file=sys.stderr,
+        )
     elif not as_json:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
         where = f"outputs in {summary.out_dir}; " if summary.out_dir else ""
