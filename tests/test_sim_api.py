@@ -4,12 +4,13 @@ stats and reset (behaviours 1, 2, 3, 9 and 10 of issue 2)."""
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 from typing import Any
 
 import pytest
 
-from batchgen.sim import DEFAULT_KEY
+from batchgen.sim import DEFAULT_KEY, accounts
 from tests.test_sim_helpers import (
     MODEL,
     ROUTE_CREATE,
@@ -98,6 +99,35 @@ async def test_each_key_sees_only_its_own_runs_and_has_its_own_balance():
     assert a["balance_micro_usd"] == 1_000_000 - 484_000 and a["runs_created"] == 1
     assert b["balance_micro_usd"] == 1_000_000 and b["runs_created"] == 0
     assert stats["balance_micro_usd"] == 2_000_000 - 484_000
+
+
+def test_key_lookup_compares_every_key_as_equal_length_digests(monkeypatch):
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # accounts calls it through the module
+    ring = accounts.KeyRing([KEY_A, KEY_B, DEFAULT_KEY])
+    for presented, found in [(KEY_A, 0), (DEFAULT_KEY, 2), ("sk-x", None), ("", None)]:
+        calls.clear()
+        assert ring.find(presented) == found
+        assert len(calls) == 3  # every key, whether or not one matched early
+        assert all(len(a) == len(b) == 32 for a, b in calls)  # lengths say nothing
+        assert all(presented.encode() not in a + b for a, b in calls if presented)  # digests
+
+
+async def test_keys_given_later_take_effect_at_reset():
+    async with running(keys=[KEY_A]) as (sim, api):
+        assert (await api.post({"prompt": "x"}, key=KEY_A)).status == 200
+        sim.config.keys = [KEY_B]
+        sim.reset()
+        old = await api.post({"prompt": "x"}, key=KEY_A)
+        new = await api.post({"prompt": "x"}, key=KEY_B)
+    assert (old.status, old.code) == (401, "invalid_api_key")
+    assert new.status == 200
 
 
 async def test_keys_never_appear_in_stats():
@@ -238,7 +268,30 @@ async def test_downloads_are_counted_under_get_files():
     assert requests_to(stats, ROUTE_FILES, 206) == 1
 
 
-@pytest.mark.parametrize("route", ["/_sim/stats", "/api/v1/runs/x"])
-async def test_unknown_paths_and_methods_are_http_errors(route):
-    async with running() as (_sim, api), api.session.delete(f"{api.base_url}{route}") as resp:
-        assert resp.status in (404, 405)
+@pytest.mark.parametrize(
+    ("method", "route", "status", "code"),
+    [
+        ("DELETE", "/_sim/stats", 405, "method_not_allowed"),
+        ("DELETE", "/api/v1/runs/x", 405, "method_not_allowed"),
+        ("GET", "/api/v1/runs", 405, "method_not_allowed"),
+        ("GET", "/api/v1/runs/", 404, "not_found"),
+        ("GET", "/api/v2/runs/x", 404, "not_found"),
+    ],
+)
+async def test_unknown_paths_and_methods_are_errors_in_the_api_shape(method, route, status, code):
+    async with (
+        running() as (_sim, api),
+        api.session.request(method, f"{api.base_url}{route}") as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == status
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+async def test_a_body_over_the_size_limit_is_413_in_the_api_shape():
+    huge = b'{"model": "x", "input": {"prompt": "' + b"a" * (9 * 1024 * 1024) + b'"}}'
+    async with running() as (sim, api):
+        answer = await api.post(body=huge)
+        stats = sim.stats()
+    assert (answer.status, answer.code) == (413, "request_too_large")
+    assert stats["runs_created"] == 0

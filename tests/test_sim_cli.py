@@ -165,7 +165,17 @@ def test_a_bad_key_exits_2_with_a_message_that_does_not_echo_it() -> None:
 
 @pytest.mark.parametrize(
     ("args", "words"),
-    [(["--rate", "fast"], "--rate"), (["--drop-rate", "1.5"], "--drop-rate")],
+    [
+        (["--rate", "fast"], "--rate"),
+        (["--drop-rate", "1.5"], "--drop-rate"),
+        (["--port", "65536"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--balance-usd", "inf"], "--balance-usd must be a finite number"),
+        (["--spend-limit-usd", "inf"], "--spend-limit-usd must be a finite number"),
+        (["--url-ttl", "inf"], "--url-ttl must be a finite number"),
+        (["--time-scale", "nan"], "--time-scale"),
+        (["--key", "sk-dup-12345678", "--key", "sk-dup-12345678"], "only once"),
+    ],
 )
 def test_bad_options_are_refused_before_listening(args: list[str], words: str) -> None:
     result = CliRunner().invoke(app, ["sim", "--port", "0", *args])
@@ -174,3 +184,24 @@ def test_bad_options_are_refused_before_listening(args: list[str], words: str) -
     else:
         assert result.exit_code == 2 and words in result.output
     assert "http://" not in result.output
+
+
+def test_every_option_reaches_the_server() -> None:
+    args = ["--key", "sk-cli-aaaaaaaaaaaa", "--key", "sk-cli-bbbbbbbbbbbb", "--balance-usd", "12.5",
+            "--spend-limit-usd", "7", "--usage-quota", "3", "--rate", "7/3s", "--time-scale", "0.5",
+            "--fail-rate", "0.25", "--error-rate", "0.125", "--drop-rate", "0.0625",
+            "--slow-rate", "0.5", "--cut-rate", "0.75", "--url-ttl", "42", "--stale-first-url",
+            "--ignore-idempotency", "--seed", "9"]  # fmt: skip
+    with sim_process(*args) as (proc, base_url):
+        with urllib.request.urlopen(f"{base_url}/_sim/stats", timeout=10) as resp:
+            stats = json.loads(resp.read())
+        code, err = stop(proc, signal.SIGTERM)
+    assert stats["config"] == {
+        "rate": [7, 3.0], "time_scale": 0.5, "balance_usd": 12.5, "spend_limit_usd": 7.0,
+        "usage_quota": 3, "fail_rate": 0.25, "error_rate": 0.125, "drop_rate": 0.0625,
+        "slow_rate": 0.5, "cut_rate": 0.75, "url_ttl_s": 42.0, "stale_first_url": True,
+        "ignore_idempotency": True, "seed": 9,
+    }  # fmt: skip
+    assert [k["key"] for k in stats["keys"]] == ["key#1", "key#2"]
+    assert [k["balance_micro_usd"] for k in stats["keys"]] == [12_500_000, 12_500_000]
+    assert code == 0 and "sk-cli" not in err and "sk-cli" not in json.dumps(stats)

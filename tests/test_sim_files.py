@@ -100,3 +100,15 @@ async def test_no_file_for_a_failed_run():
         url = sim._signer.url(api.base_url, f"/files/{run.id}/0.mp4", 10**10)
         answer = await api.fetch(url)
     assert answer.status == 404
+
+
+async def test_a_prompt_with_a_lone_surrogate_still_gives_a_file():
+    # Valid JSON ("\ud800" is a legal escape) that Python cannot encode as UTF-8: the
+    # run succeeds, so its file must download, not fail with a 500 forever.
+    body = b'{"model": "bytedance/seedance-1-pro", "input": {"prompt": "a fox \\ud800"}}'
+    async with running() as (_sim, api):
+        created = await api.post(body=body)
+        assert created.status == 200, created
+        done = await api.wait(created.body["id"])
+        got = await api.fetch(done.body["output"]["urls"][0])
+    assert got.status == 200 and decode(got.body)[0] == "h264"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import signal
 import sys
 from typing import Annotated, Any
@@ -37,7 +39,9 @@ def _fraction(name: str, help: str) -> Any:
 )
 def sim(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")] = 8787,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+    ] = 8787,
     key: Annotated[
         list[str] | None,
         typer.Option(
@@ -154,8 +158,16 @@ def sim(
             seed=seed,
         )
     except ValueError as exc:
-        raise UsageError(f"batchgen sim: {exc}") from None
+        raise UsageError(_as_options(str(exc))) from None
     asyncio.run(_serve(config))
+
+
+def _as_options(message: str) -> str:
+    """SimConfig's problems name its fields; on the command line, name the options."""
+    fields = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(SimConfig)}
+    fields["url_ttl_s"] = "--url-ttl"
+    fields["keys"] = "--key"
+    return re.sub(r"\b[a-z_]+\b", lambda m: fields.get(m.group(), m.group()), message)
 
 
 async def _serve(config: SimConfig) -> None:
@@ -177,7 +189,7 @@ async def _serve(config: SimConfig) -> None:
             await stop.wait()
     except OSError as exc:
         raise UsageError(
-            f"batchgen sim: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

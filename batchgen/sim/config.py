@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 #: The key the simulator accepts when no key is configured. Not a secret: it only
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 DEFAULT_KEY = "sk-sim-0000000000000000"
 
 _RATES = ("fail_rate", "error_rate", "drop_rate", "slow_rate", "cut_rate")
+_AMOUNTS = ("balance_usd", "spend_limit_usd", "time_scale", "url_ttl_s", "slow_s")
 
 
 @dataclass
@@ -41,22 +43,35 @@ class SimConfig:
     hold_polls: bool = False
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong with these knobs, each naming its field (empty: all fine)."""
         problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be between 0 and 65535, not {self.port}")
         for name in _RATES:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must be between 0 and 1, not {value}")
+        for name in _AMOUNTS:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be a finite number >= 0, not {value}")
         for key in self.keys:
             if not key.startswith("sk-") or len(key) < 8 or any(c.isspace() for c in key):
                 problems.append("every key must start with 'sk-', be 8+ chars, no spaces")
                 break
+        if len(set(self.keys)) < len(self.keys):
+            problems.append("each key may be given only once")
         n, window = self.rate
-        if n < 1 or window <= 0:
+        if n < 1 or not (math.isfinite(window) and window > 0):
             problems.append(f"rate must be N >= 1 requests per W > 0 seconds, not {n}/{window}")
-        if self.time_scale < 0 or self.url_ttl_s < 0 or self.balance_usd < 0:
-            problems.append("time_scale, url_ttl_s and balance_usd must not be negative")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if self.usage_quota is not None and self.usage_quota < 0:
+            problems.append(f"usage_quota must not be negative, not {self.usage_quota}")
+        return problems
 
     @property
     def accepted_keys(self) -> list[str]:

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from batchgen.sim import files
 from batchgen.sim.config import SimConfig
@@ -26,6 +27,23 @@ from batchgen.sim.state import ROUTE_CREATE, ROUTE_FILES, ROUTE_GET, Refusal, Si
 from batchgen.sim.video import ClipCache
 
 _MAX_BODY = 8 * 1024 * 1024  # image_urls may carry data: URIs
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) in the
+    API's error shape, like every other error the simulator sends."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        answer = files.error_json(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
 
 
 class Simulator:
@@ -58,7 +76,7 @@ class Simulator:
         self.state.reset()
 
     async def start(self) -> str:
-        app = web.Application(client_max_size=_MAX_BODY)
+        app = web.Application(client_max_size=_MAX_BODY, middlewares=[_json_errors])
         app.router.add_post("/api/v1/runs", self._create)
         app.router.add_get("/api/v1/runs/{run_id}", self._get)
         app.router.add_get("/files/{run_id}/{name}", self._file)

@@ -50,11 +50,11 @@ class Refusal(Exception):
 class SimState:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.keyring = KeyRing(config.accepted_keys)
         self.reset()
 
     def reset(self) -> None:
         c = self.config
+        self.keyring = KeyRing(c.accepted_keys)  # keys given since take effect now
         seed = c.seed
         # Separate streams, so that (say) turning faults on does not change run ids.
         self.ids_rng = random.Random(f"{seed}/ids")

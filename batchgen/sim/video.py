@@ -44,7 +44,7 @@ class Clip:
 def render(prompt: str, aspect_ratio: str, duration_s: float) -> Clip:
     """Encode the clip for one prompt (a few milliseconds)."""
     width, height = frame_size(aspect_ratio)
-    h = hashlib.sha256(prompt.encode()).digest()
+    h = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()
     base, amp = 40 + h[0] % 100, 60 + h[1] % 80
     period = 4 + h[2] % 12  # stripe width in pixels
     slope = 1 + h[3] % 3  # stripe direction
