@@ -32,6 +32,8 @@ from batchgen.naming import BASE_FIELDS
 IMAGE = "image"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER_IMAGE = "data:image/png;base64,"
+#: a URL of any scheme (``ftp://``, ``s3://``, ``HTTPS://`` ...): never a local path
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 RESERVED = (*BASE_FIELDS, "rows")
 
 #: where a value was written: a YAML path in the manifest, or (file, line) of a values file
@@ -151,7 +153,13 @@ class Resolver:
         if not found:
             return True
         enum = self.props[name].get("enum")
-        if enum is not None:
+        if name == "prompt" and isinstance(value, str) and not value.strip():
+            self.ctx.add(
+                where,
+                f"{_dotted(where)}: the prompt is blank",
+                "write the prompt's text, or remove this value",
+            )
+        elif enum is not None:
             self.ctx.add(
                 where,
                 f"{_dotted(where)}: {value!r} is not a valid {name}; allowed: {', '.join(enum)}"
@@ -188,6 +196,14 @@ class Resolver:
     def image(self, written: str, where: Where) -> str | None:
         if is_remote(written):
             return written
+        if _URL.match(written):
+            self.ctx.add(
+                where,
+                f"{_dotted(where)}: {written!r} is a URL the API cannot fetch "
+                "(it takes https://, http:// and data: URLs)",
+                "host the image at an https:// URL, or give the path of a local file",
+            )
+            return None
         if written not in self._images:
             try:
                 found = check_image(resolve(written, self.base_dir))

@@ -355,3 +355,30 @@ def test_a_values_file_that_is_not_utf8(tmp_path: Path) -> None:
         2,
         f"file {tmp_path / 'p.txt'} is not UTF-8 text",
     )
+
+
+def test_a_url_the_api_cannot_fetch_and_a_blank_prompt(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        matrix:
+          prompt: ["   ", ok]
+          image: ["ftp://files.example.com/a.png", "HTTPS://cdn.example.com/b.png"]
+        """,
+    )
+    assert [(p.message, p.line, p.column) for p in found] == [
+        ("matrix.prompt[0]: the prompt is blank", 2, 12),
+        (
+            "matrix.image[0]: 'ftp://files.example.com/a.png' is a URL the API cannot fetch "
+            "(it takes https://, http:// and data: URLs)",
+            3,
+            11,
+        ),
+        (
+            "matrix.image[1]: 'HTTPS://cdn.example.com/b.png' is a URL the API cannot fetch "
+            "(it takes https://, http:// and data: URLs)",
+            3,
+            44,
+        ),
+    ]
+    assert "https://" in found[1].fix
