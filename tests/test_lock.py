@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ExitCode, LockHeldError
-from batchgen.lock import batch_lock, lock_path, read_holder
+from batchgen.lock import abatch_lock, batch_lock, lock_path, read_holder
 
 HOLD = """
 import sys, time
@@ -136,3 +137,47 @@ def test_only_one_of_many_simultaneous_takers_wins(db: Path) -> None:
     for t in threads:
         t.join(10)
     assert len(wins) == 1 and len(refused) == 7
+
+
+async def test_an_async_waiter_leaves_the_loop_free_and_gets_the_lock(db: Path) -> None:
+    proc = holder(db, "first", 0.8)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    other = asyncio.create_task(ticker())
+    try:
+        async with abatch_lock(db, "second", wait_s=20):
+            assert proc.wait(5) == 0  # the holder had to finish first
+            assert ticks > 5  # the loop ran other work while this one waited
+            note = read_holder(db)
+            assert note is not None and note["batch"] == "second"
+    finally:
+        other.cancel()
+    assert lock_path(db).read_text() == ""
+
+
+async def test_an_async_waiter_stops_at_once_when_told(db: Path) -> None:
+    proc = holder(db, "first", 60)
+    try:
+        stop = asyncio.Event()
+
+        async def wait() -> None:
+            async with abatch_lock(db, "second", wait_s=600, stop=stop):
+                pytest.fail("the lock was taken twice")
+
+        waiter = asyncio.create_task(wait())
+        await asyncio.sleep(0.3)
+        assert not waiter.done()  # it is waiting, and this task runs meanwhile
+        stop.set()  # what SIGTERM does in the runner
+        with pytest.raises(LockHeldError, match=f"stopped while waiting.*pid {proc.pid}") as err:
+            await asyncio.wait_for(waiter, 5)
+        assert err.value.exit_code == ExitCode.INTERRUPTED
+        assert proc.poll() is None and read_holder(db) is not None  # the holder keeps it
+    finally:
+        proc.kill()
+        proc.wait()
