@@ -41,7 +41,7 @@ async def test_post_and_get_answer_with_the_documented_shapes():
         assert set(run) == {"id", "model", "status", "costUsd", "createdAt"}
         assert run["id"].startswith("run_") and len(run["id"]) > 8
         assert run["model"] == MODEL
-        assert run["status"] in ("pending", "processing")
+        assert run["status"] == "pending"
         assert run["costUsd"] == 484_000  # 5 s at 1080p: the model's defaults
         parse_iso(run["createdAt"])
 
@@ -53,6 +53,18 @@ async def test_post_and_get_answer_with_the_documented_shapes():
     assert isinstance(urls, list) and len(urls) == 1 and urls[0].startswith("http://127.0.0.1:")
     assert parse_iso(body["completedAt"]) > parse_iso(body["createdAt"])
     assert "error" not in body
+
+
+async def test_the_post_answer_is_pending_even_when_the_run_ends_at_once():
+    async with running(time_scale=0.0) as (_sim, api):
+        created = await api.post({"prompt": "instant"})
+        now = await api.get(created.body["id"])
+        replay = await api.post({"prompt": "instant"}, idem="k")
+        replayed = await api.post({"prompt": "instant"}, idem="k")
+    assert created.body["status"] == "pending" and "output" not in created.body
+    assert now.body["status"] == "succeeded" and now.body["output"]["urls"]
+    assert replay.body["status"] == "pending"
+    assert replayed.body["status"] == "succeeded"  # a replay shows the run as it is now
 
 
 async def test_a_failed_run_has_an_error_and_no_output():

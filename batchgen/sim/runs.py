@@ -99,9 +99,12 @@ def iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def view(run: SimRun, now: float, urls: Callable[[SimRun], list[str]]) -> dict[str, Any]:
-    """The run as the API shows it at ``now``."""
-    status = run.status(now)
+def view(
+    run: SimRun, now: float, urls: Callable[[SimRun], list[str]], *, created: bool = False
+) -> dict[str, Any]:
+    """The run as the API shows it at ``now``; ``created``: the answer to the POST that
+    created it, always ``pending`` like the real service's (even at time scale 0)."""
+    status = "pending" if created else run.status(now)
     out: dict[str, Any] = {
         "id": run.id,
         "model": run.model,

@@ -192,7 +192,8 @@ class Simulator:
                 self.slow_answers -= 1
         if drop:
             return self._drop(request, route, "dropped_after_create")
-        return self._answer(route, 200, self.state.view(run, self._urls_for(request)))
+        view = self.state.view(run, self._urls_for(request), created=not replayed)
+        return self._answer(route, 200, view)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         route = ROUTE_GET

@@ -186,8 +186,10 @@ class SimState:
             raise Refusal(404, "run_not_found", f"Run not found: {run_id[:64]}")
         return run
 
-    def view(self, run: SimRun, urls: Callable[[SimRun], list[str]]) -> dict[str, Any]:
-        return view(run, time.time(), urls)
+    def view(
+        self, run: SimRun, urls: Callable[[SimRun], list[str]], *, created: bool = False
+    ) -> dict[str, Any]:
+        return view(run, time.time(), urls, created=created)
 
     def _new_id(self) -> str:
         while True:
