@@ -16,7 +16,7 @@ import pytest
 from batchgen.export import FIELDS, export_to_file, write_export
 from batchgen.store import jobs as store
 from batchgen.store.schema import open_db
-from tests.test_report_helpers import BAD_PROMPT, INJECTION, UNICODE, Demo, demo
+from tests.test_report_helpers import BAD_PROMPT, INJECTION, UNICODE, Demo, big_batch, demo
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,30 @@ def test_bad_usage_exits_2_and_writes_nothing(ran: Demo, tmp_path: Path) -> None
     proc = _cli("export", "--db", str(tmp_path / "none.db"))
     assert proc.returncode == 2 and "no state database" in proc.stderr
     assert not list(tmp_path.iterdir())
+    # --out must name a file we can write: a folder, or a path that cannot be made
+    proc = _cli("export", "--db", str(ran.db_path), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--out {tmp_path}: is a folder" in proc.stderr and "demo.csv" in proc.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    proc = _cli("export", "--db", str(ran.db_path), "--out", str(blocked / "jobs.csv"))
+    assert proc.returncode == 2 and "cannot write there" in proc.stderr, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path: Path) -> None:
+    big_batch(tmp_path / "s.db", tmp_path / "out", jobs=3000, files=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "export", "--format", "jsonl",
+         "--db", str(tmp_path / "s.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # like `| head -1`: one line, then the pipe closes
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr  # as SIGPIPE ends any Unix tool
+    assert json.loads(first)["idx"] == 0 and stderr == ""
 
 
 def test_reading_takes_no_write_lock_from_the_engine(ran: Demo) -> None:

@@ -196,6 +196,20 @@ def test_an_unknown_axis_is_a_usage_error_and_writes_nothing(ran: Demo, tmp_path
     assert not (tmp_path / "r.html").exists()
 
 
+def test_an_out_that_cannot_be_a_file_is_a_usage_error(ran: Demo, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    for out, said in ((tmp_path, "is a folder"), (blocked / "r.html", "cannot write there")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchgen", "report", "--db", str(ran.db_path),
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
 def test_the_command_writes_beside_the_videos_and_prints_the_path(ran: Demo) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "batchgen", "report", "--db", str(ran.db_path)],

@@ -7,18 +7,22 @@ state database and need no API key.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy import Engine
 
 from batchgen.cli._app import DbOption, app
-from batchgen.errors import BatchgenError
-from batchgen.export import export_to_file, write_export
+from batchgen.errors import BatchgenError, Problem, UsageError
+from batchgen.export import Format, export_to_file, write_export
 from batchgen.report import write_report
 from batchgen.store.batches import find_batch
 from batchgen.store.schema import DEFAULT_DB, open_db
+
+SIGPIPE_EXIT = 128 + 13
 
 BatchArg = Annotated[
     str | None, typer.Argument(help="Batch name (default: the most recent).", show_default=False)
@@ -39,6 +43,21 @@ class ExportFormat(enum.StrEnum):
 def _fail(exc: BatchgenError) -> typer.Exit:
     print(f"batchgen: {exc}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
+
+
+def _check_out(out: Path, example: str) -> None:
+    """--out must name a file: a folder there is a usage error (exit 2, nothing written)."""
+    if out.is_dir():
+        raise UsageError(
+            [Problem(f"--out {out}", "is a folder", fix=f"name a file, e.g. --out {out / example}")]
+        )
+
+
+def _unwritable(out: Path, exc: OSError) -> UsageError:
+    reason = exc.strerror or str(exc)
+    return UsageError(
+        [Problem(f"--out {out}", f"cannot write there ({reason})", fix="choose a writable path")]
+    )
 
 
 @app.command()
@@ -92,7 +111,13 @@ def report(
         found = find_batch(engine, batch)
         assert found.id is not None
         target = out if out is not None else Path(found.out_dir) / "report.html"
-        path = write_report(engine, found.id, target, rows=rows, cols=cols, posters=posters.value)
+        _check_out(target, "report.html")
+        try:
+            path = write_report(
+                engine, found.id, target, rows=rows, cols=cols, posters=posters.value
+            )
+        except OSError as exc:
+            raise _unwritable(target, exc) from None
     except BatchgenError as exc:
         raise _fail(exc) from None
     print(path.resolve())
@@ -120,11 +145,27 @@ def export(
         found = find_batch(engine, batch)
         assert found.id is not None
         if out == "-":
-            n = write_export(engine, found.id, fmt.value, sys.stdout)
-            sys.stdout.flush()
+            n = _to_stdout(engine, found.id, fmt.value)
         else:
-            n = export_to_file(engine, found.id, fmt.value, Path(out))
+            _check_out(Path(out), f"{found.name}.{fmt.value}")
+            try:
+                n = export_to_file(engine, found.id, fmt.value, Path(out))
+            except OSError as exc:
+                raise _unwritable(Path(out), exc) from None
     except BatchgenError as exc:
         raise _fail(exc) from None
     where = "standard output" if out == "-" else out
     print(f"batchgen: {n} job(s) of {found.name} written to {where}", file=sys.stderr)
+
+
+def _to_stdout(engine: Engine, batch_id: int, fmt: Format) -> int:
+    """Write to standard output; a reader that stops early (``| head``) ends the
+    command quietly with 141, as SIGPIPE ends any Unix tool."""
+    try:
+        n = write_export(engine, batch_id, fmt, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and complain: point it at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(SIGPIPE_EXIT) from None
+    return n
