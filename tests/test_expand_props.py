@@ -12,7 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchgen.images import materialize
 from batchgen.manifest import LoadedManifest, Overrides, load_manifest
+from batchgen.modelspec import load_model
+from tests.manifest_helpers import png
 
 RATIOS = ["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"]
 WORDS = st.text(alphabet="abcdefgh xyz", min_size=1, max_size=6).filter(lambda s: s.strip() == s)
@@ -97,3 +100,32 @@ def test_the_order_values_are_written_in_changes_no_key(data: dict[str, Any], rn
         rnd.shuffle(values)
         shuffled["matrix"][name] = values
     assert {j.key for j in _load(shuffled).jobs()} == keys
+
+
+@PROPS
+@given(
+    manifests(),
+    st.lists(st.sampled_from(["720p", "1080p"]), min_size=1, unique=True),
+    st.lists(st.sampled_from([5, 10]), min_size=1, unique=True),
+    st.lists(st.sampled_from(["local.png", "https://cdn.example.com/a.jpg"]), unique=True),
+)
+def test_every_input_a_run_would_send_passes_the_models_schema(
+    data: dict[str, Any], resolutions: list[str], durations: list[int], images: list[str]
+) -> None:
+    """Checked locally, so ``invalid_input`` never costs a request."""
+    matrix = {**data["matrix"], "resolution": resolutions, "duration": durations}
+    if images:
+        matrix["image"] = images
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "local.png").write_bytes(png())
+        path = folder / "m.yaml"
+        # No excludes here: they could drop every combination of a duration.
+        text = yaml.safe_dump({**data, "matrix": matrix, "exclude": []})
+        path.write_text(text, encoding="utf-8")
+        loaded = load_manifest(path, overrides=Overrides(max_jobs=10**6))
+        spec = load_model(loaded.model)
+        sent = [materialize(job.input, folder) for job in loaded.jobs()]
+    assert sent
+    assert all(spec.problems(s) == [] for s in sent)
+    assert {s["duration"] for s in sent} >= {str(d) for d in durations}

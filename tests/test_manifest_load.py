@@ -10,8 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from batchgen.images import parse_reference
+from batchgen.images import materialize, parse_reference
 from batchgen.manifest import Overrides, load_manifest
+from batchgen.modelspec import load_model
 from tests.manifest_helpers import load, png, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,9 @@ def test_every_example_loads_and_matches_the_json_schema(path: Path) -> None:
     assert [j.idx for j in jobs] == list(range(len(jobs)))
     assert len({j.key for j in jobs}) == len(jobs)
     assert loaded.warnings == []
+    # What would be POSTed passes the model's whole input schema: no invalid_input.
+    spec = load_model(loaded.model)
+    assert [spec.problems(materialize(j.input, path.parent)) for j in jobs] == [[]] * len(jobs)
 
 
 def test_the_examples_cover_what_the_docs_promise() -> None:
