@@ -59,13 +59,16 @@ def test_the_live_report_fills_in_during_the_run_and_is_never_half_written(
             text=True,
         )
         seen: list[dict[str, int]] = []
+        pages: list[str] = []
         reads = 0
         while run.poll() is None:
             if report.exists():
-                counts = _counts(report.read_text(encoding="utf-8"))
+                page = report.read_text(encoding="utf-8")
+                counts = _counts(page)
                 reads += 1
                 if not seen or seen[-1] != counts:
                     seen.append(counts)
+                    pages.append(page)
             time.sleep(0.02)
         _, stderr = run.communicate(timeout=30)
     finally:
@@ -80,6 +83,12 @@ def test_the_live_report_fills_in_during_the_run_and_is_never_half_written(
     assert reads > 10 and seen[0].get("queued", 0) >= 1, seen
     partial = [c for c in seen if 0 < c.get("succeeded", 0) < 6]
     assert partial, seen
+    # a cell not done yet says what it waits for
+    for counts, page in zip(seen, pages, strict=True):
+        if counts.get("queued"):
+            assert '<div class="ph">queued: not submitted yet</div>' in page
+        if counts.get("running"):
+            assert '<div class="ph">generating</div>' in page
     done = [c.get("succeeded", 0) for c in seen]
     assert done == sorted(done), seen
     # rewritten by rename: no temporary file is left beside it
