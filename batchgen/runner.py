@@ -86,6 +86,9 @@ class RunOptions:
     poll_policy: PollPolicy | None = None
     retry_policy: RetryPolicy | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: bad command-line values found by the CLI: the run ends with exit 2, and the
+    #: summary, metrics and notification (if their own options are fine) say why
+    problems: list[Problem] = field(default_factory=list)
 
 
 def check_api_key(key: str | None) -> str:
@@ -152,7 +155,7 @@ async def arun_batch(
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
     # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
-    problems: list[Problem] = []
+    problems: list[Problem] = list(opts.problems)
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()

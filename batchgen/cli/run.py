@@ -9,17 +9,20 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app
-from batchgen.errors import ExitCode, UsageError
+from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.events import RunSummary
 from batchgen.runner import RunOptions, find_batch, run_batch
 from batchgen.store import jobs as store
 from batchgen.store.schema import DEFAULT_DB, open_db
+
+T = TypeVar("T")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every job succeeded; 1 jobs failed (or canceled / held in doubt); "
@@ -123,6 +126,18 @@ def parse_date(text: str | None) -> dt.date | None:
         raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
 
 
+def _lenient(
+    problems: list[Problem], parse: Callable[[str | None], T], text: str | None
+) -> T | None:
+    """``parse(text)``, or None with its problem kept, so the run still reports exit 2
+    through --summary-file, --metrics-file and --notify-url (a broken crontab line)."""
+    try:
+        return parse(text)
+    except UsageError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
 def _key() -> str | None:
     # run_batch checks it first thing (exit 2, nothing written), and still tells the
     # summary file / notification why it stopped.
@@ -185,16 +200,17 @@ def run(
     Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
     """
     key = _key()
+    problems: list[Problem] = []
     options = RunOptions(
         base_url=base_url,
         out_dir=out,
-        rate=parse_rate(rate),
+        rate=_lenient(problems, parse_rate, rate),
         concurrency=concurrency,
         budget_usd=budget_usd,
         max_runtime_s=max_runtime,
         in_doubt=in_doubt.value,
         on_lost=on_lost.value,
-        date=parse_date(date),
+        date=_lenient(problems, parse_date, date),
         wait_lock_s=wait_lock,
         log_file=log_file,
         summary_file=summary_file,
@@ -203,6 +219,7 @@ def run(
         report_path=report,
         progress="auto",
         handle_signals=True,
+        problems=problems,
     )
     _finish(run_batch(db, api_key=key, manifest=manifest, options=options), json_out)
 
@@ -222,9 +239,10 @@ def _resume_options(
     report: Path | None,
     in_doubt: InDoubt = InDoubt.resubmit,
 ) -> RunOptions:
+    problems: list[Problem] = []
     return RunOptions(
         base_url=base_url,
-        rate=parse_rate(rate),
+        rate=_lenient(problems, parse_rate, rate),
         concurrency=concurrency,
         budget_usd=budget_usd,
         max_runtime_s=max_runtime,
@@ -238,6 +256,7 @@ def _resume_options(
         report_path=report,
         progress="auto",
         handle_signals=True,
+        problems=problems,
     )
 
 
