@@ -200,12 +200,13 @@ async def test_a_typo_in_an_option_is_exit_2_and_still_reported(tmp_path: Path) 
         env = cron_env(tmp_path, "http://127.0.0.1:9")
         args = (
             "resume", "nightly-d", "--db", str(tmp_path / "state.db"), *trail(tmp_path),
-            "--notify-url", url.replace("http://", "htp://"),
+            "--notify-url", url.replace("http://", "htp://"), "--rate", "20/10x",
         )  # fmt: skip
         code, _, stderr = await finish(await start(*args, env=env, cwd=tmp_path), 30)
     assert code == 2 and "--notify-url" in stderr and "http://" in stderr
     summary, fams = read_trail(tmp_path)
     assert summary["exit_code"] == 2 and "--notify-url" in str(summary["reason"])
+    assert "--rate '20/10x': expected REQUESTS/SECONDS" in str(summary["reason"])  # both named
     assert value(fams, "batchgen_exit_code") == 2  # monitoring sees the broken cron line
     assert got == []  # nothing sent anywhere
     assert not (tmp_path / "state.db").exists()
