@@ -175,6 +175,9 @@ def test_a_bad_key_exits_2_with_a_message_that_does_not_echo_it() -> None:
         (["--url-ttl", "inf"], "--url-ttl must be a finite number"),
         (["--time-scale", "nan"], "--time-scale"),
         (["--key", "sk-dup-12345678", "--key", "sk-dup-12345678"], "only once"),
+        (["--price", "4k/5=1"], "--price: no '4k/5' in the price table"),
+        (["--price", "1080p/5=cheap"], "--price '1080p/5=cheap': expected RES/DUR=USD"),
+        (["--price", "1080p/5=-1"], "--price: 1080p/5 must be a finite number"),
     ],
 )
 def test_bad_options_are_refused_before_listening(args: list[str], words: str) -> None:
@@ -191,7 +194,8 @@ def test_every_option_reaches_the_server() -> None:
             "--spend-limit-usd", "7", "--usage-quota", "3", "--rate", "7/3s", "--time-scale", "0.5",
             "--fail-rate", "0.25", "--error-rate", "0.125", "--drop-rate", "0.0625",
             "--slow-rate", "0.5", "--cut-rate", "0.75", "--url-ttl", "42", "--stale-first-url",
-            "--ignore-idempotency", "--seed", "9"]  # fmt: skip
+            "--ignore-idempotency", "--seed", "9", "--price", "1080p/5=0.6",
+            "--price", "720p/10=0.3"]  # fmt: skip
     with sim_process(*args) as (proc, base_url):
         with urllib.request.urlopen(f"{base_url}/_sim/stats", timeout=10) as resp:
             stats = json.loads(resp.read())
@@ -200,7 +204,7 @@ def test_every_option_reaches_the_server() -> None:
         "rate": [7, 3.0], "time_scale": 0.5, "balance_usd": 12.5, "spend_limit_usd": 7.0,
         "usage_quota": 3, "fail_rate": 0.25, "error_rate": 0.125, "drop_rate": 0.0625,
         "slow_rate": 0.5, "cut_rate": 0.75, "url_ttl_s": 42.0, "stale_first_url": True,
-        "ignore_idempotency": True, "seed": 9,
+        "ignore_idempotency": True, "seed": 9, "prices_usd": {"1080p/5": 0.6, "720p/10": 0.3},
     }  # fmt: skip
     assert [k["key"] for k in stats["keys"]] == ["key#1", "key#2"]
     assert [k["balance_micro_usd"] for k in stats["keys"]] == [12_500_000, 12_500_000]

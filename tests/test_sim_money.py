@@ -30,6 +30,19 @@ async def test_the_price_follows_resolution_and_duration_and_is_charged_at_creat
     assert stats["balance_micro_usd"] == 10_000_000 - total
 
 
+async def test_the_price_table_can_be_overridden_per_resolution_and_duration():
+    async with running(prices_usd={"1080p/5": 0.6, "720p/10": 0.0}, fail_rate=1.0) as (sim, api):
+        big = await api.post({"prompt": "x"})
+        free = await api.post({"prompt": "x", "resolution": "720p", "duration": "10"})
+        usual = await api.post({"prompt": "x", "resolution": "720p", "duration": "5"})
+        charged = sim.stats()["charged_micro_usd"]
+        await api.wait(big.body["id"])
+        stats = sim.stats()
+    assert [a.body["costUsd"] for a in (big, free, usual)] == [600_000, 0, 242_000]
+    assert charged == 842_000 and stats["config"]["prices_usd"] == {"1080p/5": 0.6, "720p/10": 0.0}
+    assert stats["refunded_micro_usd"] >= 600_000  # the overridden price is what is refunded
+
+
 async def test_a_failed_run_is_refunded_in_full_exactly_once():
     async with running(fail_rate=1.0, balance_usd=5.0) as (sim, api):
         ids = [(await api.post({"prompt": f"p{i}"})).body["id"] for i in range(3)]

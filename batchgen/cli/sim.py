@@ -46,6 +46,7 @@ def sim(
         list[str] | None,
         typer.Option(
             "--key",
+            metavar="sk-...",
             help="An accepted API key (repeatable; each has its own balance, window and "
             "runs). Default: the built-in key sk-sim-0000000000000000.",
         ),
@@ -71,6 +72,16 @@ def sim(
             "--usage-quota",
             min=0,
             help="Runs each key may create (then 429 USAGE_EXCEEDED).",
+            rich_help_panel=_MONEY,
+        ),
+    ] = None,
+    price: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--price",
+            metavar="RES/DUR=USD",
+            help="Price of one run of that resolution and duration, e.g. 1080p/5=0.60 "
+            "(repeatable). Default: the model's price table (1080p/5: 0.484).",
             rich_help_panel=_MONEY,
         ),
     ] = None,
@@ -145,6 +156,7 @@ def sim(
             balance_usd=balance_usd,
             spend_limit_usd=spend_limit_usd,
             usage_quota=usage_quota,
+            prices_usd=_prices(price or []),
             rate=parsed_rate,
             time_scale=time_scale,
             fail_rate=fail_rate,
@@ -162,11 +174,23 @@ def sim(
     asyncio.run(_serve(config))
 
 
+def _prices(given: list[str]) -> dict[str, float]:
+    out = {}
+    for text in given:
+        kind, _, usd = text.partition("=")
+        try:
+            out[kind.strip()] = float(usd)
+        except ValueError:
+            raise UsageError(f"--price {text!r}: expected RES/DUR=USD, e.g. 1080p/5=0.60") from None
+    return out
+
+
 def _as_options(message: str) -> str:
     """SimConfig's problems name its fields; on the command line, name the options."""
     fields = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(SimConfig)}
     fields["url_ttl_s"] = "--url-ttl"
     fields["keys"] = "--key"
+    fields["prices_usd"] = "--price"
     return re.sub(r"\b[a-z_]+\b", lambda m: fields.get(m.group(), m.group()), message)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from batchgen.modelspec import DEFAULT_MODEL, load_model
+
 #: The key the simulator accepts when no key is configured. Not a secret: it only
 #: ever opens a local simulator.
 DEFAULT_KEY = "sk-sim-0000000000000000"
@@ -25,6 +27,9 @@ class SimConfig:
     balance_usd: float = 1000.0  # prepaid balance of each key
     spend_limit_usd: float | None = None  # lifetime spend cap of each key (403)
     usage_quota: int | None = None  # runs each key may create (429 USAGE_EXCEEDED)
+    #: price overrides, ``"RESOLUTION/DURATION"`` -> USD per run (``{"1080p/5": 0.6}``);
+    #: the rest of the price table is the model's own (``schemas/models/``)
+    prices_usd: dict[str, float] = field(default_factory=dict)
     rate: tuple[int, float] = (20, 10.0)  # N requests in any W-second window, per key
     time_scale: float = 1.0  # multiplies queue wait and generation time
     fail_rate: float = 0.0  # fraction of runs that end `failed` (refunded)
@@ -66,6 +71,14 @@ class SimConfig:
                 break
         if len(set(self.keys)) < len(self.keys):
             problems.append("each key may be given only once")
+        table = load_model(DEFAULT_MODEL).prices
+        for kind, usd in self.prices_usd.items():
+            res, _, dur = kind.partition("/")
+            if dur not in table.get(res, {}):
+                known = ", ".join(f"{r}/{d}" for r in table for d in table[r])
+                problems.append(f"prices_usd: no {kind!r} in the price table ({known})")
+            if not (math.isfinite(usd) and usd >= 0):
+                problems.append(f"prices_usd: {kind} must be a finite number >= 0, not {usd}")
         n, window = self.rate
         if n < 1 or not (math.isfinite(window) and window > 0):
             problems.append(f"rate must be N >= 1 requests per W > 0 seconds, not {n}/{window}")

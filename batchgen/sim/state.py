@@ -105,6 +105,7 @@ class SimState:
                 "balance_usd": c.balance_usd,
                 "spend_limit_usd": c.spend_limit_usd,
                 "usage_quota": c.usage_quota,
+                "prices_usd": dict(c.prices_usd),
                 "fail_rate": c.fail_rate,
                 "error_rate": c.error_rate,
                 "drop_rate": c.drop_rate,
@@ -150,7 +151,8 @@ class SimState:
         c = self.config
         if c.usage_quota is not None and acct.runs_created >= c.usage_quota:
             raise Refusal(429, "USAGE_EXCEEDED", "Usage quota of this API key exceeded")
-        cost = spec.price_micro_usd(input_)
+        override = c.prices_usd.get(f"{input_['resolution']}/{input_['duration']}")
+        cost = spec.price_micro_usd(input_) if override is None else round(override * 1e6)
         if cost > acct.balance:
             raise Refusal(
                 402,
