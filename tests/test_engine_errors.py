@@ -421,3 +421,52 @@ async def test_a_big_batch_is_paged_never_loaded_whole(tmp_path):
         outcome, _ = await drive.run(during=watch_then_stop)
     assert outcome.exit_code == ExitCode.INTERRUPTED
     assert 0 < max(held) <= 2 * 100 + 4
+
+
+async def test_a_refused_post_sent_nothing_so_it_is_simply_sent_again(tmp_path):
+    # The service is down at first (connection refused), then comes up on that port.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moves: list[TransitionEvent] = []
+
+    class Spy:
+        def transition(self, ev: TransitionEvent) -> None:
+            moves.append(ev)
+
+        def request(self, ev: RequestEvent) -> None:
+            pass
+
+        def finished(self, summary: RunSummary) -> None:
+            pass
+
+    db, batch = make_batch(tmp_path / "s.db", prompts(3), tmp_path / "out")
+    drive = Drive(db, batch, f"http://127.0.0.1:{port}", tmp_path / "out", observers=[Spy()])
+    drive.config = EngineConfig(max_attempts=1000)
+    sims: list[StandInSim] = []
+
+    def refused() -> list[TransitionEvent]:
+        return [m for m in moves if m.from_state == "submitting" and m.to_state == "queued"]
+
+    async def service_comes_up(engine: Any) -> None:
+        from tests.test_engine_helpers import wait_for
+
+        await wait_for(lambda: len(refused()) >= 3)
+        sim = StandInSim(StandInConfig(port=port, time_scale=FAST, rate=(20, 0.5)))
+        await sim.__aenter__()
+        sims.append(sim)
+
+    try:
+        outcome, engine = await drive.run(during=service_comes_up)
+        st = sims[0].stats()
+    finally:
+        for sim in sims:
+            await sim.__aexit__(None, None, None)
+    assert outcome.exit_code == ExitCode.OK
+    assert len(refused()) >= 3  # each refusal put the job back in the queue, no more
+    assert not engine.in_doubt_seen  # nothing was sent, so nothing is in doubt
+    assert not [m for m in moves if m.to_state == "in_doubt"]
+    assert st["runs_created"] == 3 and st["idempotent_replays"] == 0
+    assert all(j.attempts == 1 for j in all_jobs(db, bid(batch)))
