@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, select
 
+from batchgen.manifest import load_manifest
 from batchgen.polling import PollPolicy
 from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
+from batchgen.store import batches
 from batchgen.store.schema import Job, open_db
+from tests.test_batches import write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +55,38 @@ async def test_local_images_are_stored_as_references_and_sent_inline(tmp_path: P
     assert all(s["image_urls"][0].startswith("file:images/") for s in stored)
     assert not any("base64" in json.dumps(s) for s in stored)
     assert len(list((tmp_path / "demo-out" / "image-to-video").glob("*.mp4"))) == 4
+
+
+async def test_a_changed_manifest_reports_what_it_adds_and_no_longer_lists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run says what the sync changed; jobs no longer listed that never started are
+    kept in the database but not sent."""
+    db_path = tmp_path / "state.db"
+    db = open_db(db_path)
+    batches.sync_batch(db, load_manifest(write_manifest(tmp_path, ["fox", "owl"])))
+    db.dispose()
+    # owl is gone, lynx is new, and an include the matrix already has collapses
+    extra = 'include:\n  - {subject: fox, aspect_ratio: "16:9"}\n'
+    changed = write_manifest(tmp_path, ["fox", "lynx"], extra=extra)
+    caplog.set_level(logging.INFO)
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+        summary = await arun_batch(
+            db_path,
+            api_key=DEFAULT_KEY,
+            manifest=changed,
+            options=RunOptions(
+                base_url=sim.base_url,
+                rate=(20, 0.5),
+                poll_policy=PollPolicy(min_interval_s=0.01),
+            ),
+        )
+        sent = sorted(run.input["prompt"] for run in sim.state.book.runs.values())
+    assert summary.exit_code == 0, summary.to_json()
+    assert sent == ["a fox in a meadow"] * 2 + ["a lynx in a meadow"] * 2
+    logged = caplog.messages
+    assert (
+        "batch sweep: 2 new job(s) stored, 6 in the database; 2 no longer listed by the "
+        "manifest (kept; those not started yet are not submitted; see `batchgen status`)"
+    ) in logged
+    assert any(m.startswith("1 combination(s) collapsed into identical jobs") for m in logged)

@@ -78,6 +78,18 @@ class SyncResult:
     relisted: int  # jobs unlisted before and listed again
     total: int  # jobs of the batch in the database, listed or not
 
+    def describe(self, name: str) -> str:
+        """One line for the run's log: what this sync changed in the database."""
+        out = f"batch {name}: {self.added:,} new job(s) stored, {self.total:,} in the database"
+        if self.unlisted:
+            out += (
+                f"; {self.unlisted:,} no longer listed by the manifest (kept; those not "
+                "started yet are not submitted; see `batchgen status`)"
+            )
+        if self.relisted:
+            out += f"; {self.relisted:,} listed again"
+        return out
+
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
