@@ -193,7 +193,8 @@ def test_every_option_reaches_the_server() -> None:
     args = ["--key", "sk-cli-aaaaaaaaaaaa", "--key", "sk-cli-bbbbbbbbbbbb", "--balance-usd", "12.5",
             "--spend-limit-usd", "7", "--usage-quota", "3", "--rate", "7/3s", "--time-scale", "0.5",
             "--fail-rate", "0.25", "--error-rate", "0.125", "--drop-rate", "0.0625",
-            "--slow-rate", "0.5", "--cut-rate", "0.75", "--url-ttl", "42", "--stale-first-url",
+            "--slow-rate", "0.5", "--slow-poll-rate", "0.375", "--cut-rate", "0.75",
+            "--url-ttl", "42", "--stale-first-url",
             "--ignore-idempotency", "--seed", "9", "--price", "1080p/5=0.6",
             "--price", "720p/10=0.3"]  # fmt: skip
     with sim_process(*args) as (proc, base_url):
@@ -203,7 +204,8 @@ def test_every_option_reaches_the_server() -> None:
     assert stats["config"] == {
         "rate": [7, 3.0], "time_scale": 0.5, "balance_usd": 12.5, "spend_limit_usd": 7.0,
         "usage_quota": 3, "fail_rate": 0.25, "error_rate": 0.125, "drop_rate": 0.0625,
-        "slow_rate": 0.5, "cut_rate": 0.75, "url_ttl_s": 42.0, "stale_first_url": True,
+        "slow_rate": 0.5, "slow_poll_rate": 0.375, "cut_rate": 0.75, "url_ttl_s": 42.0,
+        "stale_first_url": True,
         "ignore_idempotency": True, "seed": 9, "prices_usd": {"1080p/5": 0.6, "720p/10": 0.3},
     }  # fmt: skip
     assert [k["key"] for k in stats["keys"]] == ["key#1", "key#2"]

@@ -77,6 +77,24 @@ async def test_a_slow_answer_comes_late_after_the_run_was_created_and_charged():
     assert sim.slow_answers == 0 and after["slow_answers_sent"] == 1
 
 
+async def test_slow_polls_answer_late_with_the_run_as_it_was():
+    async with running(time_scale=0.0) as (sim, api):
+        run_id = (await api.post({"prompt": "x"})).body["id"]
+        sim.config.slow_poll_rate = 1.0
+        started = time.monotonic()
+        slow = await api.get(run_id)
+        took = time.monotonic() - started
+        sim.config.slow_poll_rate = 0.0
+        started = time.monotonic()
+        quick = await api.get(run_id)
+        quick_took = time.monotonic() - started
+        stats = sim.stats()
+    assert slow.status == quick.status == 200 and slow.body["status"] == "succeeded"
+    assert took >= 0.3 > quick_took
+    assert stats["slow_polls_sent"] == 1 and stats["slow_answers_sent"] == 0
+    assert sim.slow_answers == 0  # that count is for run-creating POSTs only
+
+
 async def test_a_cut_download_stops_mid_file_and_resumes_with_a_range():
     async with running() as (sim, api):
         url, whole, full = await api.succeeded_file({"prompt": "a kite"})

@@ -116,6 +116,10 @@ def sim(
     slow_rate: Annotated[
         float, _fraction("--slow-rate", "Fraction of run-creating POSTs answered 0.3 s late.")
     ] = 0.0,
+    slow_poll_rate: Annotated[
+        float,
+        _fraction("--slow-poll-rate", "Fraction of GETs of a run answered 0.3 s late."),
+    ] = 0.0,
     cut_rate: Annotated[
         float, _fraction("--cut-rate", "Fraction of file downloads cut off mid-file.")
     ] = 0.0,
@@ -163,6 +167,7 @@ def sim(
             error_rate=error_rate,
             drop_rate=drop_rate,
             slow_rate=slow_rate,
+            slow_poll_rate=slow_poll_rate,
             cut_rate=cut_rate,
             url_ttl_s=url_ttl,
             stale_first_url=stale_first_url,

@@ -11,7 +11,7 @@ from batchgen.modelspec import DEFAULT_MODEL, load_model
 #: ever opens a local simulator.
 DEFAULT_KEY = "sk-sim-0000000000000000"
 
-_RATES = ("fail_rate", "error_rate", "drop_rate", "slow_rate", "cut_rate")
+_RATES = ("fail_rate", "error_rate", "drop_rate", "slow_rate", "slow_poll_rate", "cut_rate")
 _AMOUNTS = ("balance_usd", "spend_limit_usd", "time_scale", "url_ttl_s", "slow_s")
 
 
@@ -36,6 +36,7 @@ class SimConfig:
     error_rate: float = 0.0  # fraction of API requests answered 500
     drop_rate: float = 0.0  # fraction of API requests whose connection is closed unanswered
     slow_rate: float = 0.0  # fraction of run-creating POSTs answered ~0.3 s late
+    slow_poll_rate: float = 0.0  # fraction of GETs of a run answered ~0.3 s late
     cut_rate: float = 0.0  # fraction of file downloads cut off mid-body
     url_ttl_s: float = 86400.0  # output URLs answer 403 after this
     #: the first URLs handed out for each run are already expired (a slow client's case)

@@ -206,7 +206,12 @@ class Simulator:
             run = self.state.find(account, request.match_info["run_id"])
         except Refusal as refusal:
             return self._refuse(route, refusal)
-        return self._answer(route, 200, self.state.view(run, self._urls_for(request)))
+        view = self.state.view(run, self._urls_for(request))
+        slow = self.config.slow_poll_rate  # drawn only when on: other draws stay as they were
+        if slow > 0 and self.state.faults_rng.random() < slow:
+            self.state.counters["slow_polls_sent"] += 1
+            await asyncio.sleep(self.config.slow_s)  # the answer as it was, late
+        return self._answer(route, 200, view)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         route = ROUTE_FILES

@@ -31,6 +31,7 @@ COUNTERS = (
     "dropped_after_create",
     "dropped_gets",
     "slow_answers_sent",
+    "slow_polls_sent",
     "downloads_cut",
     "expired_url_hits",
 )
@@ -110,6 +111,7 @@ class SimState:
                 "error_rate": c.error_rate,
                 "drop_rate": c.drop_rate,
                 "slow_rate": c.slow_rate,
+                "slow_poll_rate": c.slow_poll_rate,
                 "cut_rate": c.cut_rate,
                 "url_ttl_s": c.url_ttl_s,
                 "stale_first_url": c.stale_first_url,
