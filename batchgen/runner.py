@@ -264,9 +264,10 @@ class _Run:
             self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=self.stop_event
         ):
             if loaded is not None:
+                synced = batches.sync_batch(db, loaded)
+                # after the sync: its pass over the jobs counted them, warnings come free
                 for warning in loaded.warnings:
                     log.warning("%s", warning)
-                synced = batches.sync_batch(db, loaded)
                 log.info("%s", synced.describe(loaded.name))
                 self.batch = store.get_batch(db, synced.batch_id)
                 if self.batch.canceled:
