@@ -153,8 +153,10 @@ def test_keys_rate_and_sigint() -> None:
 
 
 def test_a_bad_key_exits_2_with_a_message_that_does_not_echo_it() -> None:
+    script = Path(sys.executable).with_name("batchgen")  # the installed console script
+    assert script.is_file(), "pyproject's [project.scripts] batchgen is not installed"
     done = subprocess.run(
-        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--key", "not-a-key"],
+        [str(script), "sim", "--port", "0", "--key", "not-a-key"],
         capture_output=True,
         text=True,
         timeout=30,
