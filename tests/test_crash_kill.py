@@ -173,7 +173,17 @@ async def test_a_second_sigint_stops_at_once_and_the_state_stays_safe(tmp_path):
         # the POST whose answer never came back is in doubt, not lost
         assert store.counts(db, bid(batch))["submitting"] == 1
 
-        proc = await start(*args, "--json", base_url=sim.base_url)
+        # --in-doubt hold: everything else is done, the one in doubt waits (exit 1)
+        proc = await start(*args, "--in-doubt", "hold", "--json", base_url=sim.base_url)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1, stderr.decode()[-2000:]
+        held = json.loads(stdout)
+        assert held["in_doubt"] == 1 and held["counts"] == {"succeeded": n - 1, "in_doubt": 1}
+        assert sim.stats()["idempotent_replays"] == 0
+
+        # `batchgen retry BATCH --in-doubt` resends it with the same key: found, not paid
+        retry = ("retry", batch.name, "--in-doubt", *args[2:])
+        proc = await start(*retry, "--json", base_url=sim.base_url)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, stderr.decode()[-2000:]
         summary = json.loads(stdout)

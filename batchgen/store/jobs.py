@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, func, or_, union, update
 from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
@@ -299,14 +299,21 @@ def spent_micro_usd(engine: Engine, batch_id: int) -> int:
 
 
 def in_doubt_since(engine: Engine, batch_id: int, since: float) -> int:
-    """Distinct jobs that entered ``in_doubt`` at or after ``since``."""
+    """Distinct jobs in doubt at some moment since ``since``.
+
+    Those that entered ``in_doubt``, those that left it (resent by ``retry --in-doubt``
+    or found again), and those still in it (held).
+    """
+    doubt = JobState.IN_DOUBT.value
+    moved = select(Event.job_id).where(
+        Event.batch_id == batch_id,
+        col(Event.at) >= since,
+        or_(col(Event.to_state) == doubt, col(Event.from_state) == doubt),
+    )
+    held = select(Job.id).where(Job.batch_id == batch_id, Job.state == doubt)
     with engine.connect() as conn:
         n = conn.execute(
-            select(func.count(func.distinct(Event.job_id))).where(
-                Event.batch_id == batch_id,
-                Event.to_state == JobState.IN_DOUBT.value,
-                col(Event.at) >= since,
-            )
+            select(func.count()).select_from(union(moved, held).subquery())
         ).scalar_one()
         conn.rollback()
     return int(n)
