@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +284,70 @@ def test_an_old_database_gains_the_status_index_through_the_migration(tmp_path):
     conn.close()
     assert "ix_job_batch_status" in names
     assert version == "2"
+
+
+def test_a_newer_or_foreign_database_is_refused_untouched(tmp_path):
+    newer = tmp_path / "newer.db"
+    open_db(newer).dispose()
+    conn = sqlite3.connect(newer)
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    before = newer.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(StateError, match=r"schema version 99 is newer.*upgrade batchgen"):
+            open_db(newer, readonly=readonly)
+    assert newer.read_bytes() == before
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.close()
+    with pytest.raises(StateError, match="not a batchgen state database"):
+        open_db(foreign, readonly=True)
+
+
+def test_wal_full_sync_and_writers_that_queue_instead_of_deadlocking(db_path):
+    """Two processes' read-then-write transactions: with BEGIN IMMEDIATE the second
+    waits for the first (busy_timeout) instead of failing on a stale read snapshot."""
+    first, second = open_db(db_path), open_db(db_path)
+    with first.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with first.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO meta (key, value) VALUES ('counter', '0')")
+    a_read = threading.Event()
+
+    def bump(engine: Engine, hold_s: float) -> None:
+        with engine.begin() as conn:
+            (value,) = conn.exec_driver_sql("SELECT value FROM meta WHERE key='counter'").one()
+            a_read.set()
+            time.sleep(hold_s)  # the other writer tries to start meanwhile
+            conn.exec_driver_sql(
+                "UPDATE meta SET value = ? WHERE key='counter'", (str(int(value) + 1),)
+            )
+
+    errors: list[BaseException] = []
+
+    def guarded(engine: Engine, hold_s: float) -> None:
+        try:
+            bump(engine, hold_s)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    a = threading.Thread(target=guarded, args=(first, 0.3))
+    a.start()
+    a_read.wait(5)
+    b = threading.Thread(target=guarded, args=(second, 0.0))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert errors == []
+    with first.connect() as conn:
+        value = conn.exec_driver_sql("SELECT value FROM meta WHERE key='counter'").scalar_one()
+    assert value == "2"  # neither increment was lost
+    first.dispose()
+    second.dispose()
 
 
 @settings(
