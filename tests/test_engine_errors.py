@@ -470,3 +470,39 @@ async def test_a_refused_post_sent_nothing_so_it_is_simply_sent_again(tmp_path):
     assert not [m for m in moves if m.to_state == "in_doubt"]
     assert st["runs_created"] == 3 and st["idempotent_replays"] == 0
     assert all(j.attempts == 1 for j in all_jobs(db, bid(batch)))
+
+
+async def test_at_most_one_post_is_ever_in_flight(tmp_path):
+    # Every POST is answered late, and ten runs may be in flight: still one POST at a time,
+    # so a crash can leave at most one submission in doubt.
+    moves: list[TransitionEvent] = []
+
+    class Spy:
+        def transition(self, ev: TransitionEvent) -> None:
+            moves.append(ev)
+
+        def request(self, ev: RequestEvent) -> None:
+            pass
+
+        def finished(self, summary: RunSummary) -> None:
+            pass
+
+    async with simulator(slow_rate=1.0, slow_s=0.05) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(8), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out", observers=[Spy()])
+        drive.config = EngineConfig(concurrency=10)
+        seen_at_once: list[int] = []
+
+        async def watch(engine: Any) -> None:
+            while len(seen_at_once) < 2000 and sim.stats()["runs_succeeded"] < 8:
+                seen_at_once.append(sim.slow_answers)
+                await asyncio.sleep(0.002)
+
+        outcome, _ = await drive.run(during=watch)
+        st = sim.stats()
+    assert outcome.exit_code == ExitCode.OK and st["slow_answers_sent"] == 8
+    assert max(seen_at_once) == 1  # the service never held two of our POSTs
+    submitting = 0
+    for ev in moves:  # replayed in order: never two jobs in `submitting`
+        submitting += (ev.to_state == "submitting") - (ev.from_state == "submitting")
+        assert submitting <= 1
