@@ -264,3 +264,24 @@ async def test_max_runtime_stops_with_75_and_a_resume_finishes(tmp_path: Path) -
     assert value(fams, "batchgen_exit_code") == 0
     assert value(fams, "batchgen_jobs", state="succeeded") == n
     assert value(fams, "batchgen_last_success_timestamp_seconds") > 0
+
+
+async def test_stderr_is_plain_lines_at_the_chosen_verbosity(tmp_path: Path) -> None:
+    async with Simulator(sim_config(time_scale=0.01, rate=(20, 0.5))) as sim:
+        env = cron_env(tmp_path, sim.base_url)
+        seen: dict[str, str] = {}
+        manifest = tmp_path / "m.yaml"
+        manifest.write_text(
+            'name: nightly\ndefaults: {prompt: "a {animal}"}\nmatrix: {animal: [fox, owl]}\n'
+        )
+        for flag in ("-q", "", "-v"):
+            args = [flag] if flag else []
+            args += ["run", str(manifest), "--db", str(tmp_path / f"state{flag}.db")]
+            args += ["--rate", "20/0.5s"]
+            code, stdout, stderr = await finish(await start(*args, env=env, cwd=tmp_path))
+            assert code == 0 and stdout == "" and ANSI not in stderr and KEY not in stderr
+            assert stderr.rstrip().splitlines()[-1].endswith("exit 0")  # the final line
+            seen[flag] = stderr
+    assert " INFO " not in seen["-q"] and " DEBUG " not in seen["-q"]
+    assert " INFO batch nightly: 2 new job(s) stored" in seen[""] and " DEBUG " not in seen[""]
+    assert " DEBUG POST /api/v1/runs -> 200" in seen["-v"]  # every request, one line each
