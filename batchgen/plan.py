@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from batchgen.modelspec import ModelSpec, load_model
 from batchgen.states import JobState
 from batchgen.store import batches
+from batchgen.store.jobs import spent_micro_usd
 
 if TYPE_CHECKING:
     from batchgen.manifest import ExpandedJob, LoadedManifest
@@ -87,6 +88,8 @@ class Plan:
     to_submit: Totals
     wall_s: float  # estimated for ``to_submit``
     stored: Stored | None = None
+    #: what the stored batch has spent so far (the budget covers the whole batch)
+    spent_micro_usd: int = 0
     budget_warning: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -115,6 +118,7 @@ class Plan:
             "total": totals(self.total),
             "to_submit": {**totals(self.to_submit), "wall_s": round(self.wall_s, 1)},
             "stored": None if self.stored is None else asdict(self.stored),
+            "spent_usd": round(self.spent_micro_usd / 1_000_000, 6),
             "budget_warning": self.budget_warning,
             "notes": self.notes,
         }
@@ -217,6 +221,7 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         assert db is not None and batch_id is not None
         matched = total.jobs - stored.new
         stored.unlisted = batches.job_total(db, batch_id) - matched
+    spent = 0 if db is None or batch_id is None else spent_micro_usd(db, batch_id)
 
     plan = Plan(
         batch=loaded.name,
@@ -240,12 +245,15 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         to_submit=to_submit,
         wall_s=wall_seconds(to_submit.jobs, to_submit.generation_s, rate, concurrency),
         stored=stored,
+        spent_micro_usd=spent,
     )
     if pricer.spec is None:
         plan.notes.append(f"no price table for model {loaded.model}: costs show as 0")
-    if budget_usd is not None and to_submit.estimate_usd > budget_usd:
+    # The budget caps the whole batch: what it spent already counts against it.
+    if budget_usd is not None and (spent + to_submit.estimate_micro_usd) / 1e6 > budget_usd:
+        already = f" plus ${spent / 1e6:,.2f} already spent" if spent else ""
         plan.budget_warning = (
-            f"the estimate ${to_submit.estimate_usd:,.2f} passes the budget "
+            f"the estimate ${to_submit.estimate_usd:,.2f}{already} passes the budget "
             f"${budget_usd:,.2f}: the run will stop when the budget is spent "
             "(raise budget_usd or --budget-usd, or trim the matrix)"
         )
@@ -329,8 +337,14 @@ def render_plan(plan: Plan) -> str:
         f"estimated ${sub.estimate_usd:,.2f}, about {_duration(plan.wall_s)} "
         f"at {rate} with {plan.concurrency} in flight",
     ]
+    if plan.stored is not None:
+        out.append(f"spent     ${plan.spent_micro_usd / 1e6:,.2f} so far on this batch")
     if plan.budget_usd is not None:
-        out.append(f"budget    ${plan.budget_usd:,.2f}")
+        left = plan.budget_usd - plan.spent_micro_usd / 1e6
+        out.append(
+            f"budget    ${plan.budget_usd:,.2f}"
+            + (f" (${max(left, 0):,.2f} left)" if plan.stored is not None else "")
+        )
     for w in plan.warnings:
         out.append(f"warning: {w}")
     for n in plan.notes:

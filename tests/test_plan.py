@@ -102,6 +102,29 @@ def test_against_the_database_new_done_in_progress_and_unlisted(tmp_path):
     assert "new 2, waiting 1, in progress 1, done 1, failed 1, no longer listed 2" in text
 
 
+def test_the_budget_counts_what_the_batch_already_spent(tmp_path):
+    db = open_db(tmp_path / "state.db")
+    budget = "limits: {budget_usd: 1}\n"
+    manifest = write_manifest(tmp_path, ["fox", "owl", "heron"], extra=budget)
+    batches.sync_batch(db, load_manifest(manifest))
+    stored = by_subject(tmp_path / "state.db")
+    finish(db, stored[("fox", "16:9")]["id"])  # paid
+    finish(db, stored[("fox", "9:16")]["id"], JobState.FAILED)  # paid too
+    plan = build_plan(load_manifest(manifest), db)
+    # 4 jobs left at $0.242 = $0.968 fit in $1 alone, not with the $0.484 spent
+    assert plan.to_submit.estimate_micro_usd == 4 * PRICE_720_5 < 1_000_000
+    assert plan.spent_micro_usd == 2 * PRICE_720_5
+    assert plan.budget_warning is not None
+    assert "$0.97 plus $0.48 already spent passes the budget $1.00" in plan.budget_warning
+    assert plan.to_dict()["spent_usd"] == pytest.approx(0.484)
+    text = render_plan(plan)
+    assert "spent     $0.48 so far on this batch" in text
+    assert "budget    $1.00 ($0.52 left)" in text
+    fresh = build_plan(load_manifest(manifest))
+    assert fresh.spent_micro_usd == 0
+    assert fresh.budget_warning is not None and "already spent" not in fresh.budget_warning
+
+
 def test_a_database_without_the_batch_changes_nothing(tmp_path):
     db = open_db(tmp_path / "state.db")
     batches.sync_batch(db, load_manifest(write_manifest(tmp_path, ["fox"], name="other")))
