@@ -186,3 +186,26 @@ async def test_concurrency_bounds_the_runs_in_flight(tmp_path):
             in_flight -= 1
         peak = max(peak, in_flight)
     assert peak == 3
+
+
+async def test_downloads_spend_none_of_the_keys_limit(tmp_path):
+    # Every request of the API client goes through the key's limiter; the files are
+    # fetched beside it. Only the refresh of an expired URL is an API request.
+    watcher = Watcher()
+    config = StandInConfig(time_scale=0.005, rate=(20, 0.5), stale_first_url=True, cut_rate=0.3)
+    async with StandInSim(config) as sim:
+        make_batch(tmp_path / "s.db", prompts(6), tmp_path / "out")
+        summary = await arun_batch(
+            tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url), observers=[watcher]
+        )
+        st = sim.stats()
+    assert summary.exit_code == 0
+    api = {route: by for route, by in st["requests"].items() if "/api/" in route}
+    assert (
+        len(watcher.requests)
+        == summary.to_json()["requests_total"]
+        == sum(sum(by.values()) for by in api.values())
+    )
+    assert sum(st["requests"]["GET /files"].values()) >= 6 + st["expired_url_hits"]
+    assert st["expired_url_hits"] >= 6  # each refreshed with one GET of its run
+    assert sum(api["GET /api/v1/runs/{id}"].values()) >= 6 + st["expired_url_hits"]
