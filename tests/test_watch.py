@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from batchgen.errors import UsageError
+from batchgen.errors import Problem, UsageError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.metrics import MetricsFile
 from batchgen.notify import Notifier
@@ -337,3 +337,17 @@ def test_build_observers_checks_its_options(tmp_path: Path) -> None:
     for bad in ("ftp://example.com/x", "hooks.example.com/x", "http://"):
         with pytest.raises(UsageError, match="--notify-url"):
             build_observers(log_file=None, summary_file=None, metrics_file=None, notify_url=bad)
+
+
+def test_build_observers_can_collect_problems_and_build_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    problems: list[Problem] = []
+    obs = build_observers(
+        log_file=tmp_path / "file" / "run.jsonl",  # its folder is a file
+        summary_file=tmp_path / "s.json",
+        metrics_file=tmp_path / "m.prom",
+        notify_url="hooks.example.com/x",
+        problems=problems,
+    )
+    assert [type(o).__name__ for o in obs] == ["SummaryFile", "MetricsFile"]
+    assert [p.message.split()[0] for p in problems] == ["--log-file", "--notify-url"]
