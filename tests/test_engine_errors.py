@@ -506,3 +506,19 @@ async def test_at_most_one_post_is_ever_in_flight(tmp_path):
     for ev in moves:  # replayed in order: never two jobs in `submitting`
         submitting += (ev.to_state == "submitting") - (ev.from_state == "submitting")
         assert submitting <= 1
+
+
+async def test_a_service_that_only_answers_500_fails_the_job_after_max_attempts(tmp_path):
+    async with simulator(error_rate=1.0) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(2), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out")
+        drive.config = EngineConfig(max_attempts=3)
+        outcome, _ = await drive.run()
+        st = sim.stats()
+    assert outcome.exit_code == ExitCode.JOBS_FAILED
+    assert st["requests"]["POST /api/v1/runs"] == {"500": 6}  # 3 tries each, no more
+    assert st["runs_created"] == 0 and st["charged_micro_usd"] == 0
+    for job in all_jobs(db, bid(batch)):
+        assert job.state == "failed" and job.errors == 3
+        assert (job.last_error or "").startswith("500")
+        assert job.attempts == 1  # every try carried the same idempotency key
