@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tests.test_sim_helpers import ROUTE_CREATE, ROUTE_GET, Answer, Api, requests_to, running
 
 N, W = 5, 0.5
+LONG_W = 30.0  # for tests that never wait for the window: no machine is that slow
 KEY_A = "sk-test-aaaaaaaaaaaaaaaa"
 KEY_B = "sk-test-bbbbbbbbbbbbbbbb"
 
@@ -57,7 +58,7 @@ async def test_bursts_never_get_more_than_n_through_in_any_window_and_429_after(
     assert_never_more_than_n_in_a_window(results)
     limited = [r.answer for r in results if r.answer.status == 429]
     admitted = [r.answer for r in results if r.answer.status == 200]
-    assert limited and len(admitted) >= 4 * N  # the window kept refilling
+    assert limited and len(admitted) >= 3 * N  # the window kept refilling (4N unloaded)
     for answer in limited:
         assert answer.body == {"error": {"message": "Rate limit exceeded", "code": "RATE_LIMITED"}}
     assert stats["max_in_window"] == N
@@ -95,7 +96,7 @@ async def test_post_and_get_share_one_window_and_refused_requests_do_not_count()
 
 
 async def test_each_key_has_its_own_window():
-    async with running(keys=[KEY_A, KEY_B], rate=(N, W)) as (sim, api):
+    async with running(keys=[KEY_A, KEY_B], rate=(N, LONG_W)) as (sim, api):
         answers_a = [await api.post({"prompt": "x"}, key=KEY_A) for _ in range(N + 1)]
         answers_b = [await api.post({"prompt": "x"}, key=KEY_B) for _ in range(N)]
         stats = sim.stats()
@@ -105,7 +106,7 @@ async def test_each_key_has_its_own_window():
 
 
 async def test_unauthenticated_requests_are_not_rate_limited_against_a_key():
-    async with running(rate=(N, W)) as (_sim, api):
+    async with running(rate=(N, LONG_W)) as (_sim, api):
         wrong = [await api.get("run_x", key="sk-wrong-0000000000000000") for _ in range(N + 3)]
         mine = [await api.post({"prompt": "x"}) for _ in range(N)]
     assert {a.status for a in wrong} == {401}
