@@ -114,7 +114,8 @@ def _check_templates(
     # Inputs the model requires (Seedance: the prompt) must reach every job.
     for need in r.model.input_schema.get("required", []):
         from_axis = [a for a in axes if a.name == need or all(need in c.fields for c in a.choices)]
-        if need not in base and not from_axis:
+        # an axis the matrix names but that has no good value has its own problem
+        if need not in base and not from_axis and need not in m.matrix:
             r.ctx.add(
                 ("matrix",) if m.matrix else (),
                 f"no {need}: every job needs one",

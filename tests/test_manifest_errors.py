@@ -382,3 +382,8 @@ def test_a_url_the_api_cannot_fetch_and_a_blank_prompt(tmp_path: Path) -> None:
         ),
     ]
     assert "https://" in found[1].fix
+
+
+def test_an_empty_prompt_axis_is_one_problem_not_also_a_missing_prompt(tmp_path: Path) -> None:
+    found = one(problems(tmp_path, "matrix:\n  prompt: []\n  aspect_ratio: ['16:9']\n"))
+    assert (found.message, found.line, found.column) == ("matrix.prompt has no values", 2, 11)
