@@ -232,6 +232,8 @@ class _Run:
         #: set by a signal: stops a wait for the lock (the engine is told directly)
         self.stop_event = asyncio.Event()
         self.interrupted: str | None = None
+        #: --max-runtime counts from here: a --wait-lock wait is part of the run's time
+        self.began = clock.monotonic()
 
     def interrupt(self, reason: str, *, hard: bool = False) -> None:
         """SIGINT/SIGTERM: give up waiting for the lock, or wind the engine down."""
@@ -358,7 +360,7 @@ class _Run:
             )
             self.engine = engine
             if opts.max_runtime_s is not None:
-                engine.deadline = started + opts.max_runtime_s
+                engine.deadline = self.began + opts.max_runtime_s
             if self.interrupted:  # a signal came between the lock and now
                 engine.stop("interrupted", self.interrupted)
             try:

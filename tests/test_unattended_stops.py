@@ -210,3 +210,34 @@ async def test_a_typo_in_an_option_is_exit_2_and_still_reported(tmp_path: Path) 
     assert value(fams, "batchgen_exit_code") == 2  # monitoring sees the broken cron line
     assert got == []  # nothing sent anywhere
     assert not (tmp_path / "state.db").exists()
+
+
+async def test_max_runtime_counts_the_wait_for_the_lock(tmp_path: Path) -> None:
+    sim = Simulator(sim_config(time_scale=0.01, rate=(20, 0.5), hold_polls=True))
+    async with sim:
+        db_path = tmp_path / "state.db"
+        make_batch(db_path, prompts(2), tmp_path / "a", name="last-night")
+        db, tonight = make_batch(db_path, prompts(3), tmp_path / "b", name="tonight")
+        env = cron_env(tmp_path, sim.base_url)
+        common = ("--db", str(db_path), "--rate", "20/0.5s")
+        first = await start("resume", "last-night", *common, env=env, cwd=tmp_path)
+        await until(lambda: sim.stats()["runs_created"] == 2)
+        waiter = await start(
+            "resume", "tonight", *common, "--wait-lock", "60", "--max-runtime", "0.5",
+            *trail(tmp_path), env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert waiter.stderr is not None
+        line = b""
+        while b"waiting up to 60 s" not in line:
+            line = await asyncio.wait_for(waiter.stderr.readline(), 30)
+            assert line, "the waiter ended without waiting"
+        await asyncio.sleep(1.0)  # its 0.5 s are over while it still waits
+        sim.config.hold_polls = False
+        assert (await finish(first))[0] == 0
+        code, _, stderr = await finish(waiter)
+        st = sim.stats()
+    assert code == 75, stderr[-2000:]
+    summary, _ = read_trail(tmp_path)
+    assert summary["reason"] == "max runtime reached" and summary["requests"] == {}
+    assert store.counts(db, bid(tonight))["queued"] == 3  # out of time: it sent nothing
+    assert st["runs_created"] == 2
