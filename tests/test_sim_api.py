@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -307,3 +308,17 @@ async def test_a_body_over_the_size_limit_is_413_in_the_api_shape():
         stats = sim.stats()
     assert (answer.status, answer.code) == (413, "request_too_large")
     assert stats["runs_created"] == 0
+
+
+@pytest.mark.parametrize(("host", "url_host"), [("0.0.0.0", "127.0.0.1"), ("::1", "[::1]")])
+async def test_the_base_url_of_other_hosts_is_one_a_client_can_use(host, url_host):
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        async with running(host=host) as (sim, api):
+            assert sim.base_url.startswith(f"http://{url_host}:")
+            answer = await api.post({"prompt": "x"})
+    except OSError as exc:  # IPv6 compiled in but switched off
+        pytest.skip(f"cannot listen on {host}: {exc}")
+    assert answer.status == 200
+    assert answer.body["status"] == "pending"
