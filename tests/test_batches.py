@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from batchgen.errors import StateError
-from batchgen.manifest import load_manifest
+from batchgen.manifest import Overrides, load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store import jobs as store
@@ -427,3 +428,31 @@ def test_a_sync_cut_short_keeps_whole_chunks_and_the_next_one_completes(
     result = batches.sync_batch(db, loaded)
     assert (result.created, result.added, result.unlisted, result.total) == (False, 6, 0, 10)
     assert [r["key"] for r in rows(db_path)] == [j.key for j in loaded.jobs()]
+
+
+def test_expanding_and_storing_stream_instead_of_holding_every_job(tmp_path, monkeypatch):
+    """Peak Python memory stays far below what a list of every job takes (~8 MB here):
+    only the 16-byte digests and one chunk of rows are ever held."""
+    from bench.bench_expand import write_manifest as bench_manifest
+
+    monkeypatch.setattr(batches, "CHUNK", 1_000)
+    jobs = 10_000
+    loaded = load_manifest(bench_manifest(tmp_path, jobs), overrides=Overrides(max_jobs=jobs))
+    db = open_db(tmp_path / "state.db")
+    tracemalloc.start()
+    try:
+        assert sum(1 for _ in loaded.jobs()) == jobs
+        expand_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert batches.sync_batch(db, loaded).added == jobs
+        sync_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        held = list(loaded.jobs())
+        list_peak = tracemalloc.get_traced_memory()[1]
+        del held
+    finally:
+        tracemalloc.stop()
+    db.dispose()
+    assert list_peak > 6e6, list_peak  # the yardstick: what holding every job costs
+    assert expand_peak < list_peak / 3, (expand_peak, list_peak)
+    assert sync_peak < list_peak / 2, (sync_peak, list_peak)
