@@ -37,10 +37,13 @@ _PENDING_TEXT = {
 
 _STYLE = """
 :root { color-scheme: light dark; --line: #8884; --muted: #777; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1rem 2rem; }
-header { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-start; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1rem 2rem;
+  /* as wide as the grid: the sticky filter bar then covers every column */
+  width: max-content; min-width: calc(100% - 2rem); }
+header { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-start;
+  max-width: calc(100vw - 3rem); }
 h1 { font-size: 1.3rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
-.meta, .muted { color: var(--muted); font-size: 12px; }
+.meta, .muted { color: var(--muted); font-size: 12px; overflow-wrap: anywhere; }
 .totals { display: flex; flex-wrap: wrap; gap: .4rem; margin: .4rem 0; }
 .chip { border: 1px solid var(--line); border-radius: 1rem; padding: 0 .5rem; white-space: nowrap; }
 .s-succeeded { border-color: #3c9a6a; } .s-failed { border-color: #d04a4a; }
