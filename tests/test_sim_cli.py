@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -213,3 +214,33 @@ def test_every_option_reaches_the_server() -> None:
     assert [k["key"] for k in stats["keys"]] == ["key#1", "key#2"]
     assert [k["balance_micro_usd"] for k in stats["keys"]] == [12_500_000, 12_500_000]
     assert code == 0 and "sk-cli" not in err and "sk-cli" not in json.dumps(stats)
+
+
+def test_a_port_in_use_is_refused_with_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(app, ["sim", "--port", port])
+    assert isinstance(result.exception, UsageError)  # main() turns it into exit 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in str(result.exception)
+    assert "http://" not in result.output
+
+
+def test_a_closed_stdout_stops_the_server_with_a_message() -> None:
+    # `batchgen sim | true`: nothing can learn the base URL, so do not serve unseen
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "sim", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2
+    assert "stdout is closed" in err and "Traceback" not in err and "cannot listen" not in err

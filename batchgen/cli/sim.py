@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import signal
 import sys
@@ -200,27 +201,39 @@ def _as_options(message: str) -> str:
 
 
 async def _serve(config: SimConfig) -> None:
+    simulator = Simulator(config)
+    try:
+        await simulator.start()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Simulator(config) as simulator:
-            print(simulator.base_url, flush=True)
-            keys = f"{len(config.keys)} keys" if config.keys else "the built-in key"
-            print(
-                f"batchgen sim: listening on {simulator.base_url} ({keys}, rate "
-                f"{config.rate[0]}/{config.rate[1]:g}s, time scale {config.time_scale:g}); "
-                "stats at /_sim/stats; Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-            await stop.wait()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from None
+        _print_base_url(simulator.base_url)
+        keys = f"{len(config.keys)} keys" if config.keys else "the built-in key"
+        print(
+            f"batchgen sim: listening on {simulator.base_url} ({keys}, rate "
+            f"{config.rate[0]}/{config.rate[1]:g}s, time scale {config.time_scale:g}); "
+            "stats at /_sim/stats; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await simulator.close()
     print("batchgen sim: stopped", file=sys.stderr, flush=True)
+
+
+def _print_base_url(base_url: str) -> None:
+    try:
+        print(base_url, flush=True)
+    except BrokenPipeError:
+        # nobody reads stdout: say so instead of serving a URL no one knows
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise UsageError("stdout is closed: nothing can read the base URL") from None
