@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,54 @@ def test_the_live_report_fills_in_during_the_run_and_is_never_half_written(
     assert done == sorted(done), seen
     # rewritten by rename: no temporary file is left beside it
     assert [p.name for p in report.parent.iterdir()] == ["report.html"]
+
+
+def test_a_run_stopped_by_ctrl_c_still_leaves_a_whole_up_to_date_report(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m.yaml").write_text(MANIFEST, encoding="utf-8")
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--time-scale", "0.2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        env = {
+            **os.environ,
+            "RUNBASE_API_KEY": DEFAULT_KEY,
+            "RUNBASE_BASE_URL": sim.stdout.readline().strip(),
+            "BATCHGEN_DB": str(tmp_path / "state.db"),
+        }
+        report = tmp_path / "report.html"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "batchgen", "run", "m.yaml", "--report", str(report)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not _started(report):  # some job left the queue: the run is under way
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        stopped_at = time.time()
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+    assert run.returncode == 75, stderr
+    # written once more after the signal, whole, with the jobs still to do
+    assert report.stat().st_mtime >= stopped_at
+    counts = _counts(report.read_text(encoding="utf-8"))
+    assert sum(counts.values()) == 6 and counts.get("succeeded", 0) < 6, counts
+
+
+def _started(report: Path) -> bool:
+    return report.exists() and _counts(report.read_text(encoding="utf-8")) != {"queued": 6}
 
 
 def _counts(page: str) -> dict[str, int]:
