@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from sqlalchemy import Engine
@@ -106,6 +107,35 @@ def base_url_from(options: RunOptions) -> str:
     return options.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
 
 
+def check_base_url(options: RunOptions) -> str:
+    """The API base URL, refused up front (exit 2) unless it is http(s)://host[:port][/path]."""
+    url = base_url_from(options)
+    where = "--base-url" if options.base_url else "$RUNBASE_BASE_URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(c.isspace() for c in url)
+    ):
+        raise UsageError(
+            [
+                Problem(
+                    file="<command line>" if options.base_url else "<environment>",
+                    message=f"{where} {url!r} is not an API base URL",
+                    fix=f"give one like {DEFAULT_BASE_URL} (http or https, a host, no query)",
+                )
+            ]
+        )
+    return url
+
+
 def run_batch(
     db_path: Path,
     *,
@@ -164,6 +194,7 @@ async def arun_batch(
         if problems:
             raise UsageError(problems)
         run.key = check_api_key(api_key)
+        check_base_url(opts)
         with _signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
@@ -257,6 +288,16 @@ class _Run:
             day = self.opts.date or self.clock.today()
             loaded = load_manifest(manifest, date=day, overrides=overrides)
             self.batch_name = loaded.name
+        if loaded is None and not self.db_path.exists():
+            raise UsageError(
+                [
+                    Problem(
+                        file=str(self.db_path),
+                        message="no state database here",
+                        fix="run `batchgen run MANIFEST` first, or point --db at the database",
+                    )
+                ]
+            )
         self.db = db = open_db(self.db_path)
         if loaded is None:
             found = find_batch(db, batch)

@@ -363,6 +363,10 @@ def cancel(
 
     Example: batchgen cancel nightly-2024-05-01
     """
+    if not db.exists():
+        raise UsageError(
+            [Problem(file=str(db), message="no state database here", fix="point --db at it")]
+        )
     engine = open_db(db)
     found = find_batch(engine, batch)
     assert found.id is not None
