@@ -98,8 +98,8 @@ class RunbaseError(Exception):
             self.status = status
 
     def __str__(self) -> str:
-        parts = [str(self.status) if self.status else "network", self.code or "", self.message]
-        return " ".join(p for p in parts if p)
+        head = [str(self.status), self.code or ""] if self.status else [self.code or "network"]
+        return " ".join(p for p in [*head, self.message] if p)
 
 
 class InvalidRequest(RunbaseError):

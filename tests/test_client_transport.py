@@ -59,7 +59,7 @@ async def test_connection_refused_sent_nothing(api_key):
         await post(f"http://127.0.0.1:{free_port()}", api_key)
     assert info.value.sent is False
     assert info.value.retryable
-    assert "could not connect" in str(info.value)
+    assert str(info.value).startswith("network POST /api/v1/runs: could not connect: ")
 
 
 async def test_connect_timeout_sent_nothing(api_key):
