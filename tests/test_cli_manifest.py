@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from batchgen.cli import app
+from batchgen.errors import StateError
 from batchgen.manifest import load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches
@@ -245,3 +246,32 @@ def test_status_reads_a_database_a_writer_holds_open(tmp_path):
         second = json.loads(invoke("status", "--db", str(tmp_path / "state.db"), "--json").stdout)
     db.dispose()
     assert (first["jobs"], second["jobs"]) == (2, 4)
+
+
+@pytest.mark.parametrize("command", ["status", "plan"])
+def test_a_db_that_is_no_database_or_a_folder_exits_2_untouched(tmp_path, command):
+    manifest = write_manifest(tmp_path, ["fox"])
+    garbage = tmp_path / "notes.db"
+    garbage.write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    before = snapshot(tmp_path)
+    head = ["plan", str(manifest)] if command == "plan" else ["status"]
+    bad = invoke(*head, "--db", str(garbage))
+    assert bad.exit_code == 2
+    assert f"{garbage}: cannot use it as a batchgen state database" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    folder = invoke(*head, "--db", str(tmp_path / "folder"))
+    assert folder.exit_code == 2
+    assert "is a folder; --db names the database file" in folder.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_open_db_for_writing_refuses_a_file_that_is_no_database(tmp_path):
+    garbage = tmp_path / "notes.db"
+    garbage.write_text("not a database\n")
+    with pytest.raises(StateError, match="cannot use it as a batchgen state database"):
+        open_db(garbage)
+    assert garbage.read_text() == "not a database\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+    with pytest.raises(StateError, match="is a folder"):
+        open_db(tmp_path)

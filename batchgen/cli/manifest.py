@@ -131,7 +131,7 @@ def plan(
             budget_usd=budget_usd,
         )
         # Read-only, and only if it exists: plan must never create or change a file.
-        engine = open_db(db, readonly=True) if db.is_file() else None
+        engine = open_db(db, readonly=True) if db.exists() else None
         try:
             result = build_plan(loaded, engine)
         finally:

@@ -12,11 +12,14 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Index, UniqueConstraint, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -153,6 +156,10 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
     ``readonly`` never creates the database, never writes to it and leaves no file
     behind: ``plan``, ``status``, ``report`` and ``export`` use it.
     """
+    if path.is_dir():
+        raise StateError(
+            f"{path} is a folder; --db names the database file, e.g. --db {path / DEFAULT_DB}"
+        )
     if readonly:
         if not path.exists():
             raise StateError(f"{path}: no state database here (run `batchgen run` first)")
@@ -163,15 +170,29 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _on_connect_readonly)
         event.listen(engine, "begin", _begin_deferred)
-        _check_version(engine, path)
+        with _unreadable(path):
+            _check_version(engine, path)
         return engine
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite:///{path}")
     event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _begin_immediate)
     event.listen(engine, "connect", _wal)
-    _migrate(engine, path)
+    with _unreadable(path):
+        _migrate(engine, path)
     return engine
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """SQLite's refusal (not a database, cannot open) as a StateError naming the file."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StateError(
+            f"{path}: cannot use it as a batchgen state database ({exc.orig}); "
+            "check --db (or $BATCHGEN_DB)"
+        ) from None
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
