@@ -46,7 +46,7 @@ from batchgen.manifest import Overrides, load_manifest
 from batchgen.polling import DurationModel, PollPolicy, api_duration, run_class
 from batchgen.progress import ProgressMode, RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import RequestLimiter
-from batchgen.report import LiveReport
+from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.store import batches
 from batchgen.store import jobs as store
@@ -185,7 +185,7 @@ async def arun_batch(
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
     # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
-    problems: list[Problem] = list(opts.problems)
+    problems: list[Problem] = [*opts.problems, *report_path_problems(opts.report_path)]
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
@@ -417,7 +417,7 @@ class _Run:
         remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
         per_job = self.tally.total / max(1, counts.get("succeeded", 0)) if self.tally.total else 2.2
         limit_per_s = lim.max_requests / lim.window_s
-        eta = None
+        eta = 0.0  # nothing left
         if remaining or engine.active:
             eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
         return Snapshot(

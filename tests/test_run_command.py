@@ -138,6 +138,8 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
         assert side["prompt"].startswith("a ") and side["input"]["resolution"] == "720p"
         assert probe(video).frames > 0  # it plays
     assert_plain(stderr)
+    last = [line for line in stderr.splitlines() if " batch cmd: " in line][-1]
+    assert "batch cmd: 8 succeeded | " in last and "| eta 0s" in last
     for blob in (stdout, stderr, db_path.read_bytes().decode("latin-1")):
         assert KEY not in blob
 
