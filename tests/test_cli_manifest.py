@@ -275,3 +275,18 @@ def test_open_db_for_writing_refuses_a_file_that_is_no_database(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
     with pytest.raises(StateError, match="is a folder"):
         open_db(tmp_path)
+
+
+def test_validate_json_lists_the_problems_on_stdout(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("name: x\nmatrix:\n  prompt: [a]\n  aspect_ratio: ['2:1']\n")
+    result = invoke("validate", str(manifest), "--json")
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    [problem] = data["problems"]
+    assert (problem["file"], problem["line"], problem["column"]) == (str(manifest), 4, 18)
+    assert "'2:1' is not a valid aspect_ratio" in problem["message"]
+    assert problem["fix"].startswith("use one of: 16:9")
+    good = json.loads(invoke("validate", str(write_manifest(tmp_path, ["fox"])), "--json").stdout)
+    assert (good["ok"], good["jobs"]) == (True, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -61,13 +62,17 @@ def validate(
     """Check MANIFEST and count its jobs; every problem is listed with file, line and fix.
 
     Reads nothing but the manifest and the files it names; writes nothing.
-    Exit 0 when the manifest is valid, 2 otherwise.
+    Exit 0 when the manifest is valid, 2 otherwise. With --json, stdout carries
+    {"ok": true, "jobs": N, ...} or {"ok": false, "problems": [...]}.
 
     Example: batchgen validate manifests/example.yaml
     """
     try:
         loaded = _load(manifest, date, max_jobs)
     except UsageError as exc:
+        if json_out:
+            problems = [dataclasses.asdict(p) for p in exc.problems]
+            print(json.dumps({"ok": False, "problems": problems}, indent=2, ensure_ascii=False))
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         n = len(exc.problems)
