@@ -522,3 +522,36 @@ async def test_a_service_that_only_answers_500_fails_the_job_after_max_attempts(
         assert job.state == "failed" and job.errors == 3
         assert (job.last_error or "").startswith("500")
         assert job.attempts == 1  # every try carried the same idempotency key
+
+
+async def test_a_key_revoked_mid_run_stops_at_once_and_a_resume_pays_nothing_twice(tmp_path):
+    async with simulator(time_scale=0.02) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(12), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(10, 0.5))
+        drive.config = EngineConfig(concurrency=4)
+        find = sim.state.keyring.find
+
+        async def revoke(engine: Any) -> None:
+            from tests.test_engine_helpers import wait_for
+
+            await wait_for(lambda: engine.counts.get("running", 0) >= 3)
+            sim.state.keyring.find = lambda key: None  # type: ignore[method-assign]
+
+        outcome, _ = await drive.run(during=revoke)
+        st = sim.stats()
+        refused = st["requests"]["GET /api/v1/runs/{id}"].get("401", 0) + st["requests"][
+            "POST /api/v1/runs"
+        ].get("401", 0)
+        assert outcome.exit_code == ExitCode.ACCOUNT and "401" in outcome.reason
+        assert 1 <= refused <= 4  # the requests already on their way, then nothing
+        counts = jobs_by_state(db, bid(batch))
+        assert "failed" not in counts and counts.get("running", 0) >= 1  # paid runs kept
+        paid = st["runs_created"]
+
+        sim.state.keyring.find = find  # type: ignore[method-assign]  # the key works again
+        outcome, _ = await drive.run()
+        st = sim.stats()
+    assert outcome.exit_code == ExitCode.OK
+    assert jobs_by_state(db, bid(batch)) == {"succeeded": 12}
+    assert st["runs_created"] == 12 and paid >= 3
+    assert_no_double_charge(sim, db, bid(batch))
