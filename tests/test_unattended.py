@@ -5,8 +5,9 @@ Covered here: the log, summary and metrics files parse and agree with the simula
 and the database; the notification arrives; a second start on the same database is
 refused with 75 naming the holder (overlapping runs of one manifest, refused or
 waiting, are in test_unattended_dates.py); a lock left by `kill -9` is taken over;
-`--max-runtime` stops with 75 and a resume finishes; and the API key is in none of
-the files, the database or the output.
+`--max-runtime` stops with 75 and a resume finishes; stderr at each verbosity; and
+the API key is in none of the files, the database or the output. Signals, the other
+exit codes and bad option values: test_unattended_stops.py.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ async def start(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subproces
         sys.executable, "-m", "batchgen", *args,
         env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # no controlling terminal, like cron
     )  # fmt: skip
 
 

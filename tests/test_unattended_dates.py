@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -169,6 +170,7 @@ async def test_the_command_with_date_replays_a_day_from_cron(tmp_path: Path) -> 
             proc = await asyncio.create_subprocess_exec(
                 *args, env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
             )  # fmt: skip
             out, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, err.decode()[-2000:]
@@ -198,6 +200,7 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
         refused = await start(*args, "--summary-file", str(summary), env=env, cwd=tmp_path)
         code, _, stderr = await finish(refused)
         assert code == 75 and f"pid {first.pid}" in stderr and "nightly-2026-11-24" in stderr
+        assert f"on {socket.gethostname()} since 20" in stderr  # host and start time too
         assert first.returncode is None  # it was refused while the first one ran
         assert json.loads(summary.read_text())["exit_code"] == 75
         waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)

@@ -103,6 +103,7 @@ async def sh(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> i
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     return await asyncio.wait_for(proc.wait(), 60)
 
