@@ -78,6 +78,9 @@ class Resolver:
         self.m = manifest
         self.model = spec
         self.partial = partial  # parts of the manifest were dropped: skip cross checks
+        #: matrix axes whose values file could not be read: their names are known, so
+        #: the checks across the manifest still run (the values are not needed there)
+        self.unread: set[str] = set()
         self.base_dir = ctx.file.parent
         self.props: dict[str, Any] = spec.input_schema.get("properties", {})
         self.inputs = set(self.props) | {IMAGE}
@@ -285,6 +288,7 @@ class Resolver:
             else:
                 items = [(v, (*where, i)) for i, v in enumerate(values)]
             if items is None:  # the file's problem is reported
+                self.unread.add(name)
                 continue
             if not items:
                 self.ctx.add(
@@ -308,7 +312,6 @@ class Resolver:
             return None
 
     def _file_problem(self, path: Path, exc: FileProblem, where: YamlPath) -> None:
-        self.partial = True  # its values are unknown: checks across the manifest would guess
         if exc.line is None:
             self.ctx.add(where, f"{_dotted(where)}: {exc}", exc.fix)
         else:
@@ -323,6 +326,7 @@ class Resolver:
                 items = [(r.values, (path, r.line)) for r in read_rows(path)]
             except FileProblem as exc:
                 self._file_problem(path, exc, ("rows",))
+                self.partial = True  # its columns are unknown: cross checks would guess
                 return None
         else:
             items = [(r, ("rows", i)) for i, r in enumerate(rows or [])]
@@ -372,6 +376,8 @@ class Resolver:
             rule: dict[str, frozenset[str]] = {}
             for name, raw in entry.items():
                 if name not in known:
+                    if self.partial:  # it may be a column of a rows file that failed
+                        continue
                     self.ctx.add(
                         ("exclude", i, name),
                         f"exclude[{i}]: {name!r} is no axis, variable or input of this "

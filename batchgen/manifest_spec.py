@@ -38,20 +38,20 @@ def build_spec(r: Resolver, m: Manifest) -> Spec:
         names.update(dict.fromkeys(choice.labels))
     label_names = list(names)
     padded = [n for n in label_names if n not in r.props]
-    everywhere = set(base_vars)
+    everywhere = set(base_vars) | r.unread
     for axis in axes:
         if axis.choices:
             everywhere |= set.intersection(*(set(c.variables) for c in axis.choices))
     if not r.partial:
         used = _check_templates(r, m, base, base_vars, axes, includes, everywhere)
-        fields = {*label_names, *r.props}
+        fields = {*label_names, *r.props, *r.unread}
         try:
             check_template(m.filename, fields)
         except TemplateError as exc:
             r.ctx.add(("filename",), str(exc), "use only the fields listed")
         else:
             _note_idle_columns(r, m, axes, used)
-    known = {*label_names, *r.props, IMAGE}
+    known = {*label_names, *r.props, IMAGE, *r.unread}
     return Spec(
         model=m.model,
         base=base,

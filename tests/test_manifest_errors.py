@@ -387,3 +387,39 @@ def test_a_url_the_api_cannot_fetch_and_a_blank_prompt(tmp_path: Path) -> None:
 def test_an_empty_prompt_axis_is_one_problem_not_also_a_missing_prompt(tmp_path: Path) -> None:
     found = one(problems(tmp_path, "matrix:\n  prompt: []\n  aspect_ratio: ['16:9']\n"))
     assert (found.message, found.line, found.column) == ("matrix.prompt has no values", 2, 11)
+
+
+def test_a_values_file_that_fails_still_lets_the_other_checks_run(tmp_path: Path) -> None:
+    """A matrix file's axis name is known without its values: templates, excludes and
+    file names are still checked, and nothing is reported about the axis itself."""
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: "a {subject} in {style}"}
+        matrix:
+          subject: {file: missing.txt}
+        exclude:
+          - {subject: fox}
+        filename: "{subject}-{idx}"
+        """,
+    )
+    assert [(p.line, p.message.split(":")[0]) for p in found] == [
+        (1, "prompt template variable {style} has no values"),
+        (3, "matrix.subject.file"),
+        (6, "file name template '{subject}-{idx}'"),
+    ]
+
+
+def test_a_rows_file_that_fails_does_not_make_its_columns_unknown_names(tmp_path: Path) -> None:
+    found = one(
+        problems(
+            tmp_path,
+            """
+            defaults: {prompt: "a {subject}"}
+            rows: missing.csv
+            exclude:
+              - {subject: fox}
+            """,
+        )
+    )
+    assert found.line == 2 and "missing.csv does not exist" in found.message
