@@ -529,13 +529,12 @@ async def test_a_key_revoked_mid_run_stops_at_once_and_a_resume_pays_nothing_twi
         db, batch = make_batch(tmp_path / "s.db", prompts(12), tmp_path / "out")
         drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(10, 0.5))
         drive.config = EngineConfig(concurrency=4)
-        find = sim.state.keyring.find
 
         async def revoke(engine: Any) -> None:
             from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
-            sim.state.keyring.find = lambda key: None  # type: ignore[method-assign]
+            sim.state.keyring.find = lambda presented: None  # type: ignore[method-assign]
 
         outcome, _ = await drive.run(during=revoke)
         st = sim.stats()
@@ -548,7 +547,7 @@ async def test_a_key_revoked_mid_run_stops_at_once_and_a_resume_pays_nothing_twi
         assert "failed" not in counts and counts.get("running", 0) >= 1  # paid runs kept
         paid = st["runs_created"]
 
-        sim.state.keyring.find = find  # type: ignore[method-assign]  # the key works again
+        del sim.state.keyring.find  # the key works again
         outcome, _ = await drive.run()
         st = sim.stats()
     assert outcome.exit_code == ExitCode.OK
