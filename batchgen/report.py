@@ -285,6 +285,26 @@ def write_report(
     return out
 
 
+def report_path_problems(path: Path | None) -> list[Problem]:
+    """What would keep ``--report PATH`` from being written, found before a run starts
+    (a folder there, a file in the way of its folder, a folder we cannot write)."""
+    if path is None:
+        return []
+    where = f"--report {path}"
+    if path.is_dir():
+        return [
+            Problem(where, "is a folder", fix=f"name a file, e.g. --report {path / 'report.html'}")
+        ]
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return [Problem(where, f"{parent} is a file, not a folder", fix="choose another path")]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [Problem(where, f"cannot write in {parent}", fix="choose a writable path")]
+    return []
+
+
 class LiveReport:
     """Keeps the report up to date during a run, without slowing the engine.
 
@@ -356,4 +376,12 @@ class LiveReport:
         self._last_took = self._last_end - started
 
 
-__all__ = ["LiveReport", "ReportData", "axis_value", "choose_layout", "gather", "write_report"]
+__all__ = [
+    "LiveReport",
+    "ReportData",
+    "axis_value",
+    "choose_layout",
+    "gather",
+    "report_path_problems",
+    "write_report",
+]

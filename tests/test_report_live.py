@@ -151,3 +151,29 @@ def _counts(page: str) -> dict[str, int]:
     assert found is not None
     counts: dict[str, int] = json.loads(found.group(1))["counts"]
     return counts
+
+
+def test_a_report_path_that_cannot_be_written_stops_the_run_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m.yaml").write_text(MANIFEST, encoding="utf-8")
+    env = {
+        **os.environ,
+        "RUNBASE_API_KEY": DEFAULT_KEY,
+        "RUNBASE_BASE_URL": "http://127.0.0.1:9",  # nothing listens: nothing may be sent
+        "BATCHGEN_DB": str(tmp_path / "state.db"),
+    }
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for report, said in (
+        (folder, "is a folder"),
+        (tmp_path / "m.yaml" / "report.html", f"{tmp_path / 'm.yaml'} is a file, not a folder"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchgen", "run", "m.yaml", "--report", str(report)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"--report {report}: {said}" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml", "reports"]
+    assert not list(folder.iterdir())
