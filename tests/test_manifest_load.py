@@ -455,3 +455,18 @@ def test_csv_columns_feed_the_variables_of_a_defaults_template(tmp_path: Path) -
         "style": ["ink", "oil"],
         "duration": ["5", "10"],
     }
+
+
+def test_the_readme_manifest_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## A manifest\n", 1)[1].split("```yaml\n")[1].split("```")[0]
+    (tmp_path / "styles.txt").write_text("watercolor\nneon\nglitch\n")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png())
+    loaded = load_manifest(write(tmp_path, example), date=dt.date(2024, 5, 1))
+    assert loaded.name == "animals-2024-05-01"
+    # 3 subjects x 3 styles x 2 ratios x 2 images = 36, minus 6 (heron, 9:16), plus 1
+    # include; times 2 variants
+    assert loaded.job_count == (36 - 6 + 1) * 2
+    assert loaded.warnings == []
+    assert loaded.settings["concurrency"] == 100
