@@ -20,6 +20,7 @@ from batchgen.store import jobs as store
 from tests.test_engine_helpers import bid, make_batch, prompts
 from tests.test_unattended import (
     ANSI,
+    API_ROUTES,
     KEY,
     assert_no_key,
     cron_env,
@@ -241,3 +242,40 @@ async def test_max_runtime_counts_the_wait_for_the_lock(tmp_path: Path) -> None:
     assert summary["reason"] == "max runtime reached" and summary["requests"] == {}
     assert store.counts(db, bid(tonight))["queued"] == 3  # out of time: it sent nothing
     assert st["runs_created"] == 2
+
+
+async def test_posts_lost_in_doubt_are_counted_in_every_file_and_paid_once(
+    tmp_path: Path,
+) -> None:
+    n = 8
+    config = sim_config(time_scale=0.01, rate=(20, 0.5), drop_rate=0.25, seed=5)
+    async with Simulator(config) as sim, receiver([]) as (url, got):
+        db_path = tmp_path / "state.db"
+        db, batch = make_batch(db_path, prompts(n), tmp_path / "out", name="nightly-e")
+        args = ("resume", batch.name, "--db", str(db_path), "--rate", "20/0.5s")
+        proc = await start(
+            *args, *trail(tmp_path), "--notify-url", url,
+            env=cron_env(tmp_path, sim.base_url), cwd=tmp_path,
+        )  # fmt: skip
+        code, _, stderr = await finish(proc)
+        st = sim.stats()
+    assert code == 0, stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "run.jsonl").read_text().splitlines()]
+    doubted = {x["job_idx"] for x in lines if x.get("to") == "in_doubt"}
+    assert st["dropped_after_create"] > 0 and doubted  # the seed does drop answers
+    summary, fams = read_trail(tmp_path)
+    assert summary["in_doubt"] == len(doubted)
+    assert value(fams, "batchgen_in_doubt_jobs") == len(doubted)
+    assert got[0]["in_doubt"] == len(doubted)
+    # a lost answer is a request without status: "network" in the log, summary, metrics
+    lost = sum(1 for x in lines if x["event"] == "request" and x["status"] is None)
+    requests = summary["requests"]
+    assert isinstance(requests, dict)
+    assert lost == sum(by.get("network", 0) for by in requests.values()) > 0
+    assert lost == sum(
+        v for lab, v in fams["batchgen_requests_total"] if lab["status"] == "network"
+    )
+    assert lost == sum(st["requests"][r].get("dropped", 0) for r in API_ROUTES)  # the sim's
+    assert st["runs_created"] == n  # resent with the same idempotency key: paid once
+    assert summary["counts"] == {"succeeded": n}
+    assert store.counts(db, bid(batch))["succeeded"] == n
