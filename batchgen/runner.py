@@ -72,6 +72,7 @@ class RunOptions:
     in_doubt: InDoubtPolicy = "resubmit"
     on_lost: LostPolicy = "fail"
     date: dt.date | None = None
+    max_jobs: int | None = None  # None: the manifest loader's default (100,000)
     wait_lock_s: float = 0.0
     log_file: Path | None = None
     summary_file: Path | None = None
@@ -205,7 +206,11 @@ async def arun_batch(
         await _finish(run.observers, summary)
         raise
     summary = run.summary(code, reason, started)
-    await _finish(run.observers, summary)
+    # a signal now (systemctl stop while the notification is sent) must not turn the
+    # run's exit code into 143: the files are written and the POST ends within ~10 s
+    run.finishing = True
+    with _signals(run, enabled=opts.handle_signals):
+        await _finish(run.observers, summary)
     return summary
 
 
@@ -263,6 +268,7 @@ class _Run:
         #: set by a signal: stops a wait for the lock (the engine is told directly)
         self.stop_event = asyncio.Event()
         self.interrupted: str | None = None
+        self.finishing = False  # the run is over; the observers are being finished
         #: --max-runtime counts from here: a --wait-lock wait is part of the run's time
         self.began = clock.monotonic()
 
@@ -283,6 +289,7 @@ class _Run:
                 rate=self.opts.rate,
                 concurrency=self.opts.concurrency,
                 budget_usd=self.opts.budget_usd,
+                max_jobs=self.opts.max_jobs,
             )
             # one date per run, from the injected clock: a run crossing midnight stays one batch
             day = self.opts.date or self.clock.today()
@@ -511,7 +518,9 @@ def _signals(run: _Run, *, enabled: bool) -> Iterator[None]:
     def handler(signame: str) -> None:
         seen[0] += 1
         if seen[0] == 1:
-            if run.engine is None:
+            if run.finishing:
+                log.warning("%s: the run is over; sending its notification first", signame)
+            elif run.engine is None:
                 log.warning("%s: stopping before anything is sent", signame)
             else:
                 log.warning("%s: no new submissions; recording what is in flight", signame)

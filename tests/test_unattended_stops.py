@@ -14,6 +14,9 @@ import signal
 import time
 from pathlib import Path
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from batchgen.lock import read_holder
 from batchgen.sim import Simulator
 from batchgen.store import jobs as store
@@ -279,3 +282,36 @@ async def test_posts_lost_in_doubt_are_counted_in_every_file_and_paid_once(
     assert st["runs_created"] == n  # resent with the same idempotency key: paid once
     assert summary["counts"] == {"succeeded": n}
     assert store.counts(db, bid(batch))["succeeded"] == n
+
+
+async def test_sigterm_while_notifying_keeps_the_run_exit_code(tmp_path: Path) -> None:
+    arrived = asyncio.Event()
+
+    async def slow_hook(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await asyncio.sleep(2.0)  # a slow receiver: the process is still sending
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", slow_hook)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        async with Simulator(sim_config(time_scale=0.01, rate=(20, 0.5))) as sim:
+            db_path = tmp_path / "state.db"
+            _, batch = make_batch(db_path, prompts(2), tmp_path / "out", name="nightly-f")
+            proc = await start(
+                "resume", batch.name, "--db", str(db_path), "--rate", "20/0.5s",
+                *trail(tmp_path), "--notify-url", str(server.make_url("/hook")),
+                env=cron_env(tmp_path, sim.base_url), cwd=tmp_path,
+            )  # fmt: skip
+            await asyncio.wait_for(arrived.wait(), 60)
+            proc.send_signal(signal.SIGTERM)
+            code, _, stderr = await finish(proc)
+    finally:
+        await server.close()
+    assert code == 0, stderr[-2000:]  # not 143: the run had succeeded
+    assert "the run is over" in stderr
+    summary, _ = read_trail(tmp_path)
+    assert summary["exit_code"] == 0 and summary["counts"] == {"succeeded": 2}
