@@ -2,8 +2,9 @@
 metrics and the notification say the exit code and why, with the right numbers.
 
 The real command, as cron runs it (see test_unattended.py), against the simulator:
-SIGTERM while waiting for the lock and while running, failed jobs (1), the account
-(3), the budget (4), and a typo in an option (2).
+SIGTERM while waiting for the lock, while running and while notifying; failed jobs
+(1), the account (3), the budget (4), a typo in an option (2); answers lost in doubt;
+and --max-runtime counting the wait for the lock.
 """
 
 from __future__ import annotations
