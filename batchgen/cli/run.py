@@ -66,7 +66,8 @@ RuntimeOpt = Annotated[
     typer.Option(
         "--max-runtime",
         min=0.0,
-        help="Stop submitting after this many seconds, record what is in flight, exit 75.",
+        help="Stop submitting this many seconds after the start (a --wait-lock wait "
+        "included), record what is in flight, exit 75.",
     ),
 ]
 InDoubtOpt = Annotated[
@@ -86,17 +87,23 @@ OnLostOpt = Annotated[
 WaitLockOpt = Annotated[
     float,
     typer.Option(
-        "--wait-lock", min=0.0, help="Wait this long for another run using the same state database."
+        "--wait-lock",
+        min=0.0,
+        help="Seconds to wait for another run using the same state database "
+        "(0: exit 75 at once, naming it).",
     ),
 ]
 LogFileOpt = Annotated[
-    Path | None, typer.Option("--log-file", help="JSON-lines log of every change and request.")
+    Path | None,
+    typer.Option("--log-file", help="Append a JSON-lines log of every change and request."),
 ]
 SummaryOpt = Annotated[
-    Path | None, typer.Option("--summary-file", help="Write the final JSON summary here.")
+    Path | None,
+    typer.Option("--summary-file", help="Write the final JSON summary here (any exit)."),
 ]
 MetricsOpt = Annotated[
-    Path | None, typer.Option("--metrics-file", help="Prometheus textfile metrics.")
+    Path | None,
+    typer.Option("--metrics-file", help="Write Prometheus textfile metrics here (*.prom)."),
 ]
 NotifyOpt = Annotated[
     str | None, typer.Option("--notify-url", help="POST a JSON notice here when the run ends.")
@@ -181,7 +188,14 @@ def run(
     in_doubt: InDoubtOpt = InDoubt.resubmit,
     on_lost: OnLostOpt = OnLost.fail,
     date: Annotated[
-        str | None, typer.Option("--date", help="Evaluate date templates for this day.")
+        str | None,
+        typer.Option("--date", help="Evaluate date templates for this day (YYYY-MM-DD)."),
+    ] = None,
+    max_jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-jobs", min=1, help="Refuse a matrix larger than this (default 100,000)."
+        ),
     ] = None,
     wait_lock: WaitLockOpt = 0.0,
     log_file: LogFileOpt = None,
@@ -211,6 +225,7 @@ def run(
         in_doubt=in_doubt.value,
         on_lost=on_lost.value,
         date=_lenient(problems, parse_date, date),
+        max_jobs=max_jobs,
         wait_lock_s=wait_lock,
         log_file=log_file,
         summary_file=summary_file,
