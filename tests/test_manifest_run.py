@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,37 @@ async def test_a_changed_manifest_reports_what_it_adds_and_no_longer_lists(
         "manifest (kept; those not started yet are not submitted; see `batchgen status`)"
     ) in logged
     assert any(m.startswith("1 combination(s) collapsed into identical jobs") for m in logged)
+
+
+async def test_run_takes_max_jobs_from_the_command_line(tmp_path: Path) -> None:
+    """A matrix over the default limit can be run once the user raises --max-jobs, as
+    validate and plan allow; one over the given limit is refused before anything."""
+    manifest = write_manifest(tmp_path, ["fox", "owl"])  # 4 jobs
+    db_path = tmp_path / "state.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
+    env["RUNBASE_API_KEY"] = DEFAULT_KEY
+    env["RUNBASE_BASE_URL"] = "http://127.0.0.1:9"  # never reached
+    command = ["run", str(manifest), "--db", str(db_path), "--max-jobs", "3"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "batchgen", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "over the limit of 3" in refused.stderr and "--max-jobs 4" in refused.stderr
+    assert not db_path.exists()
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+        summary = await arun_batch(
+            db_path,
+            api_key=DEFAULT_KEY,
+            manifest=manifest,
+            options=RunOptions(
+                base_url=sim.base_url,
+                rate=(20, 0.5),
+                max_jobs=4,
+                poll_policy=PollPolicy(min_interval_s=0.01),
+            ),
+        )
+    assert summary.exit_code == 0, summary.to_json()
