@@ -201,6 +201,8 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
         code, _, stderr = await finish(refused)
         assert code == 75 and f"pid {first.pid}" in stderr and "nightly-2026-11-24" in stderr
         assert f"on {socket.gethostname()} since 20" in stderr  # host and start time too
+        assert stderr.rstrip().endswith("or wait with --wait-lock SECONDS; exit 75")
+        assert "spent" not in stderr  # no counts for a batch it never reached
         assert first.returncode is None  # it was refused while the first one ran
         assert json.loads(summary.read_text())["exit_code"] == 75
         waiter = await start(*args, "--wait-lock", "60", "--json", env=env, cwd=tmp_path)
