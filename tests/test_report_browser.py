@@ -7,6 +7,7 @@ one asked for.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ def test_the_report_plays_every_video_and_shows_injected_text_as_text(tmp_path: 
             )
 
             page.evaluate("window.scrollTo(0, 0)")
-            shot = tmp_path / "report.png"
+            # kept where $BATCHGEN_SCREENSHOT says (pytest's own folders are pruned)
+            shot = Path(os.environ.get("BATCHGEN_SCREENSHOT") or tmp_path / "report.png")
             page.screenshot(path=str(shot), full_page=True)
 
             # prompts as columns: a long prompt's header stays a few lines high (it
