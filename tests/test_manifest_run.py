@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -19,6 +21,7 @@ from batchgen.manifest import load_manifest
 from batchgen.polling import PollPolicy
 from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
+from batchgen.states import JobState, check_transition
 from batchgen.store import batches
 from batchgen.store.schema import Job, open_db
 from tests.test_batches import write_manifest
@@ -127,3 +130,41 @@ async def test_run_takes_max_jobs_from_the_command_line(tmp_path: Path) -> None:
             ),
         )
     assert summary.exit_code == 0, summary.to_json()
+
+
+async def test_every_state_change_of_a_run_is_an_event_row_and_rows_are_never_rewritten(
+    tmp_path: Path,
+) -> None:
+    manifest = write_manifest(tmp_path, ["fox", "owl"])
+    db_path = tmp_path / "state.db"
+
+    def events() -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(db_path)
+        out = conn.execute(
+            "SELECT id, batch_id, job_id, at, from_state, to_state, detail FROM event ORDER BY id"
+        ).fetchall()
+        conn.close()
+        return out
+
+    options = RunOptions(rate=(20, 0.5), poll_policy=PollPolicy(min_interval_s=0.01))
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+        options.base_url = sim.base_url
+        first = await arun_batch(db_path, api_key=DEFAULT_KEY, manifest=manifest, options=options)
+        logged = events()
+        write_manifest(tmp_path, ["fox", "owl", "lynx"])  # two more jobs
+        second = await arun_batch(db_path, api_key=DEFAULT_KEY, manifest=manifest, options=options)
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    after = events()
+    assert after[: len(logged)] == logged  # appended to, never rewritten
+    with Session(open_db(db_path)) as session:
+        jobs = list(session.exec(select(Job)))
+    assert len(jobs) == 6
+    for job in jobs:
+        chain = [(e[4], e[5]) for e in after if e[2] == job.id]
+        assert chain[0][0] == JobState.QUEUED.value
+        assert chain[-1][1] == job.state == JobState.SUCCEEDED.value
+        for old, new in chain:
+            check_transition(JobState(old), JobState(new))  # raises on an illegal move
+        # each event starts where the previous one ended
+        assert [new for _, new in chain[:-1]] == [old for old, _ in chain[1:]]
+        assert {e[1] for e in after if e[2] == job.id} == {job.batch_id}
