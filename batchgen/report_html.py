@@ -37,11 +37,8 @@ _PENDING_TEXT = {
 
 _STYLE = """
 :root { color-scheme: light dark; --line: #8884; --muted: #777; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1rem 2rem;
-  /* as wide as the grid: the sticky filter bar then covers every column */
-  width: max-content; min-width: calc(100% - 2rem); }
-header { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-start;
-  max-width: calc(100vw - 3rem); }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1rem 2rem; }
+header { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-start; }
 h1 { font-size: 1.3rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
 .meta, .muted { color: var(--muted); font-size: 12px; overflow-wrap: anywhere; }
 .totals { display: flex; flex-wrap: wrap; gap: .4rem; margin: .4rem 0; }
@@ -49,7 +46,9 @@ h1 { font-size: 1.3rem; margin: .8rem 0 .2rem; overflow-wrap: anywhere; }
 .s-succeeded { border-color: #3c9a6a; } .s-failed { border-color: #d04a4a; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; }
 .chart text { fill: currentColor; }
-.controls { position: sticky; top: 0; z-index: 2; padding: .5rem 0; background: Canvas; }
+.controls { position: sticky; top: 0; z-index: 2; padding: .5rem 0; background: Canvas;
+  /* the bar's background reaches across a grid wider than the view */
+  box-shadow: 0 0 0 100vmax Canvas; clip-path: inset(0 -100vmax); }
 #filter { width: min(40rem, 90%); padding: .3rem .5rem; font-size: 14px; }
 table.grid { border-collapse: collapse; }
 .grid th, .grid td { border: 1px solid var(--line); vertical-align: top; padding: .3rem; }
