@@ -41,7 +41,8 @@ POLL_S = 0.2
 
 
 def lock_path(db_path: Path) -> Path:
-    db_path = Path(db_path)
+    """``<db>.lock`` beside the real file: a symlink to the database shares its lock."""
+    db_path = Path(db_path).resolve()
     return db_path.with_name(db_path.name + ".lock")
 
 

@@ -181,3 +181,18 @@ async def test_an_async_waiter_stops_at_once_when_told(db: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_symlink_to_the_database_shares_its_lock(db: Path, tmp_path: Path) -> None:
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    db.touch()
+    link.symlink_to(db)
+    proc = holder(db, "first", 30)
+    try:
+        with pytest.raises(LockHeldError, match=f"pid {proc.pid}"), batch_lock(link, "second"):
+            pytest.fail("the same database was locked twice through a symlink")
+        assert lock_path(link) == lock_path(db) == db.with_name("state.db.lock")
+    finally:
+        proc.kill()
+        proc.wait()
