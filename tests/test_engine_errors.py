@@ -554,3 +554,24 @@ async def test_a_key_revoked_mid_run_stops_at_once_and_a_resume_pays_nothing_twi
     assert jobs_by_state(db, bid(batch)) == {"succeeded": 12}
     assert st["runs_created"] == 12 and paid >= 3
     assert_no_double_charge(sim, db, bid(batch))
+
+
+async def test_cancel_abandon_gives_up_the_paid_runs_too(tmp_path):
+    async with simulator(time_scale=0.05) as sim:
+        db, batch = make_batch(tmp_path / "s.db", prompts(20), tmp_path / "out")
+        drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(10, 0.5))
+        drive.config = EngineConfig(flags_every_s=0.05, concurrency=5)
+
+        async def abandon_soon(engine: Any) -> None:
+            from tests.test_engine_helpers import wait_for
+
+            await wait_for(lambda: engine.counts.get("running", 0) >= 3)
+            store.cancel(db, bid(batch), abandon=True, now=0)
+
+        outcome, _ = await drive.run(during=abandon_soon)
+        st = sim.stats()
+    counts = jobs_by_state(db, bid(batch))
+    assert outcome.exit_code == ExitCode.JOBS_FAILED and "cancel" in outcome.reason
+    assert set(counts) <= {"succeeded", "canceled"}, counts  # nothing left running
+    assert counts.get("succeeded", 0) < st["runs_created"]  # paid runs were given up
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == counts.get("succeeded", 0)

@@ -74,6 +74,10 @@ async def test_every_exit_path_tells_the_observers(tmp_path):
     assert summary.exit_code == ExitCode.USAGE and "RUNBASE_API_KEY" in summary.reason
     assert not (tmp_path / "s.db").exists()
     summary = await arun_batch(tmp_path / "s.db", api_key=KEY, batch="nope", observers=[watcher])
+    assert summary.exit_code == ExitCode.USAGE and "no state database" in summary.reason
+    assert not (tmp_path / "s.db").exists()
+    make_batch(tmp_path / "s.db", prompts(1), tmp_path / "out")
+    summary = await arun_batch(tmp_path / "s.db", api_key=KEY, batch="nope", observers=[watcher])
     assert summary.exit_code == ExitCode.USAGE and "nope" in summary.reason
     async with StandInSim(FAST) as sim:
         make_batch(tmp_path / "t.db", prompts(2), tmp_path / "out")
@@ -83,7 +87,7 @@ async def test_every_exit_path_tells_the_observers(tmp_path):
         )  # fmt: skip
     assert summary.exit_code == ExitCode.ACCOUNT and "401" in summary.reason
     assert summary.counts == {"queued": 2}
-    assert len(watcher.summaries) == 3 and watcher.closed == 3
+    assert len(watcher.summaries) == 4 and watcher.closed == 4
 
 
 async def test_failures_are_listed_in_the_summary(tmp_path):
