@@ -147,3 +147,14 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder):
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["jobs"] == 2 * len(SUBJECTS)
     assert files(shared_folder) == before
+
+
+def test_a_path_with_url_characters_is_the_file_it_names(tmp_path):
+    folder = tmp_path / "a #b?c"
+    folder.mkdir()
+    db_path = folder / "state 100%20?.db"
+    batches.sync_batch(open_db(db_path), load_manifest(write_manifest(tmp_path, ["fox"])))
+    assert sorted(p.name for p in folder.iterdir() if ".db" in p.name)[0] == "state 100%20?.db"
+    reader = open_db(db_path, readonly=True)
+    assert batches.find_batch(reader, "sweep").name == "sweep"
+    reader.dispose()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Index, UniqueConstraint, event, text
+from sqlalchemy import URL, Engine, Index, UniqueConstraint, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -174,7 +174,8 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
             _check_version(engine, path)
         return engine
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}")
+    # URL.create keeps the path verbatim: in a URL string "?" and "%" would be parsed
+    engine = create_engine(URL.create("sqlite", database=str(path)))
     event.listen(engine, "connect", _on_connect)
     event.listen(engine, "begin", _begin_immediate)
     event.listen(engine, "connect", _wal)
