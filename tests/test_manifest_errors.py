@@ -381,7 +381,7 @@ def test_a_url_the_api_cannot_fetch_and_a_blank_prompt(tmp_path: Path) -> None:
             44,
         ),
     ]
-    assert "https://" in found[1].fix
+    assert found[1].fix is not None and "https://" in found[1].fix
 
 
 def test_an_empty_prompt_axis_is_one_problem_not_also_a_missing_prompt(tmp_path: Path) -> None:
