@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.cli.run import parse_rate
+from batchgen.cli._app import parse_rate
 from batchgen.errors import UsageError
 from batchgen.runner import RunOptions, check_base_url
 

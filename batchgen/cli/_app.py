@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from batchgen.errors import UsageError
 from batchgen.store.schema import DEFAULT_DB
 
 app = typer.Typer(
@@ -57,3 +60,23 @@ def _root(
         datefmt="%Y-%m-%dT%H:%M:%S%z",
         stream=sys.stderr,
     )
+
+
+def parse_rate(text: str | None) -> tuple[int, float] | None:
+    """``20/10s``, ``20/10``, ``2/1s`` -> (requests, seconds)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*", text)
+    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+        raise UsageError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 20/10s")
+    seconds = float(m.group(2)) * (60 if (m.group(3) or "s").startswith("m") else 1)
+    return int(m.group(1)), seconds
+
+
+def parse_date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None

@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from batchgen.cli._app import DbOption, JsonOption, app
-from batchgen.cli.run import parse_date, parse_rate
+from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import BatchgenError, UsageError
 from batchgen.manifest import LoadedManifest, Overrides, load_manifest
 from batchgen.plan import build_plan, render_plan

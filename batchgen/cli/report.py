@@ -18,7 +18,6 @@ from sqlalchemy import Engine
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
 from batchgen.export import Format, export_to_file, write_export
-from batchgen.report import write_report
 from batchgen.store.batches import find_batch
 from batchgen.store.schema import DEFAULT_DB, open_db
 
@@ -113,6 +112,8 @@ def report(
         target = out if out is not None else Path(found.out_dir) / "report.html"
         _check_out(target, "report.html")
         try:
+            from batchgen.report import write_report  # PyAV: only when a report is made
+
             path = write_report(
                 engine, found.id, target, rows=rows, cols=cols, posters=posters.value
             )

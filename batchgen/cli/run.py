@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from batchgen.cli._app import DbOption, JsonOption, app
+from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import ExitCode, Problem, UsageError
-from batchgen.events import RunSummary
-from batchgen.runner import RunOptions, find_batch, run_batch
 from batchgen.store import jobs as store
+from batchgen.store.batches import find_batch
 from batchgen.store.schema import DEFAULT_DB, open_db
+
+if TYPE_CHECKING:
+    from batchgen.events import RunSummary
+    from batchgen.runner import RunOptions
+
+# batchgen.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
+# a batch, so that `batchgen status`, `plan` and `--help` start fast.
+
 
 T = TypeVar("T")
 
@@ -113,26 +118,6 @@ ReportOpt = Annotated[
 ]
 
 
-def parse_rate(text: str | None) -> tuple[int, float] | None:
-    """``20/10s``, ``20/10``, ``2/1s`` -> (requests, seconds)."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*", text)
-    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
-        raise UsageError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 20/10s")
-    seconds = float(m.group(2)) * (60 if (m.group(3) or "s").startswith("m") else 1)
-    return int(m.group(1)), seconds
-
-
-def parse_date(text: str | None) -> dt.date | None:
-    if text is None:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--date {text!r}: expected YYYY-MM-DD") from None
-
-
 def _lenient(
     problems: list[Problem], parse: Callable[[str | None], T], text: str | None
 ) -> T | None:
@@ -213,6 +198,8 @@ def run(
 
     Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
     """
+    from batchgen.runner import RunOptions, run_batch
+
     key = _key()
     problems: list[Problem] = []
     options = RunOptions(
@@ -254,6 +241,8 @@ def _resume_options(
     report: Path | None,
     in_doubt: InDoubt = InDoubt.resubmit,
 ) -> RunOptions:
+    from batchgen.runner import RunOptions
+
     problems: list[Problem] = []
     return RunOptions(
         base_url=base_url,
@@ -300,6 +289,8 @@ def resume(
 
     Example: batchgen resume nightly-2024-05-01
     """
+    from batchgen.runner import run_batch
+
     key = _key()
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
@@ -338,6 +329,8 @@ def retry(
 
     Example: batchgen retry nightly-2024-05-01 --failed
     """
+    from batchgen.runner import run_batch
+
     key = _key()
     if not failed and not in_doubt:
         failed = in_doubt = True

@@ -8,14 +8,17 @@ import os
 import re
 import signal
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from batchgen.cli._app import app
-from batchgen.cli.run import parse_rate
+from batchgen.cli._app import app, parse_rate
 from batchgen.errors import UsageError
-from batchgen.sim import SimConfig, Simulator
+
+if TYPE_CHECKING:
+    from batchgen.sim import SimConfig
+
+# batchgen.sim (aiohttp, PyAV) is imported when the command runs: other commands start fast.
 
 _FAULTS = "Faults"
 _MONEY = "Money"
@@ -151,6 +154,8 @@ def sim(
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 0,
 ) -> None:
+    from batchgen.sim import SimConfig
+
     parsed_rate = parse_rate(rate)
     assert parsed_rate is not None
     try:
@@ -193,6 +198,8 @@ def _prices(given: list[str]) -> dict[str, float]:
 
 def _as_options(message: str) -> str:
     """SimConfig's problems name its fields; on the command line, name the options."""
+    from batchgen.sim import SimConfig
+
     fields = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(SimConfig)}
     fields["url_ttl_s"] = "--url-ttl"
     fields["keys"] = "--key"
@@ -201,6 +208,8 @@ def _as_options(message: str) -> str:
 
 
 async def _serve(config: SimConfig) -> None:
+    from batchgen.sim import Simulator
+
     simulator = Simulator(config)
     try:
         await simulator.start()
