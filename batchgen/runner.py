@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,27 @@ def check_base_url(options: RunOptions) -> str:
             ]
         )
     return url
+
+
+def check_out_dir(path: Path) -> None:
+    """Create the output folder and prove a file can be written in it: exit 2 otherwise,
+    before a run is paid for whose video could not be saved."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(0, "it is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".batchgen-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            [
+                Problem(
+                    file=str(path),
+                    message=f"cannot save videos here: {exc.strerror or exc}",
+                    fix="choose another output folder (--out, or out_dir in the manifest)",
+                )
+            ]
+        ) from None
 
 
 def run_batch(
@@ -295,6 +317,7 @@ class _Run:
             day = self.opts.date or self.clock.today()
             loaded = load_manifest(manifest, date=day, overrides=overrides)
             self.batch_name = loaded.name
+            check_out_dir(loaded.out_dir)
         if loaded is None and not self.db_path.exists():
             raise UsageError(
                 [
@@ -348,6 +371,7 @@ class _Run:
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
+        check_out_dir(out_dir)
 
         limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)

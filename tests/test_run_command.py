@@ -254,3 +254,17 @@ async def test_a_terminal_gets_the_live_panel(tmp_path):
         assert word in screen, word
     assert "eta" in screen and "elapsed" in screen
     assert "batchgen: cmd: done (4 succeeded)" in screen
+
+
+async def test_an_output_folder_that_cannot_hold_videos_exits_2_before_paying(tmp_path):
+    manifest = write_manifest(tmp_path, 2)
+    (tmp_path / "a-file").write_text("not a folder")
+    async with Simulator(SimConfig(keys=[KEY])) as sim:
+        env = env_for(sim.base_url)
+        for out, says in (("a-file", "it is a file, not a folder"), ("a-file/sub", "Not a dir")):
+            code, _, stderr = await batchgen(
+                "run", str(manifest), "--db", "s.db", "--out", out, env=env, cwd=tmp_path
+            )
+            assert code == 2 and f"a-file{out[6:]}: cannot save videos here: {says}" in stderr
+        assert sim.stats()["requests"] == {}
+    assert not (tmp_path / "s.db").exists()
