@@ -86,6 +86,9 @@ class EngineConfig:
     page_size: int = 200
     #: how long an interrupted run waits for the POST and downloads in flight
     grace_s: float = 30.0
+    #: POSTs refused at connect (nothing sent) for at least this long and max_attempts
+    #: times in a row: the service is unreachable; stop, resumable (exit 75)
+    unreachable_s: float = 30.0
 
 
 @dataclass
@@ -182,6 +185,9 @@ class EngineBase:
         self._budget_blocked = False
         self._flags_at = -1.0
         self._abandon = False
+        #: POSTs in a row that could not even connect: the service is unreachable
+        self._unreachable = 0
+        self._unreachable_since = 0.0
         self.deadline: float | None = None  # monotonic; set by the runner
 
         self.counts: dict[str, int] = store.counts(db, self.batch_id)

@@ -114,6 +114,7 @@ class Submitter(EngineBase):
         except RunbaseError as exc:
             self._submit_failed(job, exc)
             return
+        self._unreachable = 0
         cost = run.cost_micro_usd
         if cost is None:
             cost = estimate
@@ -152,10 +153,14 @@ class Submitter(EngineBase):
             self._move(job, JobState.QUEUED, **err)
             self.stop("account", f"account: {exc}", hard=exc.stops_batch)
         elif isinstance(exc, TransportError) and exc.sent:
+            self._unreachable = 0
             self._in_doubt(job, exc)
+        elif isinstance(exc, TransportError):
+            self._refused(job, exc)
         else:
-            # Refused connection (nothing sent), a 429 storm, or a 5xx (a run may exist:
-            # its reservation stays held). Again later with the same key.
+            self._unreachable = 0
+            # A 429 storm, or a 5xx (a run may exist: its reservation stays held).
+            # Again later with the same key.
             if not isinstance(exc, ServerError):
                 self.budget.release(job.id)
             counts = not isinstance(exc, RateLimited)  # a 429 storm is not the job's fault
@@ -170,6 +175,32 @@ class Submitter(EngineBase):
             )
             if moved is not None:
                 self._requeue(moved, delay)
+
+    def _refused(self, job: Job, exc: RunbaseError) -> None:
+        """Could not even connect (refused, DNS): nothing was sent, and it is not this
+        job's fault, so it costs no attempt. If it lasts, the service (or our network) is
+        down: stop, resumable, rather than fail every job of the batch in turn."""
+        assert job.id is not None
+        now = self.clock.monotonic()
+        if self._unreachable == 0:
+            self._unreachable_since = now
+        self._unreachable += 1
+        self.budget.release(job.id)
+        err = {"last_error": str(exc), "error_code": exc.code}
+        lasted = now - self._unreachable_since
+        if self._unreachable >= self.cfg.max_attempts and lasted >= self.cfg.unreachable_s:
+            self._move(job, JobState.QUEUED, **err)
+            self.stop(
+                "interrupted",
+                f"cannot reach the API for {lasted:.0f}s ({exc}); nothing was sent: "
+                "resume when it is reachable",
+                hard=True,
+            )
+            return
+        delay = self.retry.delay(min(self._unreachable - 1, 8))
+        moved = self._move(job, JobState.QUEUED, next_attempt_at=self.clock.now() + delay, **err)
+        if moved is not None:
+            self._requeue(moved, delay)
 
     def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None

@@ -575,3 +575,26 @@ async def test_cancel_abandon_gives_up_the_paid_runs_too(tmp_path):
     assert set(counts) <= {"succeeded", "canceled"}, counts  # nothing left running
     assert counts.get("succeeded", 0) < st["runs_created"]  # paid runs were given up
     assert len(list((tmp_path / "out").glob("*.mp4"))) == counts.get("succeeded", 0)
+
+
+async def test_an_unreachable_service_stops_the_run_resumable_instead_of_failing_jobs(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db, batch = make_batch(tmp_path / "s.db", prompts(6), tmp_path / "out")
+    drive = Drive(db, batch, f"http://127.0.0.1:{port}", tmp_path / "out")
+    drive.config = EngineConfig(max_attempts=3, unreachable_s=0.3)
+    outcome, engine = await drive.run()
+    assert outcome.exit_code == ExitCode.INTERRUPTED
+    assert "cannot reach the API for" in outcome.reason and "nothing was sent" in outcome.reason
+    assert jobs_by_state(db, bid(batch)) == {"queued": 6}  # nothing failed, nothing in doubt
+    assert not engine.in_doubt_seen
+    # refusals are not the jobs' fault: they cost no attempt and no error
+    assert all(j.errors == 0 and j.attempts <= 1 for j in all_jobs(db, bid(batch)))
+
+    async with simulator(port=port) as sim:  # it is back: the same batch finishes
+        outcome, _ = await drive.run()
+        st = sim.stats()
+    assert outcome.exit_code == ExitCode.OK and st["runs_created"] == 6
