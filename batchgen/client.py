@@ -13,6 +13,7 @@ time: it is not in ``repr(client)``, in any error message, log line or event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -218,6 +219,10 @@ class RunbaseClient:
             started = self._clock.monotonic()
             try:
                 status, reason, retry_after, raw = await self._send(method, url, body, extra)
+            except asyncio.CancelledError:
+                # it left (the limiter counted it): the key spent it, whatever the answer
+                self._emit(method, route, None, "canceled", started)
+                raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 err = transport_error(exc, what=route)
                 err.message = self._scrub(err.message)

@@ -39,7 +39,7 @@ class RequestTally:
         self._recent: deque[float] = deque()
 
     def request(self, ev: RequestEvent) -> None:
-        status = str(ev.status) if ev.status is not None else "network"
+        status = str(ev.status) if ev.status is not None else (ev.code or "network")
         route = self.by_route.setdefault(ev.route, {})
         route[status] = route.get(status, 0) + 1
         self.total += 1

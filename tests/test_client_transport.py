@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from batchgen.client import RunbaseClient, transport_error
 from batchgen.errors import TransportError
+from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.progress import RequestTally
 from batchgen.ratelimit import RequestLimiter
 
 MODEL = "bytedance/seedance-1-pro"
@@ -185,3 +187,38 @@ def test_connector_errors_such_as_dns_sent_nothing():
     for cls in (aiohttp.ClientConnectorError, aiohttp.ClientConnectorDNSError):
         exc = cls(key, OSError(-2, "Name or service not known"))
         assert transport_error(exc, what="GET").sent is False
+
+
+async def test_a_request_cancelled_on_the_wire_is_still_counted(serve, api_key):
+    # An early poll is cancelled when its run becomes due: if its GET already left, the
+    # key spent it, and the tally (and --json's requests_total) must say so.
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(5)
+        return web.json_response({"id": "run_a", "status": "pending"})
+
+    url = await serve(slow)
+    seen: list[tuple[str, int | None, str | None]] = []
+
+    class Tally:
+        def request(self, ev: RequestEvent) -> None:
+            seen.append((ev.route, ev.status, ev.code))
+
+        def transition(self, ev: TransitionEvent) -> None:
+            pass
+
+        def finished(self, summary: RunSummary) -> None:
+            pass
+
+    async with RunbaseClient(url, api_key, limiter=limiter(), observers=[Tally()]) as client:
+        task = asyncio.create_task(client.get_run("run_a"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert seen == [("GET /api/v1/runs/{id}", None, "canceled")]
+    tally = RequestTally()
+    tally.request(RequestEvent(at=0, method="GET", route="r", status=None, code="canceled"))
+    assert tally.by_route == {"r": {"canceled": 1}}
