@@ -91,7 +91,7 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
     # downloads cut mid-file and first URLs already expired: every job still succeeds.
     config = SimConfig(
         keys=[KEY], time_scale=0.01, rate=(20, 0.5), seed=7, error_rate=0.15, drop_rate=0.15,
-        fail_rate=0.15, cut_rate=0.4, stale_first_url=True,
+        fail_rate=0.3, cut_rate=0.6, stale_first_url=True,
     )  # fmt: skip
     manifest = write_manifest(tmp_path, limits="  max_attempts: 8\n")
     db_path, out = tmp_path / "state.db", tmp_path / "elsewhere"
