@@ -28,9 +28,9 @@ from batchgen.errors import (
     TransportError,
     UsageExceeded,
 )
-from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
+from tests.test_client import Recorder
 
 MODEL = "bytedance/seedance-1-pro"
 INPUT = {
@@ -40,20 +40,6 @@ INPUT = {
     "duration": "5",
 }
 FAST = 0.002  # simulator time scale: a 40 s generation takes 0.08 s
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RequestEvent] = []
-
-    def transition(self, ev: TransitionEvent) -> None:
-        pass
-
-    def request(self, ev: RequestEvent) -> None:
-        self.events.append(ev)
-
-    def finished(self, summary: RunSummary) -> None:
-        pass
 
 
 def total_requests(stats: dict[str, Any], route: str | None = None) -> int:
