@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from batchgen.errors import UsageError
-from batchgen.store.schema import DEFAULT_DB
+from batchgen.store.reader import DEFAULT_DB
 
 app = typer.Typer(
     name="batchgen",

@@ -8,17 +8,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import BatchgenError, UsageError
-from batchgen.manifest import LoadedManifest, Overrides, load_manifest
-from batchgen.plan import build_plan, render_plan
 from batchgen.states import JobState
-from batchgen.store import batches
-from batchgen.store.schema import DEFAULT_DB, Batch, open_db
+from batchgen.store import reader
+from batchgen.store import status as status_store
+from batchgen.store.reader import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from batchgen.manifest import LoadedManifest
+
+# The manifest code (pydantic, jsonschema) and the store's engine (SQLAlchemy) are
+# imported by the commands that need them: `batchgen status` reads with the standard
+# library's sqlite3 alone and starts fast.
 
 ManifestArg = Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)]
 DateOpt = Annotated[
@@ -44,6 +50,8 @@ def _exit_on_error() -> Iterator[None]:
 def _load(
     manifest: Path, date: str | None, max_jobs: int | None, **overrides: Any
 ) -> LoadedManifest:
+    from batchgen.manifest import Overrides, load_manifest
+
     return load_manifest(
         manifest,
         date=parse_date(date),
@@ -134,9 +142,13 @@ def plan(
             concurrency=concurrency,
             budget_usd=budget_usd,
         )
+        from batchgen.store.schema import open_db
+
         # Read-only, and only if it exists: plan must never create or change a file.
         engine = open_db(db, readonly=True) if db.exists() else None
         try:
+            from batchgen.plan import build_plan, render_plan
+
             result = build_plan(loaded, engine)
         finally:
             if engine is not None:
@@ -166,14 +178,9 @@ def status(
 
     Example: batchgen status nightly-2024-05-01 --json
     """
-    with _exit_on_error():
-        engine = open_db(db, readonly=True)
-        try:
-            found = batches.find_batch(engine, batch)
-            assert found.id is not None
-            counts = batches.batch_counts(engine, found.id, failures=failures)
-        finally:
-            engine.dispose()
+    with _exit_on_error(), reader.reading(db) as conn:
+        found = status_store.find_batch(conn, batch)
+        counts = status_store.batch_counts(conn, found.id, failures=failures)
     report = _status_dict(found, counts)
     if json_out:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -185,7 +192,7 @@ def _usd(micro: int) -> float:
     return round(micro / 1_000_000, 6)
 
 
-def _status_dict(batch: Batch, counts: batches.BatchCounts) -> dict[str, Any]:
+def _status_dict(batch: status_store.BatchInfo, counts: status_store.BatchCounts) -> dict[str, Any]:
     return {
         "batch": batch.name,
         "model": batch.model,

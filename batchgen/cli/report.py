@@ -10,16 +10,21 @@ import enum
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy import Engine
 
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
-from batchgen.export import Format, export_to_file, write_export
-from batchgen.store.batches import find_batch
-from batchgen.store.schema import DEFAULT_DB, open_db
+from batchgen.store.reader import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from batchgen.export import Format
+
+# The store and the export (SQLAlchemy) are imported inside the commands, so that
+# `batchgen status` and `--help` start fast.
 
 SIGPIPE_EXIT = 128 + 13
 
@@ -105,6 +110,9 @@ def report(
 
     Example: batchgen report nightly-2024-05-01 --cols resolution --out sheet.html
     """
+    from batchgen.store.batches import find_batch
+    from batchgen.store.schema import open_db
+
     try:
         engine = open_db(db, readonly=True)
         found = find_batch(engine, batch)
@@ -141,6 +149,10 @@ def export(
 
     Example: batchgen export nightly-2024-05-01 --format csv --out jobs.csv
     """
+    from batchgen.export import export_to_file
+    from batchgen.store.batches import find_batch
+    from batchgen.store.schema import open_db
+
     try:
         engine = open_db(db, readonly=True)
         found = find_batch(engine, batch)
@@ -162,6 +174,8 @@ def export(
 def _to_stdout(engine: Engine, batch_id: int, fmt: Format) -> int:
     """Write to standard output; a reader that stops early (``| head``) ends the
     command quietly with 141, as SIGPIPE ends any Unix tool."""
+    from batchgen.export import write_export
+
     try:
         n = write_export(engine, batch_id, fmt, sys.stdout)
         sys.stdout.flush()

@@ -15,16 +15,15 @@ import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import ExitCode, Problem, UsageError
-from batchgen.store import jobs as store
-from batchgen.store.batches import find_batch
-from batchgen.store.schema import DEFAULT_DB, open_db
+from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
     from batchgen.events import RunSummary
     from batchgen.runner import RunOptions
 
 # batchgen.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
-# a batch, so that `batchgen status`, `plan` and `--help` start fast.
+# a batch, and the store (SQLAlchemy) inside `cancel`, so that `batchgen status`,
+# `plan` and `--help` start fast.
 
 
 T = TypeVar("T")
@@ -376,6 +375,10 @@ def cancel(
         raise UsageError(
             [Problem(file=str(db), message="no state database here", fix="point --db at it")]
         )
+    from batchgen.store import jobs as store
+    from batchgen.store.batches import find_batch
+    from batchgen.store.schema import open_db
+
     engine = open_db(db)
     found = find_batch(engine, batch)
     assert found.id is not None

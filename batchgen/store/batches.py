@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,27 @@ from sqlmodel import Session, col, select
 
 from batchgen.errors import StateError
 from batchgen.modelspec import load_model
-from batchgen.states import JobState
+from batchgen.store import status
 from batchgen.store.schema import Batch
+
+# Re-exported: the counts live in the stdlib-only ``status`` module (fast `status`).
+from batchgen.store.status import KNOWN_SHOWN, BatchCounts, ErrorGroup, FailedJob
+
+__all__ = [
+    "CHUNK",
+    "KNOWN_SHOWN",
+    "BatchCounts",
+    "ErrorGroup",
+    "FailedJob",
+    "SyncResult",
+    "batch_counts",
+    "batch_id_named",
+    "find_batch",
+    "job_total",
+    "list_batches",
+    "lookup_states",
+    "sync_batch",
+]
 
 if TYPE_CHECKING:
     from batchgen.manifest import ExpandedJob, LoadedManifest
@@ -53,8 +72,6 @@ CHUNK = 50_000
 SYNC_CACHE_KIB = 32_768
 #: keys per read-only lookup in ``lookup_states`` (well under SQLite's 32766 parameters)
 LOOKUP_CHUNK = 500
-#: batch names listed in the "no such batch" message
-KNOWN_SHOWN = 10
 
 _UPSERT = """
 INSERT INTO job (batch_id, key, idx, variant, input_json, axes_json, listed, state,
@@ -296,14 +313,7 @@ def find_batch(db: Engine, name: str | None) -> Batch:
                 .limit(KNOWN_SHOWN + 1)
             ).all()
         )
-    if not known:
-        asked = f"no batch named {name!r}: " if name is not None else ""
-        raise StateError(
-            f"{asked}the state database holds no batch yet: run `batchgen run MANIFEST` "
-            "first (or pass --db to point at another database)"
-        )
-    shown = ", ".join(known[:KNOWN_SHOWN]) + (", ..." if len(known) > KNOWN_SHOWN else "")
-    raise StateError(f"no batch named {name!r}; known batches (most recent first): {shown}")
+    raise StateError(status.no_batch_message(name, known))
 
 
 def list_batches(db: Engine) -> list[Batch]:
@@ -317,82 +327,11 @@ def list_batches(db: Engine) -> list[Batch]:
 # ------------------------------------------------------------------ reading: status
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorGroup:
-    code: str | None
-    error: str | None
-    jobs: int
-
-
-@dataclass(frozen=True, slots=True)
-class FailedJob:
-    key: str
-    idx: int
-    code: str | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchCounts:
-    by_state: dict[str, int]  # every state, listed or not
-    unlisted: dict[str, int]  # the unlisted among them, by state (states with any only)
-    cost_micro_usd: int  # what the runs cost so far
-    estimate_queued_micro_usd: int  # the price of the listed queued jobs
-    errors: list[ErrorGroup] = field(default_factory=list)
-    failed: list[FailedJob] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_state.values())
-
-
 def batch_counts(db: Engine, batch_id: int, *, failures: int = 10) -> BatchCounts:
     """Counts for ``batchgen status``: GROUP BY queries, no job object is loaded."""
-    by_state = {st.value: 0 for st in JobState}
-    unlisted: dict[str, int] = {}
-    cost = estimate = 0
     with db.connect() as conn:
-        # One pass over the covering index ix_job_batch_status.
-        for state, listed, n, spent, priced in conn.exec_driver_sql(
-            "SELECT state, listed, count(*), sum(cost_micro_usd), sum(estimate_micro_usd) "
-            "FROM job WHERE batch_id = ? GROUP BY state, listed",
-            (batch_id,),
-        ):
-            by_state[str(state)] = by_state.get(str(state), 0) + int(n)
-            cost += int(spent or 0)
-            if not listed:
-                unlisted[str(state)] = int(n)
-            elif state == JobState.QUEUED.value:
-                estimate += int(priced or 0)
-        errors: list[ErrorGroup] = []
-        failed: list[FailedJob] = []
-        if by_state[JobState.FAILED.value]:
-            errors = [
-                ErrorGroup(code, error, int(n))
-                for code, error, n in conn.exec_driver_sql(
-                    "SELECT error_code, last_error, count(*) AS n FROM job "
-                    "WHERE batch_id = ? AND state = 'failed' "
-                    "GROUP BY error_code, last_error ORDER BY n DESC, error_code LIMIT ?",
-                    (batch_id, failures),
-                )
-            ]
-            failed = [
-                FailedJob(key, int(idx), code, error)
-                for key, idx, code, error in conn.exec_driver_sql(
-                    "SELECT key, idx, error_code, last_error FROM job "
-                    "WHERE batch_id = ? AND state = 'failed' ORDER BY idx, id LIMIT ?",
-                    (batch_id, failures),
-                )
-            ]
-        conn.rollback()
-    return BatchCounts(
-        by_state=by_state,
-        unlisted=unlisted,
-        cost_micro_usd=cost,
-        estimate_queued_micro_usd=estimate,
-        errors=errors,
-        failed=failed,
-    )
+        raw: Any = conn.connection.driver_connection
+        return status.batch_counts(raw, batch_id, failures=failures)
 
 
 # ------------------------------------------------------------------ reading: plan

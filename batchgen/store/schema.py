@@ -9,7 +9,6 @@ can never deadlock upgrading a read lock to a write lock; they queue on
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,14 +25,33 @@ from sqlmodel import Field, Session, SQLModel, create_engine
 from batchgen.errors import StateError
 from batchgen.states import JobState, check_transition
 
-SCHEMA_VERSION = 2
-DEFAULT_DB = "batchgen.db"
-BUSY_TIMEOUT_MS = 30_000
+# Re-exported: the stdlib-only reader owns them so that `batchgen status` starts fast.
+from batchgen.store.reader import (
+    BUSY_TIMEOUT_MS,
+    DEFAULT_DB,
+    SCHEMA_VERSION,
+    check_version,
+    connect_readonly,
+    default_db_path,
+    open_readonly,
+    read_version,
+    refuse_folder,
+    unreadable_message,
+)
 
-
-def default_db_path() -> Path:
-    """``$BATCHGEN_DB`` if set, else ``./batchgen.db``."""
-    return Path(os.environ.get("BATCHGEN_DB") or DEFAULT_DB)
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "DEFAULT_DB",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Batch",
+    "Event",
+    "Job",
+    "Meta",
+    "default_db_path",
+    "open_db",
+    "transition",
+]
 
 
 class Meta(SQLModel, table=True):
@@ -127,15 +145,6 @@ def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> No
     cur.close()
 
 
-def _on_connect_readonly(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    # No synchronous or foreign_keys: they only matter to writes, and SQLite refuses
-    # to change them on an immutable connection.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cur.close()
-
-
 def _wal(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode = WAL")
@@ -156,22 +165,15 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
     ``readonly`` never creates the database, never writes to it and leaves no file
     behind: ``plan``, ``status``, ``report`` and ``export`` use it.
     """
-    if path.is_dir():
-        raise StateError(
-            f"{path} is a folder; --db names the database file, e.g. --db {path / DEFAULT_DB}"
-        )
+    refuse_folder(path)
     if readonly:
-        if not path.exists():
-            raise StateError(f"{path}: no state database here (run `batchgen run` first)")
+        open_readonly(path).close()  # missing, not a database, too new: a StateError
         # NullPool: each connection closes when its read ends, so the -wal and -shm files
         # a read may have created go away at once, not at interpreter exit.
         engine = create_engine(
-            "sqlite://", creator=lambda: _connect_readonly(path), poolclass=NullPool
+            "sqlite://", creator=lambda: connect_readonly(path), poolclass=NullPool
         )
-        event.listen(engine, "connect", _on_connect_readonly)
         event.listen(engine, "begin", _begin_deferred)
-        with _unreadable(path):
-            _check_version(engine, path)
         return engine
     path.parent.mkdir(parents=True, exist_ok=True)
     # URL.create keeps the path verbatim: in a URL string "?" and "%" would be parsed
@@ -190,66 +192,15 @@ def _unreadable(path: Path) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        raise StateError(
-            f"{path}: cannot use it as a batchgen state database ({exc.orig}); "
-            "check --db (or $BATCHGEN_DB)"
-        ) from None
-
-
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A connection that reads ``path`` correctly even while a writer starts, and leaves
-    no -wal or -shm file behind when it is the last one.
-
-    Not ``immutable=1`` when it can be helped: SQLite then takes no lock and reads the
-    main file while a writer that starts meanwhile checkpoints into it, which gives
-    "database disk image is malformed" or silently wrong counts. Instead:
-
-    - no -wal yet: open read-write under ``query_only``. Reads share the WAL index like
-      any connection (a writer that starts meanwhile is seen consistently), no statement
-      can write, and the last connection to close removes the -wal and -shm it made;
-      with no WAL frames to fold back, the main file keeps its bytes and mtime.
-    - a -wal exists (a writer is active, or one was killed): ``mode=ro`` shares its
-      files; a read-only connection never checkpoints, so the main file is untouched.
-    - a database we may not write: ``mode=ro`` (SQLite keeps the -wal and -shm it needs).
-    - a folder we may not write and no -wal: SQLite cannot create the WAL index, so only
-      ``immutable=1`` can read it; no writer without more privilege can run there.
-    """
-    wal = path.with_name(path.name + "-wal")
-    uri = path.resolve().as_uri()
-    if wal.exists():
-        mode = "mode=ro"
-    elif not os.access(path.parent, os.W_OK):
-        mode = "mode=ro&immutable=1"
-    elif not os.access(path, os.W_OK):
-        mode = "mode=ro"
-    else:
-        mode = "mode=rw"
-    conn = sqlite3.connect(f"{uri}?{mode}", uri=True, check_same_thread=False)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
+        raise StateError(unreadable_message(path, exc.orig)) from None
+    except sqlite3.DatabaseError as exc:
+        raise StateError(unreadable_message(path, exc)) from None
 
 
 def _read_version(engine: Engine) -> int | None:
     with engine.connect() as conn:
-        has_meta = conn.execute(
-            text("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
-        ).first()
-        if not has_meta:
-            return None
-        row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
-        return int(row[0]) if row else None
-
-
-def _check_version(engine: Engine, path: Path) -> int:
-    version = _read_version(engine)
-    if version is None:
-        raise StateError(f"{path}: not a batchgen state database (no schema version)")
-    if version > SCHEMA_VERSION:
-        raise StateError(
-            f"{path}: schema version {version} is newer than this batchgen "
-            f"understands ({SCHEMA_VERSION}); upgrade batchgen"
-        )
-    return version
+        raw: Any = conn.connection.driver_connection
+        return read_version(raw)
 
 
 #: version -> SQL statements that bring a database from version-1 to version.
@@ -270,7 +221,7 @@ def _migrate(engine: Engine, path: Path) -> None:
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             session.commit()
         return
-    _check_version(engine, path)
+    check_version(version, path)
     with engine.begin() as conn:
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:

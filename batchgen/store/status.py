@@ -1,0 +1,155 @@
+"""The reads behind ``batchgen status``, with the standard library's sqlite3 alone.
+
+Finding a batch and counting its jobs by state: GROUP BY queries over the covering
+index ``ix_job_batch_status``, no job row is read. No SQLAlchemy here, so the command
+starts fast; ``batches.batch_counts`` runs the same queries on an engine's connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from batchgen.errors import StateError
+from batchgen.states import JobState
+
+#: batch names listed in the "no such batch" message
+KNOWN_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """What ``status`` shows of a batch (the batch row without its settings)."""
+
+    id: int
+    name: str
+    model: str
+    manifest_path: str
+    out_dir: str
+    canceled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    code: str | None
+    error: str | None
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    key: str
+    idx: int
+    code: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    by_state: dict[str, int]  # every state, listed or not
+    unlisted: dict[str, int]  # the unlisted among them, by state (states with any only)
+    cost_micro_usd: int  # what the runs cost so far
+    estimate_queued_micro_usd: int  # the price of the listed queued jobs
+    errors: list[ErrorGroup] = field(default_factory=list)
+    failed: list[FailedJob] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def no_batch_message(name: str | None, known: Sequence[str]) -> str:
+    """Why no batch was found: ``known`` holds up to ``KNOWN_SHOWN + 1`` batch names,
+    the most recent first."""
+    if not known:
+        asked = f"no batch named {name!r}: " if name is not None else ""
+        return (
+            f"{asked}the state database holds no batch yet: run `batchgen run MANIFEST` "
+            "first (or pass --db to point at another database)"
+        )
+    shown = ", ".join(known[:KNOWN_SHOWN]) + (", ..." if len(known) > KNOWN_SHOWN else "")
+    return f"no batch named {name!r}; known batches (most recent first): {shown}"
+
+
+_BATCH_COLUMNS = "SELECT id, name, model, manifest_path, out_dir, canceled FROM batch "
+_RECENT_FIRST = "ORDER BY updated_at DESC, id DESC "
+
+
+def find_batch(conn: sqlite3.Connection, name: str | None) -> BatchInfo:
+    """The batch called ``name``; None: the most recently run or synced one.
+
+    Raises ``StateError`` (exit 2) naming the batches the database does hold.
+    """
+    if name is not None:
+        row = conn.execute(_BATCH_COLUMNS + "WHERE name = ? LIMIT 1", (name,)).fetchone()
+    else:
+        row = conn.execute(_BATCH_COLUMNS + _RECENT_FIRST + "LIMIT 1").fetchone()
+    if row is not None:
+        id_, name_, model, manifest_path, out_dir, canceled = row
+        return BatchInfo(
+            int(id_), str(name_), str(model), str(manifest_path), str(out_dir), bool(canceled)
+        )
+    known = [
+        str(n)
+        for (n,) in conn.execute(
+            "SELECT name FROM batch " + _RECENT_FIRST + "LIMIT ?", (KNOWN_SHOWN + 1,)
+        )
+    ]
+    raise StateError(no_batch_message(name, known))
+
+
+def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10) -> BatchCounts:
+    """Counts by state, cost, and the first ``failures`` failures and error kinds.
+
+    One read transaction: the counts and the failures are of the same moment.
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no transaction
+    open, as ``reader.connect_readonly`` and the store's engines make them.
+    """
+    by_state = {st.value: 0 for st in JobState}
+    unlisted: dict[str, int] = {}
+    cost = estimate = 0
+    errors: list[ErrorGroup] = []
+    failed: list[FailedJob] = []
+    conn.execute("BEGIN")
+    try:
+        # One pass over the covering index ix_job_batch_status.
+        for state, listed, n, spent, priced in conn.execute(
+            "SELECT state, listed, count(*), sum(cost_micro_usd), sum(estimate_micro_usd) "
+            "FROM job WHERE batch_id = ? GROUP BY state, listed",
+            (batch_id,),
+        ):
+            by_state[str(state)] = by_state.get(str(state), 0) + int(n)
+            cost += int(spent or 0)
+            if not listed:
+                unlisted[str(state)] = int(n)
+            elif state == JobState.QUEUED.value:
+                estimate += int(priced or 0)
+        if by_state[JobState.FAILED.value]:
+            errors = [
+                ErrorGroup(code, error, int(n))
+                for code, error, n in conn.execute(
+                    "SELECT error_code, last_error, count(*) AS n FROM job "
+                    "WHERE batch_id = ? AND state = 'failed' "
+                    "GROUP BY error_code, last_error ORDER BY n DESC, error_code LIMIT ?",
+                    (batch_id, failures),
+                )
+            ]
+            failed = [
+                FailedJob(key, int(idx), code, error)
+                for key, idx, code, error in conn.execute(
+                    "SELECT key, idx, error_code, last_error FROM job "
+                    "WHERE batch_id = ? AND state = 'failed' ORDER BY idx, id LIMIT ?",
+                    (batch_id, failures),
+                )
+            ]
+    finally:
+        conn.execute("ROLLBACK")
+    return BatchCounts(
+        by_state=by_state,
+        unlisted=unlisted,
+        cost_micro_usd=cost,
+        estimate_queued_micro_usd=estimate,
+        errors=errors,
+        failed=failed,
+    )
