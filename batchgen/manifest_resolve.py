@@ -198,6 +198,15 @@ class Resolver:
 
     def image(self, written: str, where: Where) -> str | None:
         if is_remote(written):
+            pattern = self.props.get("image_urls", {}).get("items", {}).get("pattern")
+            if pattern and not re.search(pattern, written):
+                self.ctx.add(
+                    where,
+                    f"{_dotted(where)}: {written[:80]!r} is not a complete URL "
+                    "(an https:// URL needs a host; a data: URI needs its comma and data)",
+                    "give the whole URL, e.g. https://cdn.example.com/a.png, or a local file",
+                )
+                return None
             return written
         if _URL.match(written):
             self.ctx.add(

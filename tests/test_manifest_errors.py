@@ -384,6 +384,27 @@ def test_a_url_the_api_cannot_fetch_and_a_blank_prompt(tmp_path: Path) -> None:
     assert found[1].fix is not None and "https://" in found[1].fix
 
 
+def test_an_incomplete_url_is_named_before_it_costs_a_request(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        defaults: {prompt: a cat}
+        matrix:
+          image: ["http://", "data:", "https://cdn.example.com/a.png"]
+        """,
+    )
+    assert [(p.message, p.line, p.column) for p in found] == [
+        (
+            f"matrix.image[{i}]: {url!r} is not a complete URL (an https:// URL needs a "
+            "host; a data: URI needs its comma and data)",
+            3,
+            col,
+        )
+        for i, url, col in ((0, "http://", 11), (1, "data:", 22))
+    ]
+    assert found[0].fix is not None and "https://cdn.example.com" in found[0].fix
+
+
 def test_an_empty_prompt_axis_is_one_problem_not_also_a_missing_prompt(tmp_path: Path) -> None:
     found = one(problems(tmp_path, "matrix:\n  prompt: []\n  aspect_ratio: ['16:9']\n"))
     assert (found.message, found.line, found.column) == ("matrix.prompt has no values", 2, 11)

@@ -174,6 +174,10 @@ BAD_INPUTS: list[tuple[Any, str, str]] = [
      "image_urls"),
     ({"model": MODEL, "input": {"prompt": "x", "image_urls": ["ftp://a/b.png"]}},
      "invalid_input", "image_urls"),
+    ({"model": MODEL, "input": {"prompt": "x", "image_urls": ["https://"]}},
+     "invalid_input", "image_urls"),
+    ({"model": MODEL, "input": {"prompt": "x", "image_urls": ["data:"]}},
+     "invalid_input", "image_urls"),
     ({"model": MODEL, "input": {"prompt": "x", "seed": 3}}, "invalid_input", "seed"),
 ]  # fmt: skip
 
