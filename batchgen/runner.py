@@ -17,18 +17,11 @@ The order of one run, and why:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import json
 import logging
-import os
-import signal
-import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from sqlalchemy import Engine
@@ -39,124 +32,32 @@ from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
 from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
-from batchgen.engine_base import InDoubtPolicy, LostPolicy
 from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
 from batchgen.manifest import Overrides, load_manifest
-from batchgen.polling import DurationModel, PollPolicy, api_duration, run_class
-from batchgen.progress import ProgressMode, RequestTally, Snapshot, make_progress
+from batchgen.polling import DurationModel, api_duration, run_class
+from batchgen.progress import RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import RequestLimiter
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
+from batchgen.run_options import (
+    DEFAULT_BASE_URL,
+    RunOptions,
+    base_url_from,
+    batch_settings,
+    check_api_key,
+    check_base_url,
+    check_out_dir,
+    settings_rate,
+)
+from batchgen.run_signals import interrupt_on_signals
 from batchgen.store import batches
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, open_db
 from batchgen.watch import build_observers
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BASE_URL = "https://runbase.net"
-
-
-@dataclass
-class RunOptions:
-    """Everything ``batchgen run`` can be told. ``None`` = from the manifest / batch."""
-
-    base_url: str | None = None  # None: $RUNBASE_BASE_URL, else https://runbase.net
-    out_dir: Path | None = None
-    rate: tuple[int, float] | None = None
-    concurrency: int | None = None
-    budget_usd: float | None = None
-    max_attempts: int | None = None
-    max_runtime_s: float | None = None
-    in_doubt: InDoubtPolicy = "resubmit"
-    on_lost: LostPolicy = "fail"
-    date: dt.date | None = None
-    max_jobs: int | None = None  # None: the manifest loader's default (100,000)
-    wait_lock_s: float = 0.0
-    log_file: Path | None = None
-    summary_file: Path | None = None
-    metrics_file: Path | None = None
-    notify_url: str | None = None
-    report_path: Path | None = None
-    progress: ProgressMode = "off"
-    handle_signals: bool = False
-    download_concurrency: int = 4
-    timeout_s: float = 30.0
-    #: the limiter's safety margin on the window (None: the limiter's default)
-    limiter_margin_s: float | None = None
-    poll_policy: PollPolicy | None = None
-    retry_policy: RetryPolicy | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: bad command-line values found by the CLI: the run ends with exit 2, and the
-    #: summary, metrics and notification (if their own options are fine) say why
-    problems: list[Problem] = field(default_factory=list)
-
-
-def check_api_key(key: str | None) -> str:
-    if not key:
-        raise UsageError(
-            "no API key: set RUNBASE_API_KEY in the environment (it is never read "
-            "from the command line and never stored)"
-        )
-    if not key.startswith("sk-"):
-        raise UsageError("RUNBASE_API_KEY does not look like a Runbase key (keys start with sk-)")
-    return key
-
-
-def base_url_from(options: RunOptions) -> str:
-    return options.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
-
-
-def check_base_url(options: RunOptions) -> str:
-    """The API base URL, refused up front (exit 2) unless it is http(s)://host[:port][/path]."""
-    url = base_url_from(options)
-    where = "--base-url" if options.base_url else "$RUNBASE_BASE_URL"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises on a port that is not a number
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.query
-        or parts.fragment
-        or any(c.isspace() for c in url)
-    ):
-        raise UsageError(
-            [
-                Problem(
-                    file="<command line>" if options.base_url else "<environment>",
-                    message=f"{where} {url!r} is not an API base URL",
-                    fix=f"give one like {DEFAULT_BASE_URL} (http or https, a host, no query)",
-                )
-            ]
-        )
-    return url
-
-
-def check_out_dir(path: Path) -> None:
-    """Create the output folder and prove a file can be written in it: exit 2 otherwise,
-    before a run is paid for whose video could not be saved."""
-    try:
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(0, "it is a file, not a folder")
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".batchgen-probe-"):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            [
-                Problem(
-                    file=str(path),
-                    message=f"cannot save videos here: {exc.strerror or exc}",
-                    fix="choose another output folder (--out, or out_dir in the manifest)",
-                )
-            ]
-        ) from None
 
 
 def run_batch(
@@ -218,7 +119,7 @@ async def arun_batch(
             raise UsageError(problems)
         run.key = check_api_key(api_key)
         check_base_url(opts)
-        with _signals(run, enabled=opts.handle_signals):
+        with interrupt_on_signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
         code, reason = exc.exit_code, str(exc)
@@ -231,7 +132,7 @@ async def arun_batch(
     # a signal now (systemctl stop while the notification is sent) must not turn the
     # run's exit code into 143: the files are written and the POST ends within ~10 s
     run.finishing = True
-    with _signals(run, enabled=opts.handle_signals):
+    with interrupt_on_signals(run, enabled=opts.handle_signals):
         await _finish(run.observers, summary)
     return summary
 
@@ -364,8 +265,8 @@ class _Run:
     async def _engine_run(self, batch: Batch) -> tuple[ExitCode, str]:
         assert self.db is not None and batch.id is not None
         opts = self.opts
-        settings = _settings(batch)
-        rate = opts.rate or _rate(settings.get("rate")) or (20, 10.0)
+        settings = batch_settings(batch)
+        rate = opts.rate or settings_rate(settings.get("rate")) or (20, 10.0)
         concurrency = opts.concurrency or int(settings.get("concurrency") or 100)
         max_attempts = opts.max_attempts or int(settings.get("max_attempts") or 5)
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
@@ -506,22 +407,6 @@ def find_batch(db: Engine, name: str | None) -> Batch:
     return batches.find_batch(db, name)
 
 
-def _settings(batch: Batch) -> dict[str, Any]:
-    try:
-        value = json.loads(batch.settings_json or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _rate(value: Any) -> tuple[int, float] | None:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return int(value[0]), float(value[1])
-    if isinstance(value, dict) and "requests" in value:
-        return int(value["requests"]), float(value.get("seconds") or value.get("window_s") or 10)
-    return None
-
-
 def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:
     for input_json, created, completed in store.recent_durations(db, model):
         seconds = api_duration(created, completed)
@@ -529,39 +414,15 @@ def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:
             yield run_class(model, json.loads(input_json)), seconds
 
 
-@contextlib.contextmanager
-def _signals(run: _Run, *, enabled: bool) -> Iterator[None]:
-    """First SIGINT/SIGTERM: stop submitting and wind down (or stop waiting for the lock).
-    Second: stop now. Third: exit."""
-    if not enabled:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    seen = [0]
-
-    def handler(signame: str) -> None:
-        seen[0] += 1
-        if seen[0] == 1:
-            if run.finishing:
-                log.warning("%s: the run is over; sending its notification first", signame)
-            elif run.engine is None:
-                log.warning("%s: stopping before anything is sent", signame)
-            else:
-                log.warning("%s: no new submissions; recording what is in flight", signame)
-            run.interrupt(f"interrupted ({signame})")
-        elif seen[0] == 2:
-            log.warning("%s again: stopping now", signame)
-            run.interrupt(f"interrupted ({signame}, twice)", hard=True)
-        else:
-            os._exit(int(ExitCode.INTERRUPTED))
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handler, sig.name)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-__all__ = ["DEFAULT_BASE_URL", "RunOptions", "arun_batch", "check_api_key", "run_batch"]
+# RunOptions and the up-front checks live in run_options.py; they stay importable from
+# here, where the CLI, the tests and the docs have always taken them.
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "RunOptions",
+    "arun_batch",
+    "base_url_from",
+    "check_api_key",
+    "check_base_url",
+    "check_out_dir",
+    "run_batch",
+]
