@@ -118,8 +118,10 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
     assert summary["spend_micro_usd"] == st["charged_micro_usd"] - st["refunded_micro_usd"]
     assert summary["spend_usd"] == pytest.approx(summary["spend_micro_usd"] / 1e6)
     assert summary["wall_s"] > 0 and summary["failures"] == []
-    # every POST answer lost after the run was made was held in doubt, then found again
-    assert summary["in_doubt"] >= st["dropped_after_create"]
+    # every POST whose answer was lost put its job in doubt, then it was found again; the
+    # summary counts jobs, and one job can lose the answer to its resent POST too
+    post_drops = st["dropped_before_create"] + st["dropped_after_create"]
+    assert 1 <= summary["in_doubt"] <= post_drops if post_drops else summary["in_doubt"] == 0
     drops = st["dropped_before_create"] + st["dropped_after_create"] + st["dropped_gets"]
     assert drops > 0
     assert json.loads(stdout2)["requests"] == {}
