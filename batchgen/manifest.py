@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from batchgen.manifest_shape import check_shape
 from batchgen.manifest_spec import axis_labels, build_spec, too_many
 from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
+from batchgen.ratelimit import rate_from_text
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
@@ -218,22 +218,18 @@ def _dated(ctx: Context, key: str, text: str, run_date: dt.date, extra: dict[str
         return text
 
 
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*")
-
-
 def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
     settings = dict(DEFAULT_SETTINGS)
     if limits.rate is not None:
-        m = _RATE.fullmatch(limits.rate)
-        if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+        rate = rate_from_text(limits.rate)
+        if rate is None:
             ctx.add(
                 ("limits", "rate"),
                 f"limits.rate {limits.rate!r} is not a rate",
                 "write REQUESTS/SECONDS, e.g. 20/10s",
             )
         else:
-            unit = 60 if (m.group(3) or "s").startswith("m") else 1
-            settings["rate"] = [int(m.group(1)), float(m.group(2)) * unit]
+            settings["rate"] = [rate[0], rate[1]]
     for name in ("concurrency", "budget_usd", "max_attempts"):
         value = getattr(limits, name)
         if value is not None:

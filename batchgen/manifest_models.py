@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from batchgen.modelspec import DEFAULT_MODEL, load_model
+from batchgen.ratelimit import RATE_PATTERN
 
 #: one value of an input or a template variable; numbers become text where the model
 #: wants text (``duration: 5`` -> ``"5"``)
@@ -88,7 +89,7 @@ class Limits(_Strict):
     rate: StrictStr | None = Field(
         default=None,
         description="Request limit of the API key, REQUESTS/SECONDS (default 20/10s).",
-        pattern=r"^\s*\d+\s*/\s*\d+(\.\d+)?\s*(s|sec|seconds?|m|min)?\s*$",
+        pattern=RATE_PATTERN,
         examples=["20/10s"],
     )
     concurrency: Annotated[StrictInt, Field(ge=1)] | None = Field(

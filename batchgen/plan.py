@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from batchgen.modelspec import ModelSpec, load_model
+from batchgen.ratelimit import settings_rate
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store.jobs import spent_micro_usd
@@ -125,9 +126,7 @@ class Plan:
 
 
 def _rate(value: Any) -> tuple[int, float]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return int(value[0]), float(value[1])
-    return DEFAULT_RATE
+    return settings_rate(value) or DEFAULT_RATE
 
 
 def wall_seconds(

@@ -36,10 +36,35 @@ import heapq
 import itertools
 import math
 import random
+import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from batchgen.clock import Clock, SystemClock
+
+#: the REQUESTS/SECONDS notation of ``--rate`` and a manifest's ``limits.rate``
+#: (``20/10s``, ``20/10``, ``2/1m``); also the manifest JSON Schema's pattern
+RATE_PATTERN = r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*$"
+
+
+def rate_from_text(text: str) -> tuple[int, float] | None:
+    """``20/10s`` -> (20, 10.0), ``2/1m`` -> (2, 60.0); None when it is not a rate."""
+    m = re.fullmatch(RATE_PATTERN, text)
+    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+        return None
+    seconds = float(m.group(2)) * (60 if (m.group(3) or "s").startswith("m") else 1)
+    return int(m.group(1)), seconds
+
+
+def settings_rate(value: Any) -> tuple[int, float] | None:
+    """A rate as a batch's settings store it (``[20, 10.0]``); None when absent."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return int(value[0]), float(value[1])
+    if isinstance(value, dict) and "requests" in value:
+        return int(value["requests"]), float(value.get("seconds") or value.get("window_s") or 10)
+    return None
+
 
 #: below this many seconds, a wait is rounding noise: send now
 _EPS = 1e-6

@@ -2,8 +2,8 @@
 
 ``RunOptions`` carries the command-line values; the checks refuse a missing key, a
 bad API base URL or an output folder that cannot hold videos (exit 2) before a run
-is paid for. ``batch_settings`` and ``settings_rate`` read the settings a batch was
-stored with, for the values the command line did not give.
+is paid for. ``batch_settings`` reads the settings a batch was stored with, for the
+values the command line did not give (``ratelimit.settings_rate`` reads its rate).
 """
 
 from __future__ import annotations
@@ -135,14 +135,6 @@ def batch_settings(batch: Batch) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def settings_rate(value: Any) -> tuple[int, float] | None:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return int(value[0]), float(value[1])
-    if isinstance(value, dict) and "requests" in value:
-        return int(value["requests"]), float(value.get("seconds") or value.get("window_s") or 10)
-    return None
-
-
 __all__ = [
     "DEFAULT_BASE_URL",
     "RunOptions",
@@ -151,5 +143,4 @@ __all__ = [
     "check_api_key",
     "check_base_url",
     "check_out_dir",
-    "settings_rate",
 ]

@@ -38,7 +38,7 @@ from batchgen.lock import abatch_lock
 from batchgen.manifest import Overrides, load_manifest
 from batchgen.polling import DurationModel, api_duration, run_class
 from batchgen.progress import RequestTally, Snapshot, make_progress
-from batchgen.ratelimit import RequestLimiter
+from batchgen.ratelimit import RequestLimiter, settings_rate
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run_options import (
@@ -49,7 +49,6 @@ from batchgen.run_options import (
     check_api_key,
     check_base_url,
     check_out_dir,
-    settings_rate,
 )
 from batchgen.run_signals import interrupt_on_signals
 from batchgen.store import batches

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ from typing import Annotated
 import typer
 
 from batchgen.errors import UsageError
+from batchgen.ratelimit import rate_from_text
 from batchgen.store.reader import DEFAULT_DB
 
 app = typer.Typer(
@@ -66,11 +66,10 @@ def parse_rate(text: str | None) -> tuple[int, float] | None:
     """``20/10s``, ``20/10``, ``2/1s`` -> (requests, seconds)."""
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*", text)
-    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+    rate = rate_from_text(text)
+    if rate is None:
         raise UsageError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 20/10s")
-    seconds = float(m.group(2)) * (60 if (m.group(3) or "s").startswith("m") else 1)
-    return int(m.group(1)), seconds
+    return rate
 
 
 def parse_date(text: str | None) -> dt.date | None:
