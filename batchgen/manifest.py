@@ -27,13 +27,13 @@ from batchgen.manifest_shape import check_shape
 from batchgen.manifest_spec import axis_labels, build_spec, too_many
 from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
-from batchgen.ratelimit import rate_from_text
+from batchgen.ratelimit import DEFAULT_RATE, rate_from_text
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "rate": [20, 10.0],
+    "rate": list(DEFAULT_RATE),
     # At 20 requests per 10 s a key can start about one run a second, and runs take
     # 40-90 s: it takes this many in flight to keep the limit busy.
     "concurrency": 100,

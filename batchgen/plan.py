@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from batchgen.manifest import DEFAULT_SETTINGS
 from batchgen.modelspec import ModelSpec, load_model
-from batchgen.ratelimit import settings_rate
+from batchgen.ratelimit import DEFAULT_RATE, settings_rate
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store.jobs import spent_micro_usd
@@ -30,8 +31,6 @@ AXIS_DETAIL = 50
 NO_LABEL = "(none)"
 #: a job costs at least a POST and one poll against the key's request limit
 REQUESTS_PER_JOB = 2
-DEFAULT_RATE = (20, 10.0)
-DEFAULT_CONCURRENCY = 100
 #: jobs looked up in the database at once
 LOOKUP = 2_000
 
@@ -125,10 +124,6 @@ class Plan:
         }
 
 
-def _rate(value: Any) -> tuple[int, float]:
-    return settings_rate(value) or DEFAULT_RATE
-
-
 def wall_seconds(
     jobs: int, generation_s: float, rate: tuple[int, float], concurrency: int
 ) -> float:
@@ -169,8 +164,8 @@ class _Pricer:
 def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int = 5) -> Plan:
     """The plan of ``loaded``; with ``db`` (read-only is enough), against what it holds."""
     settings = loaded.settings
-    rate = _rate(settings.get("rate"))
-    concurrency = int(settings.get("concurrency") or DEFAULT_CONCURRENCY)
+    rate = settings_rate(settings.get("rate")) or DEFAULT_RATE
+    concurrency = int(settings.get("concurrency") or DEFAULT_SETTINGS["concurrency"])
     budget = settings.get("budget_usd")
     budget_usd = None if budget is None else float(budget)
     pricer = _Pricer(loaded.model)

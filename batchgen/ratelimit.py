@@ -43,6 +43,9 @@ from typing import Any
 
 from batchgen.clock import Clock, SystemClock
 
+#: what Runbase allows one key: 20 requests per 10 s, POST and GET together
+DEFAULT_RATE: tuple[int, float] = (20, 10.0)
+
 #: the REQUESTS/SECONDS notation of ``--rate`` and a manifest's ``limits.rate``
 #: (``20/10s``, ``20/10``, ``2/1m``); also the manifest JSON Schema's pattern
 RATE_PATTERN = r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min)?\s*$"

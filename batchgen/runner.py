@@ -35,10 +35,10 @@ from batchgen.engine import EngineConfig, RunEngine
 from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
-from batchgen.manifest import Overrides, load_manifest
+from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest
 from batchgen.polling import DurationModel, api_duration, run_class
 from batchgen.progress import RequestTally, Snapshot, make_progress
-from batchgen.ratelimit import RequestLimiter, settings_rate
+from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run_options import (
@@ -265,9 +265,13 @@ class _Run:
         assert self.db is not None and batch.id is not None
         opts = self.opts
         settings = batch_settings(batch)
-        rate = opts.rate or settings_rate(settings.get("rate")) or (20, 10.0)
-        concurrency = opts.concurrency or int(settings.get("concurrency") or 100)
-        max_attempts = opts.max_attempts or int(settings.get("max_attempts") or 5)
+        rate = opts.rate or settings_rate(settings.get("rate")) or DEFAULT_RATE
+        concurrency = opts.concurrency or int(
+            settings.get("concurrency") or DEFAULT_SETTINGS["concurrency"]
+        )
+        max_attempts = opts.max_attempts or int(
+            settings.get("max_attempts") or DEFAULT_SETTINGS["max_attempts"]
+        )
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
