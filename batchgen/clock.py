@@ -8,6 +8,11 @@ import time
 from typing import Protocol
 
 
+def iso_utc(t: float) -> str:
+    """A wall-clock time as ISO 8601 in UTC with milliseconds (logs, exports, the API)."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Wall-clock seconds since the epoch (recorded in the database)."""

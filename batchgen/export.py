@@ -10,7 +10,6 @@ from the database (twice for CSV: once to learn the columns).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy import Engine
 
+from batchgen.clock import iso_utc
 from batchgen.polling import api_duration
 from batchgen.sidecar import atomic_writer
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
@@ -55,9 +55,7 @@ FIELDS: dict[str, str] = {
 
 
 def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+    return None if t is None else iso_utc(t)
 
 
 def record(job: JobRow, *, batch: str, out_dir: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ is not http(s)) are usage errors: exit 2 before anything is sent.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -22,15 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchgen.clock import iso_utc
 from batchgen.errors import Problem, UsageError
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
 from batchgen.sidecar import atomic_write_text, scrub
 
 log = logging.getLogger(__name__)
-
-
-def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def build_observers(
@@ -116,7 +112,7 @@ class JsonLog:
         self.batch = ev.batch
         self._write(
             {
-                "ts": iso(ev.at),
+                "ts": iso_utc(ev.at),
                 "event": "transition",
                 "batch": ev.batch,
                 "job_key": ev.job_key,
@@ -131,7 +127,7 @@ class JsonLog:
     def request(self, ev: RequestEvent) -> None:
         self._write(
             {
-                "ts": iso(ev.at),
+                "ts": iso_utc(ev.at),
                 "event": "request",
                 "batch": self.batch,
                 "method": ev.method,
@@ -143,7 +139,7 @@ class JsonLog:
         )
 
     def finished(self, summary: RunSummary) -> None:
-        record = {"ts": iso(summary.finished_at), "event": "finished", **summary.to_json()}
+        record = {"ts": iso_utc(summary.finished_at), "event": "finished", **summary.to_json()}
         self._write(record)
         self.close()
 
@@ -184,4 +180,4 @@ class SummaryFile:
             log.error("--summary-file %s: cannot write (%s)", self.path, exc)
 
 
-__all__ = ["JsonLog", "SummaryFile", "build_observers", "check_url", "iso", "scrub"]
+__all__ = ["JsonLog", "SummaryFile", "build_observers", "check_url", "scrub"]

@@ -9,13 +9,13 @@ GET, so nothing ticks in the background. ``RunBook.settle`` books what finished
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchgen.clock import iso_utc
 from batchgen.modelspec import ModelSpec
 from batchgen.sim.config import SimConfig
 
@@ -95,10 +95,6 @@ class RunBook:
         return counts
 
 
-def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
-
-
 def view(
     run: SimRun, now: float, urls: Callable[[SimRun], list[str]], *, created: bool = False
 ) -> dict[str, Any]:
@@ -110,12 +106,12 @@ def view(
         "model": run.model,
         "status": status,
         "costUsd": run.cost,
-        "createdAt": iso(run.created),
+        "createdAt": iso_utc(run.created),
     }
     if status == "succeeded":
         out["output"] = {"urls": urls(run)}
-        out["completedAt"] = iso(run.ends)
+        out["completedAt"] = iso_utc(run.ends)
     elif status == "failed":
-        out["completedAt"] = iso(run.ends)
+        out["completedAt"] = iso_utc(run.ends)
         out["error"] = {"message": FAILED_MESSAGE, "code": "generation_failed"}
     return out
