@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -157,12 +157,22 @@ class RunbaseClient:
         )
         return self._run(data, model=model, route=ROUTE_CREATE)
 
-    async def get_run(self, run_id: str, *, priority: int = 0) -> Run:
-        """GET /api/v1/runs/{id}: the run now (status; urls when succeeded)."""
+    async def get_run(
+        self, run_id: str, *, priority: int = 0, on_sent: Callable[[bool], None] | None = None
+    ) -> Run:
+        """GET /api/v1/runs/{id}: the run now (status; urls when succeeded).
+
+        ``on_sent(True)`` is called when the request leaves the limiter (the key spends
+        it), ``on_sent(False)`` when a 429 sends it back to wait there.
+        """
         if not run_id:
             raise ValueError("run_id is empty")
         data = await self._call(
-            "GET", f"/api/v1/runs/{quote(run_id, safe='')}", ROUTE_GET, priority=priority
+            "GET",
+            f"/api/v1/runs/{quote(run_id, safe='')}",
+            ROUTE_GET,
+            priority=priority,
+            on_sent=on_sent,
         )
         return self._run(data, model="", route=ROUTE_GET)
 
@@ -210,12 +220,15 @@ class RunbaseClient:
         priority: int,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        on_sent: Callable[[bool], None] | None = None,
     ) -> Any:
         url = self.base_url + path
         extra = headers or {}
         rate_limited = 0
         while True:
             sent_at = await self.limiter.acquire(priority)
+            if on_sent is not None:
+                on_sent(True)
             started = self._clock.monotonic()
             try:
                 status, reason, retry_after, raw = await self._send(method, url, body, extra)
@@ -263,6 +276,8 @@ class RunbaseClient:
                 error.message = f"{error.message} ({rate_limited} times in a row; giving up)"
                 error.args = (error.message,)
                 raise error
+            if on_sent is not None:
+                on_sent(False)  # back to waiting in the limiter
 
     async def _send(
         self, method: str, url: str, body: bytes | None, extra: Mapping[str, str]

@@ -187,7 +187,7 @@ class RunEngine(Submitter, Poller, Downloader):
         tick = min(0.25, max(0.02, self.durations.policy.min_interval_s / 2))
         nxt = now + tick
         for act in self._running.values():
-            busy = act.job.id in self._polls and act.job.id != self._early_id
+            busy = act.job.id in self._polls and act.job.id != self._early_waiting_id
             if not busy and act.next_poll < nxt:
                 nxt = act.next_poll
         if self._later:

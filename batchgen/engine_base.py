@@ -56,7 +56,9 @@ class ApiClient(Protocol):
         self, model: str, input: dict[str, Any], *, idempotency_key: str, priority: int = 1
     ) -> RunLike: ...
 
-    async def get_run(self, run_id: str, *, priority: int = 0) -> RunLike: ...
+    async def get_run(
+        self, run_id: str, *, priority: int = 0, on_sent: Callable[[bool], None] | None = None
+    ) -> RunLike: ...
 
 
 #: brings a succeeded run's files home: (job, urls, refresh) -> fields for ``succeeded``
@@ -175,6 +177,7 @@ class EngineBase:
         self._polls: dict[int, asyncio.Task[None]] = {}
         self._early: asyncio.Task[None] | None = None  # the one early poll, if any
         self._early_id: int | None = None  # ... and its job
+        self._early_sent = False  # ... and whether it is on the wire (out of the limiter)
         self._downloads: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
 
@@ -193,6 +196,12 @@ class EngineBase:
         self.counts: dict[str, int] = store.counts(db, self.batch_id)
         self.in_doubt_seen: set[int] = set()
         self.started = self.clock.monotonic()
+
+    @property
+    def _early_waiting_id(self) -> int | None:
+        """The job of the early poll still waiting for spare capacity (None: no such poll;
+        one already sent is a poll in flight like any other: its answer is coming)."""
+        return None if self._early is None or self._early_sent else self._early_id
 
     # ------------------------------------------------------------ public
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from batchgen.engine_base import ActiveRun, EngineBase, RunLike
@@ -48,16 +49,18 @@ class Poller(EngineBase):
         room = self.limiter.max_requests - len(self._polls)
         if room <= 0:
             return
+        waiting = self._early_waiting_id
         due = [
             a
             for a in self._running.values()
-            if a.next_poll <= now and (a.job.id not in self._polls or a.job.id == self._early_id)
+            if a.next_poll <= now and (a.job.id not in self._polls or a.job.id == waiting)
         ]
         due.sort(key=lambda a: a.next_poll)
         for act in due[:room]:
-            if act.job.id == self._early_id and self._early is not None:
+            if act.job.id == waiting and self._early is not None:
                 # Its early poll is still waiting for spare capacity, which may never
-                # come; now that the run is due, it goes again as a due poll.
+                # come; now that the run is due, it goes again as a due poll. (One
+                # already sent is left alone: the key paid for it, its answer counts.)
                 self._early.cancel()
                 self._early, self._early_id = None, None
             self._start_poll(act, priority=0)
@@ -84,12 +87,18 @@ class Poller(EngineBase):
             if score > best_score:
                 best, best_score = act, score
         if best is not None:
-            self._early = self._start_poll(best, priority=2)
+            self._early_sent = False
+            self._early = self._start_poll(best, priority=2, on_sent=self._early_left)
             self._early_id = best.job.id
 
-    def _start_poll(self, act: ActiveRun, *, priority: int) -> asyncio.Task[None]:
+    def _early_left(self, sent: bool) -> None:
+        self._early_sent = sent
+
+    def _start_poll(
+        self, act: ActiveRun, *, priority: int, on_sent: Callable[[bool], None] | None = None
+    ) -> asyncio.Task[None]:
         assert act.job.id is not None
-        task = asyncio.create_task(self._poll(act, priority))
+        task = asyncio.create_task(self._poll(act, priority, on_sent))
         self._polls[act.job.id] = task
         return task
 
@@ -97,12 +106,14 @@ class Poller(EngineBase):
         for task in list(self._polls.values()):
             task.cancel()
 
-    async def _poll(self, act: ActiveRun, priority: int) -> None:
+    async def _poll(
+        self, act: ActiveRun, priority: int, on_sent: Callable[[bool], None] | None
+    ) -> None:
         job_id = act.job.id
         assert job_id is not None and act.job.run_id is not None
         try:
             try:
-                run = await self.client.get_run(act.job.run_id, priority=priority)
+                run = await self.client.get_run(act.job.run_id, priority=priority, on_sent=on_sent)
             except RunNotFound as exc:
                 self._lost(act, exc)
                 return
