@@ -89,8 +89,47 @@ def read_version(conn: sqlite3.Connection) -> int | None:
     ).fetchone()
     if not has_meta:
         return None
-    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    return int(row[0]) if row else None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else None
+    except (sqlite3.OperationalError, ValueError, TypeError):
+        return None  # another program's `meta` table: no version of ours
+
+
+def refuse_foreign(path: Path) -> None:
+    """Before anything may write to ``path``: refuse (``StateError``, exit 2) a file that
+    is not a batchgen state database, or is of a newer schema, leaving it byte for byte.
+
+    A missing or 0-byte file, or an SQLite file with nothing in it, may become ours.
+    Checked with a read-only connection, before SQLAlchemy connects (which already
+    switches the journal to WAL, a write).
+    """
+    refuse_folder(path)
+    try:
+        if path.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(unreadable_message(path, exc.strerror or exc)) from None
+    try:
+        conn = connect_readonly(path)
+        try:
+            version = read_version(conn)
+            if version is None:
+                (objects,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if objects:
+                    raise StateError(
+                        f"{path}: not a batchgen state database (it holds another program's "
+                        "tables and no batchgen schema version); left untouched: point --db "
+                        "at a new file"
+                    )
+            else:
+                check_version(version, path)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(unreadable_message(path, exc)) from None
 
 
 def check_version(version: int | None, path: Path) -> int:

@@ -36,6 +36,7 @@ from batchgen.store.reader import (
     open_readonly,
     read_version,
     refuse_folder,
+    refuse_foreign,
     unreadable_message,
 )
 
@@ -175,6 +176,7 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
         )
         event.listen(engine, "begin", _begin_deferred)
         return engine
+    refuse_foreign(path)  # another program's file, or a newer schema: never touched
     path.parent.mkdir(parents=True, exist_ok=True)
     # URL.create keeps the path verbatim: in a URL string "?" and "%" would be parsed
     engine = create_engine(URL.create("sqlite", database=str(path)))
@@ -216,10 +218,16 @@ MIGRATIONS: dict[int, list[str]] = {
 def _migrate(engine: Engine, path: Path) -> None:
     version = _read_version(engine)
     if version is None:
-        SQLModel.metadata.create_all(engine)
-        with Session(engine) as session:
-            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            session.commit()
+        # tables and version in one transaction: a crash between them must not leave a
+        # file that the next start takes for another program's
+        with engine.begin() as conn:
+            (objects,) = conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").one()
+            if objects:  # appeared since refuse_foreign looked
+                raise StateError(f"{path}: not a batchgen state database; left untouched")
+            SQLModel.metadata.create_all(conn)
+            conn.execute(
+                Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION))  # type: ignore[attr-defined]
+            )
         return
     check_version(version, path)
     with engine.begin() as conn:
