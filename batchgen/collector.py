@@ -60,8 +60,11 @@ class Downloader(EngineBase):
                 job,
                 JobState.FAILED,
                 finished_at=self.clock.now(),
-                last_error=f"run {run_id} lost before download: {exc}",
-                error_code=exc.code,
+                last_error=(
+                    f"run {run_id} (paid) is gone ({exc}): its video cannot be fetched "
+                    "again; only `batchgen retry BATCH --job KEY --pay-again` pays for a new one"
+                ),
+                error_code=store.OUTPUT_LOST,
             )
             return
         except Exception as exc:  # DownloadError, disk full, a bad file: try again later
@@ -132,7 +135,15 @@ def make_collect(
         )
         root.mkdir(parents=True, exist_ok=True)
         saved = await download.fetch_outputs(
-            session, urls, root, stem, refresh_urls=refresh, expect=expect, retry=retry
+            session,
+            urls,
+            root,
+            stem,
+            refresh_urls=refresh,
+            expect=expect,
+            retry=retry,
+            # a repair after the files were damaged keeps a video that is still intact
+            known_sha256=json.loads(job.checksums_json or "[]"),
         )
         notes = [f.note for f in saved if f.note]
         rel = [_relative(f.path, root) for f in saved]

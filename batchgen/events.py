@@ -47,6 +47,8 @@ class RunSummary:
     started_at: float
     finished_at: float
     failures: list[dict[str, Any]] = field(default_factory=list)  # key, idx, error
+    #: succeeded jobs whose files were missing or damaged on disk, fetched again
+    repaired: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class RunSummary:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "failures": self.failures,
+            "repaired": self.repaired,
         }
 
 

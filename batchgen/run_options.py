@@ -55,6 +55,8 @@ class RunOptions:
     #: the limiter's safety margin on the window (None: the limiter's default)
     limiter_margin_s: float | None = None
     poll_policy: PollPolicy | None = None
+    #: also compare each succeeded job's files with their recorded sha256 (not only size)
+    verify: bool = False
     retry_policy: RetryPolicy | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: bad command-line values found by the CLI: the run ends with exit 2, and the

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import Engine
 
-from batchgen import images
+from batchgen import images, on_disk
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
@@ -187,6 +187,8 @@ class _Run:
         self.batch_name = ""
         self.engine: RunEngine | None = None
         self.out_dir = ""
+        #: succeeded jobs whose files were missing or damaged, sent back to downloading
+        self.repairs: list[int] = []
         #: set by a signal: stops a wait for the lock (the engine is told directly)
         self.stop_event = asyncio.Event()
         self.interrupted: str | None = None
@@ -259,6 +261,13 @@ class _Run:
                     now=self.clock.now(),
                 )
                 log.info("re-queued: %s", done)
+                if done.get("output_lost"):
+                    log.warning(
+                        "%d failed job(s) stay failed: their paid run is gone with its "
+                        "video; `batchgen retry %s --job KEY --pay-again` pays for a new one",
+                        done["output_lost"],
+                        self.batch_name,
+                    )
             return await self._engine_run(self.batch)
 
     async def _engine_run(self, batch: Batch) -> tuple[ExitCode, str]:
@@ -276,6 +285,12 @@ class _Run:
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
         check_out_dir(out_dir)
+        # "done" means every video is on disk as recorded: a stat per file (a hash with
+        # --verify), in a thread so that a signal is still handled during a long scan
+        damaged = await asyncio.to_thread(
+            on_disk.find_damaged, self.db, batch.id, out_dir, verify=opts.verify
+        )
+        self.repairs = on_disk.mark_for_repair(self.db, damaged, now=self.clock.now())
 
         limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
@@ -372,7 +387,7 @@ class _Run:
         counts: dict[str, int] = {}
         spend = 0
         failures: list[dict[str, Any]] = []
-        in_doubt = 0
+        in_doubt = repaired = 0
         if self.db is not None and self.batch is not None and self.batch.id is not None:
             try:
                 counts = {k: v for k, v in store.counts(self.db, self.batch.id).items() if v}
@@ -382,6 +397,7 @@ class _Run:
                     for f in store.failures(self.db, self.batch.id)
                 ]
                 in_doubt = store.in_doubt_since(self.db, self.batch.id, started)
+                repaired = on_disk.repaired(self.db, self.repairs)
             except Exception:
                 log.exception("could not read the final counts")
             if not self.out_dir:
@@ -402,6 +418,7 @@ class _Run:
             started_at=started,
             finished_at=finished,
             failures=failures,
+            repaired=repaired,
         )
 
 

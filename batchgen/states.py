@@ -40,7 +40,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     R: frozenset({R, DL, Q, F, C}),
     # downloading -> running: URLs expired and the run must be fetched again
     DL: frozenset({DL, R, OK, F}),
-    OK: frozenset(),
+    # succeeded -> downloading: its files were deleted or damaged since; the run is paid
+    OK: frozenset({DL}),
     # batchgen retry --failed; -> downloading: the run is paid, only its files are missing
     F: frozenset({Q, DL}),
     C: frozenset({Q}),  # a later run of the manifest re-enables canceled jobs

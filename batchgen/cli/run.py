@@ -113,6 +113,14 @@ MetricsOpt = Annotated[
 NotifyOpt = Annotated[
     str | None, typer.Option("--notify-url", help="POST a JSON notice here when the run ends.")
 ]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Also check every finished video's sha256 against its record (not only its "
+        "size); a damaged one is fetched again from its paid run.",
+    ),
+]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="Keep an HTML report up to date while running.")
 ]
@@ -149,6 +157,8 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
     elif not as_json:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
         where = f"outputs in {summary.out_dir}; " if summary.out_dir else ""
+        if summary.repaired:
+            where = f"{summary.repaired} missing or damaged video(s) fetched again; {where}"
         print(
             f"batchgen: {summary.batch}: {summary.reason} ({counts or 'no jobs'}); "
             f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
@@ -188,6 +198,7 @@ def run(
     metrics_file: MetricsOpt = None,
     notify_url: NotifyOpt = None,
     report: ReportOpt = None,
+    verify: VerifyOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Expand MANIFEST into jobs (idempotently) and take them all to done.
@@ -222,6 +233,7 @@ def run(
         progress="auto",
         handle_signals=True,
         problems=problems,
+        verify=verify,
     )
     _finish(run_batch(db, api_key=key, manifest=manifest, options=options), json_out)
 
@@ -240,6 +252,7 @@ def _resume_options(
     notify_url: str | None,
     report: Path | None,
     in_doubt: InDoubt = InDoubt.resubmit,
+    verify: bool = False,
 ) -> RunOptions:
     from batchgen.runner import RunOptions
 
@@ -261,6 +274,7 @@ def _resume_options(
         progress="auto",
         handle_signals=True,
         problems=problems,
+        verify=verify,
     )
 
 
@@ -283,6 +297,7 @@ def resume(
     metrics_file: MetricsOpt = None,
     notify_url: NotifyOpt = None,
     report: ReportOpt = None,
+    verify: VerifyOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Continue a batch from the state database alone (no manifest needed).
@@ -295,6 +310,7 @@ def resume(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
+        verify=verify,
     )  # fmt: skip
     _finish(run_batch(db, api_key=key, batch=batch, options=options), json_out)
 
@@ -320,12 +336,14 @@ def retry(
     metrics_file: MetricsOpt = None,
     notify_url: NotifyOpt = None,
     report: ReportOpt = None,
+    verify: VerifyOpt = False,
     json_out: JsonOption = False,
 ) -> None:
     """Re-queue failed and/or held in-doubt jobs of BATCH, then continue it.
 
     With neither flag, both. A failed job whose run was paid but whose files could
-    not be fetched is fetched again, not paid again.
+    not be fetched is fetched again, not paid again; one whose paid run is gone
+    (output_lost) stays failed.
 
     Example: batchgen retry nightly-2024-05-01 --failed
     """
@@ -337,6 +355,7 @@ def retry(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report,
+        verify=verify,
     )  # fmt: skip
     summary = run_batch(
         db,

@@ -38,6 +38,10 @@ ACTIVE: tuple[JobState, ...] = (
 #: ``error_code`` of a job that failed only because its outputs could not be fetched:
 #: its run is paid, so ``retry --failed`` fetches again instead of resubmitting
 DOWNLOAD_FAILED = "download_failed"
+#: ``error_code`` of a job whose run succeeded (and was paid) but is gone (404) before
+#: its files were home, or after they were lost from disk: ``retry --failed`` leaves it
+#: failed; paying for a new run takes an explicit request
+OUTPUT_LOST = "output_lost"
 
 
 def _session(engine: Engine) -> Session:
@@ -191,7 +195,7 @@ def requeue(
     (never paid twice); any other failed job is queued with its transient error count
     reset. An in-doubt job keeps its idempotency key, so it is resent with that key.
     """
-    done = {"failed": 0, "downloads": 0, "in_doubt": 0}
+    done = {"failed": 0, "downloads": 0, "in_doubt": 0, "output_lost": 0}
     with _session(engine) as s:
         states = ([JobState.FAILED.value] if failed else []) + (
             [JobState.IN_DOUBT.value] if in_doubt else []
@@ -204,6 +208,8 @@ def requeue(
             elif job.error_code == DOWNLOAD_FAILED and job.run_id:
                 transition(s, job, JobState.DOWNLOADING, at=now, detail="retry --failed")
                 done["downloads"] += 1
+            elif job.error_code == OUTPUT_LOST:
+                done["output_lost"] += 1  # paid once already: never re-paid implicitly
             else:
                 # A job whose run failed needs a new attempt (a new idempotency key); one
                 # that never got a run id keeps its key, in case a POST did create one.

@@ -1,0 +1,159 @@
+"""Are the videos of succeeded jobs still on disk, as recorded? (Before a run says "done".)
+
+A job is ``succeeded`` once its files were fetched, checked and recorded. Someone may
+delete or overwrite them later, or point ``--out`` at an empty folder. ``run``,
+``resume`` and ``retry`` therefore look at every succeeded job's files before they hand
+over to the engine, and send the damaged ones back to ``downloading``: the engine
+then fetches them again the usual way (one GET of the run for fresh URLs, streamed,
+checked, atomic), or fails them with ``output_lost`` when the run is gone.
+
+What is compared: each file's size with the ``size`` in its sidecar (whose ``sha256``
+must be the one the database recorded), so the check costs one ``stat`` and one small
+read per file; with ``verify`` also the file's sha256 with the recorded one. A file
+whose sidecar is missing is fetched "again" too: the download keeps a video that still
+has the recorded checksum and only rewrites the sidecar.
+
+The scan is blocking file-system work: ``find_damaged`` runs in a worker thread and
+reads the jobs a page at a time, so a batch of a million jobs never sits in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from batchgen.sidecar import read_sidecar
+from batchgen.states import JobState
+from batchgen.store.schema import Job, transition
+
+log = logging.getLogger(__name__)
+
+PAGE = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    job_id: int
+    idx: int
+    reason: str  # "001-fox.mp4 is missing", ...
+
+
+def find_damaged(db: Engine, batch_id: int, out_dir: Path, *, verify: bool) -> list[Damage]:
+    """Every succeeded job of the batch whose files are not in ``out_dir`` as recorded."""
+    damaged: list[Damage] = []
+    after = 0
+    while True:
+        with db.connect() as conn:
+            rows = conn.execute(
+                select(Job.id, Job.idx, Job.output_paths_json, Job.checksums_json)
+                .where(
+                    Job.batch_id == batch_id,
+                    Job.state == JobState.SUCCEEDED.value,
+                    col(Job.id) > after,
+                )
+                .order_by(col(Job.id))
+                .limit(PAGE)
+            ).all()
+            conn.rollback()
+        for job_id, idx, paths_json, sums_json in rows:
+            reason = file_problem(out_dir, _strings(paths_json), _strings(sums_json), verify)
+            if reason is not None:
+                damaged.append(Damage(int(job_id), int(idx), reason))
+        if len(rows) < PAGE:
+            return damaged
+        after = int(rows[-1][0])
+
+
+def file_problem(root: Path, paths: list[str], sums: list[str], verify: bool) -> str | None:
+    """Why the recorded files ``paths`` (relative to ``root``) are not as recorded, or None."""
+    if not paths:
+        return "no file recorded"
+    for i, rel in enumerate(paths):
+        video = root / rel
+        try:
+            st = video.stat()
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        except OSError as exc:
+            return f"{rel} cannot be read ({exc.strerror or exc})"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{rel} is not a file"
+        want = sums[i] if i < len(sums) else None
+        try:
+            side = read_sidecar(video)
+        except (OSError, ValueError):
+            return f"{rel}: its sidecar is missing or unreadable"
+        if want and side.get("sha256") != want:
+            return f"{rel}: its sidecar does not match the record"
+        if side.get("size") != st.st_size:
+            return f"{rel} has {st.st_size} bytes, {side.get('size')} recorded"
+        if verify and want and _sha256(video) != want:
+            return f"{rel}: sha256 differs from the record"
+    return None
+
+
+def mark_for_repair(db: Engine, damaged: list[Damage], *, now: float) -> list[int]:
+    """Send the damaged jobs back to ``downloading`` (their runs are paid: never resubmitted).
+
+    Returns the ids moved; a job another process changed meanwhile is left alone.
+    """
+    moved: list[int] = []
+    for start in range(0, len(damaged), PAGE):
+        chunk = {d.job_id: d for d in damaged[start : start + PAGE]}
+        with Session(db, expire_on_commit=False) as s:
+            jobs = s.exec(select(Job).where(col(Job.id).in_(list(chunk)))).all()
+            for job in jobs:
+                assert job.id is not None
+                if job.state != JobState.SUCCEEDED.value:
+                    continue
+                reason = chunk[job.id].reason
+                log.warning("job #%d: %s; fetching it again from its paid run", job.idx, reason)
+                transition(s, job, JobState.DOWNLOADING, at=now, detail=f"output check: {reason}")
+                moved.append(job.id)
+            s.commit()
+    return moved
+
+
+def repaired(db: Engine, job_ids: list[int]) -> int:
+    """How many of ``job_ids`` are succeeded again."""
+    n = 0
+    for start in range(0, len(job_ids), PAGE):
+        with Session(db) as s:
+            n += len(
+                s.exec(
+                    select(Job.id).where(
+                        col(Job.id).in_(job_ids[start : start + PAGE]),
+                        Job.state == JobState.SUCCEEDED.value,
+                    )
+                ).all()
+            )
+    return n
+
+
+def _strings(text: str | None) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+__all__ = ["Damage", "file_problem", "find_damaged", "mark_for_repair", "repaired"]
