@@ -71,6 +71,7 @@ class LoadedManifest:
     axes: dict[str, list[str]]  # axis -> value labels, in order (for `plan`)
     spec: Spec = field(repr=False, compare=False)
     notes: list[str] = field(default_factory=list)  # warnings known without counting
+    sources: tuple[Path, ...] = ()  # the files it names: values, rows, local images
     _counts: Counts | None = field(default=None, repr=False, compare=False)
 
     def counts(self) -> Counts:
@@ -178,7 +179,18 @@ def load_manifest(
         axes=axis_labels(spec),
         spec=spec,
         notes=resolver.notes,
+        sources=tuple(dict.fromkeys(resolver.sources)),
     )
+
+
+def named_files(path: Path | str, run_date: str | None = None) -> tuple[Path, ...]:
+    """The files a stored batch's manifest names now (values, rows, local images), so
+    that no output replaces one; () when the manifest no longer loads."""
+    try:
+        date = dt.date.fromisoformat(run_date) if run_date else None
+        return load_manifest(Path(path), date=date).sources
+    except (UsageError, OSError, ValueError):
+        return ()
 
 
 def _fail(ctx: Context) -> NoReturn:

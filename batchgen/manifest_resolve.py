@@ -90,6 +90,7 @@ class Resolver:
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
         self.notes: list[str] = []  # warnings that are no problems
+        self.sources: list[Path] = []  # files the manifest names (no output may replace them)
 
     # ------------------------------------------------------------ values
 
@@ -218,7 +219,8 @@ class Resolver:
             return None
         if written not in self._images:
             try:
-                found = check_image(resolve(written, self.base_dir))
+                self.sources.append(resolve(written, self.base_dir))
+                found = check_image(self.sources[-1])
             except ImageError as exc:
                 self.ctx.add(where, f"{_dotted(where)}: {exc}", exc.fix)
                 self._images[written] = None
@@ -314,6 +316,7 @@ class Resolver:
 
     def file_values(self, written: str, where: YamlPath) -> list[tuple[Any, Where]] | None:
         path = resolve(written, self.base_dir)
+        self.sources.append(path)
         try:
             return [(text, (path, n)) for n, text in read_lines(path)]
         except FileProblem as exc:
@@ -331,6 +334,7 @@ class Resolver:
         items: list[tuple[dict[str, Any], Where]]
         if isinstance(rows, str):
             path = resolve(rows, self.base_dir)
+            self.sources.append(path)
             try:
                 items = [(r.values, (path, r.line)) for r in read_rows(path)]
             except FileProblem as exc:

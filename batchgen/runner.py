@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import Engine
 
-from batchgen import images, on_disk
+from batchgen import images, on_disk, outputs
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
@@ -35,7 +35,7 @@ from batchgen.engine import EngineConfig, RunEngine
 from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
-from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest
+from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest, named_files
 from batchgen.polling import DurationModel, api_duration, run_class
 from batchgen.progress import RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
@@ -107,8 +107,14 @@ async def arun_batch(
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
+    # an output naming the database or the manifest is exit 2, and is never written
+    opts, clashes = outputs.safe_options(opts, outputs.Protected.of(db_path, manifest))
     # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
-    problems: list[Problem] = [*opts.problems, *report_path_problems(opts.report_path)]
+    problems: list[Problem] = [
+        *opts.problems,
+        *clashes,
+        *report_path_problems(opts.report_path),
+    ]
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
@@ -187,6 +193,8 @@ class _Run:
         self.batch_name = ""
         self.engine: RunEngine | None = None
         self.out_dir = ""
+        #: the files no output may replace (set once the manifest or batch is known)
+        self.protected = outputs.Protected.of(db_path)
         #: succeeded jobs whose files were missing or damaged, sent back to downloading
         self.repairs: list[int] = []
         #: set by a signal: stops a wait for the lock (the engine is told directly)
@@ -219,7 +227,12 @@ class _Run:
             day = self.opts.date or self.clock.today()
             loaded = load_manifest(manifest, date=day, overrides=overrides)
             self.batch_name = loaded.name
+            self.protected = outputs.Protected.of(self.db_path, loaded.path, loaded.sources)
+            self._refuse_clashes()
             check_out_dir(loaded.out_dir)
+            in_the_way = outputs.folder_problems(loaded.out_dir, self.protected, "--out")
+            if in_the_way:
+                raise UsageError(in_the_way)
         if loaded is None and not self.db_path.exists():
             raise UsageError(
                 [
@@ -234,6 +247,10 @@ class _Run:
         if loaded is None:
             found = find_batch(db, batch)
             self.batch_name = found.name
+            self.protected = outputs.Protected.of(
+                self.db_path, found.manifest_path, named_files(found.manifest_path, found.run_date)
+            )
+            self._refuse_clashes()
         # waits without blocking the loop, so a signal during --wait-lock ends it cleanly
         async with abatch_lock(
             self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=self.stop_event
@@ -270,6 +287,13 @@ class _Run:
                     )
             return await self._engine_run(self.batch)
 
+    def _refuse_clashes(self) -> None:
+        """Outputs that would replace a file the manifest names: exit 2, never written."""
+        self.opts, problems = outputs.safe_options(self.opts, self.protected)
+        if problems:
+            outputs.drop_writers(self.observers, self.protected)
+            raise UsageError(problems)
+
     async def _engine_run(self, batch: Batch) -> tuple[ExitCode, str]:
         assert self.db is not None and batch.id is not None
         opts = self.opts
@@ -285,6 +309,9 @@ class _Run:
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
         check_out_dir(out_dir)
+        in_the_way = outputs.folder_problems(out_dir, self.protected, "--out")
+        if in_the_way:
+            raise UsageError(in_the_way)
         # "done" means every video is on disk as recorded: a stat per file (a hash with
         # --verify), in a thread so that a signal is still handled during a long scan
         damaged = await asyncio.to_thread(

@@ -16,12 +16,14 @@ import typer
 
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
+from batchgen.outputs import Protected, check_outputs
 from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from batchgen.export import Format
+    from batchgen.store.schema import Batch
 
 # The store and the export (SQLAlchemy) are imported inside the commands, so that
 # `batchgen status` and `--help` start fast.
@@ -55,6 +57,17 @@ def _check_out(out: Path, example: str) -> None:
         raise UsageError(
             [Problem(f"--out {out}", "is a folder", fix=f"name a file, e.g. --out {out / example}")]
         )
+
+
+def _protected(db: Path, batch: Batch, out: Path) -> Protected:
+    """The database, the batch's manifest and the files that manifest names (loaded
+    only when ``out`` exists: a file the manifest reads exists, so only an existing
+    ``out`` can be one)."""
+    if not os.path.lexists(out):
+        return Protected.of(db, batch.manifest_path)
+    from batchgen.manifest import named_files
+
+    return Protected.of(db, batch.manifest_path, named_files(batch.manifest_path, batch.run_date))
 
 
 def _unwritable(out: Path, exc: OSError) -> UsageError:
@@ -119,6 +132,7 @@ def report(
         assert found.id is not None
         target = out if out is not None else Path(found.out_dir) / "report.html"
         _check_out(target, "report.html")
+        check_outputs([("--out", target)], _protected(db, found, target))
         try:
             from batchgen.report import write_report  # PyAV: only when a report is made
 
@@ -161,6 +175,7 @@ def export(
             n = _to_stdout(engine, found.id, fmt.value)
         else:
             _check_out(Path(out), f"{found.name}.{fmt.value}")
+            check_outputs([("--out", out)], _protected(db, found, Path(out)))
             try:
                 n = export_to_file(engine, found.id, fmt.value, Path(out))
             except OSError as exc:
