@@ -298,6 +298,9 @@ class _Fetcher:
 
     def _load_partial(self, name: str) -> _Partial:
         st = _Partial(part=self.dest / f".{name}.part", meta=self.dest / f".{name}.part.meta")
+        for temp in (st.part, st.meta):  # our temp names: a link there is never written through
+            if temp.is_symlink():
+                temp.unlink()
         if not st.part.exists():
             st.meta.unlink(missing_ok=True)
             return st

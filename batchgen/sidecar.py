@@ -91,6 +91,8 @@ def atomic_writer(
     # simply overwritten by the next write instead of piling up.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp" if shared else f".{target.name}.tmp")
     try:
+        if tmp.is_symlink():  # our temp name: a link there is never written through
+            tmp.unlink()
         with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
             yield fh
             fh.flush()

@@ -513,3 +513,27 @@ async def test_no_urls_is_an_error(tmp_path: Path) -> None:
 def test_file_names() -> None:
     assert file_names("a", 1) == ["a.mp4"]
     assert file_names("a", 3) == ["a-1.mp4", "a-2.mp4", "a-3.mp4"]
+
+
+async def test_a_link_at_the_partial_name_is_never_written_through(
+    server: FileServer, mp4_16x9: bytes, tmp_path: Path
+) -> None:
+    precious = tmp_path / "state.db"
+    precious.write_bytes(b"every paid run")
+    (tmp_path / ".clip.mp4.part").symlink_to(precious)
+    server.add("a.mp4", mp4_16x9)
+
+    async def refresh() -> list[str]:
+        raise AssertionError("not needed")
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.url("a.mp4")) as resp:
+            etag = resp.headers["ETag"]
+        # a meta file that would make the download resume (append) onto the link
+        meta = {"etag": etag, "last_modified": None, "total": len(mp4_16x9)}
+        (tmp_path / ".clip.mp4.part.meta").write_text(json.dumps(meta), encoding="utf-8")
+        [f] = await fetch_outputs(
+            s, [server.url("a.mp4")], tmp_path, "clip", refresh_urls=refresh, expect=EXPECT
+        )
+    assert precious.read_bytes() == b"every paid run"
+    assert f.path.read_bytes() == mp4_16x9

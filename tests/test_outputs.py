@@ -137,3 +137,14 @@ def test_an_unrelated_output_is_fine(tmp_path):
     assert output_problems([("--out", tmp_path / "jobs.csv")], protected) == []
     assert output_problems([("--out", "-")], protected) == []
     assert invoke("export", "b", "--db", str(db), "--out", str(tmp_path / "jobs.csv")) == 0
+
+
+def test_a_link_at_a_temp_name_is_never_written_through(tmp_path):
+    from batchgen.sidecar import atomic_write_text
+
+    precious = tmp_path / "precious.db"
+    precious.write_bytes(b"paid runs")
+    (tmp_path / ".summary.json.tmp").symlink_to(precious)
+    atomic_write_text(tmp_path / "summary.json", "{}\n")
+    assert precious.read_bytes() == b"paid runs"
+    assert (tmp_path / "summary.json").read_text() == "{}\n"
