@@ -154,6 +154,16 @@ def drop_writers(observers: list[Any], protected: Protected) -> None:
     observers[:] = kept
 
 
+def db_problems(db: Path, protected: Protected) -> list[Problem]:
+    """The database and the files SQLite and the lock keep beside it are outputs too:
+    none may be the manifest or a file it names."""
+    files = [("--db", db)] + [
+        (f"--db {db} (its {suffix.lstrip('-.')} file)", db.with_name(db.name + suffix))
+        for suffix in DB_COMPANIONS
+    ]
+    return output_problems(files, protected)
+
+
 def check_outputs(outputs: Sequence[tuple[str, Path | str | None]], protected: Protected) -> None:
     """``output_problems`` as a ``UsageError`` (exit 2), before anything is written."""
     problems = output_problems(outputs, protected)
@@ -180,6 +190,7 @@ __all__ = [
     "DB_COMPANIONS",
     "Protected",
     "check_outputs",
+    "db_problems",
     "drop_writers",
     "folder_problems",
     "output_problems",

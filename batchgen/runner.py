@@ -229,8 +229,10 @@ class _Run:
             self.batch_name = loaded.name
             self.protected = outputs.Protected.of(self.db_path, loaded.path, loaded.sources)
             self._refuse_clashes()
+            read = outputs.Protected.of(None, loaded.path, loaded.sources)
+            in_the_way = outputs.db_problems(self.db_path, read)
             check_out_dir(loaded.out_dir)
-            in_the_way = outputs.folder_problems(loaded.out_dir, self.protected, "--out")
+            in_the_way += outputs.folder_problems(loaded.out_dir, self.protected, "--out")
             if in_the_way:
                 raise UsageError(in_the_way)
         if loaded is None and not self.db_path.exists():

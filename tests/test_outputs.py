@@ -148,3 +148,21 @@ def test_a_link_at_a_temp_name_is_never_written_through(tmp_path):
     atomic_write_text(tmp_path / "summary.json", "{}\n")
     assert precious.read_bytes() == b"paid runs"
     assert (tmp_path / "summary.json").read_text() == "{}\n"
+
+
+async def test_the_database_and_its_lock_may_not_be_a_file_the_manifest_names(tmp_path):
+    _db, manifest = stored(tmp_path)
+    styles = tmp_path / "styles.txt"
+    before = snapshot(tmp_path)
+    for db in (styles, tmp_path / "styles.txt.x", tmp_path / "link"):
+        if db.name == "styles.txt.x":
+            os.link(styles, tmp_path / "styles.txt.x.lock")  # its lock would be the values file
+        if db.name == "link":
+            db.symlink_to(styles)
+        summary = await arun_batch(
+            db, api_key=KEY, manifest=manifest, options=RunOptions(base_url="http://127.0.0.1:9")
+        )
+        assert summary.exit_code == ExitCode.USAGE, db
+        assert "writing there would destroy it" in summary.reason
+        assert styles.read_text() == "watercolour\nink\n"
+    assert snapshot(tmp_path) == {**before, "styles.txt.x.lock": before["styles.txt"]}
