@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
+from batchgen.cli import app
 from batchgen.errors import ExitCode
 from batchgen.polling import PollPolicy
 from batchgen.runner import RunOptions, arun_batch
@@ -150,3 +152,5 @@ async def test_a_lost_video_whose_run_is_gone_fails_and_is_not_paid_again(tmp_pa
     assert summary.counts == {"succeeded": 1, "failed": 1}
     assert stats["runs_created"] == 0
     assert "1 failed job(s) stay failed: their paid run is gone" in caplog.text
+    status = CliRunner().invoke(app, ["status", "--db", str(tmp_path / "s.db")])
+    assert "retry them" not in status.output and "--pay-again" in status.output

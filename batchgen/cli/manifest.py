@@ -239,7 +239,16 @@ def _status_text(r: dict[str, Any]) -> str:
         out += [f"  {g['jobs']:>7,}  {_error(g)}" for g in r["errors"]]
         out.append("first failed jobs:")
         out += [f"  #{f['idx']} {f['key'][:12]}  {_error(f)}" for f in r["failures"]]
-        out.append(f"retry them: batchgen retry {name} --failed")
+        # store.jobs.OUTPUT_LOST (not imported: status starts without SQLAlchemy)
+        lost = sum(g["jobs"] for g in r["errors"] if g["code"] == "output_lost")
+        if failed > lost:
+            out.append(f"retry them: batchgen retry {name} --failed")
+        if lost:
+            out.append(
+                f"{lost:,} paid run(s) are gone with their videos (output_lost): "
+                f"`retry --failed` leaves them; `batchgen retry {name} --job KEY --pay-again` "
+                "pays for a new run"
+            )
     return "\n".join(out)
 
 
