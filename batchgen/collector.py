@@ -62,7 +62,8 @@ class Downloader(EngineBase):
                 finished_at=self.clock.now(),
                 last_error=(
                     f"run {run_id} (paid) is gone (404 {exc.code or 'run_not_found'}): "
-                    "its video cannot be fetched again; only `batchgen retry BATCH --job KEY --pay-again` pays for a new one"
+                    "its video cannot be fetched again; only "
+                    "`batchgen retry BATCH --job KEY --pay-again` pays for a new one"
                 ),
                 error_code=store.OUTPUT_LOST,
             )
