@@ -23,12 +23,14 @@ import hashlib
 import json
 import logging
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from batchgen.events import Observer, TransitionEvent
 from batchgen.sidecar import read_sidecar
 from batchgen.states import JobState
 from batchgen.store.schema import Job, transition
@@ -36,6 +38,7 @@ from batchgen.store.schema import Job, transition
 log = logging.getLogger(__name__)
 
 PAGE = 2000
+LOGGED = 20  # damaged jobs named one by one in the log; the rest are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +48,19 @@ class Damage:
     reason: str  # "001-fox.mp4 is missing", ...
 
 
-def find_damaged(db: Engine, batch_id: int, out_dir: Path, *, verify: bool) -> list[Damage]:
-    """Every succeeded job of the batch whose files are not in ``out_dir`` as recorded."""
+def find_damaged(
+    db: Engine,
+    batch_id: int,
+    out_dir: Path,
+    *,
+    verify: bool,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[Damage]:
+    """Every succeeded job of the batch whose files are not in ``out_dir`` as recorded
+    (those found so far once ``stop()`` is true: a signal ends a long scan)."""
     damaged: list[Damage] = []
     after = 0
-    while True:
+    while not stop():
         with db.connect() as conn:
             rows = conn.execute(
                 select(Job.id, Job.idx, Job.output_paths_json, Job.checksums_json)
@@ -67,8 +78,9 @@ def find_damaged(db: Engine, batch_id: int, out_dir: Path, *, verify: bool) -> l
             if reason is not None:
                 damaged.append(Damage(int(job_id), int(idx), reason))
         if len(rows) < PAGE:
-            return damaged
+            break
         after = int(rows[-1][0])
+    return damaged
 
 
 def file_problem(root: Path, paths: list[str], sums: list[str], verify: bool) -> str | None:
@@ -99,12 +111,21 @@ def file_problem(root: Path, paths: list[str], sums: list[str], verify: bool) ->
     return None
 
 
-def mark_for_repair(db: Engine, damaged: list[Damage], *, now: float) -> list[int]:
-    """Send the damaged jobs back to ``downloading`` (their runs are paid: never resubmitted).
+def mark_for_repair(
+    db: Engine,
+    damaged: list[Damage],
+    *,
+    now: float,
+    batch: str = "",
+    observers: Sequence[Observer] = (),
+) -> list[int]:
+    """Send the damaged jobs back to ``downloading`` (their runs are paid: never resubmitted)
+    and tell the observers (the log file sees every transition).
 
     Returns the ids moved; a job another process changed meanwhile is left alone.
     """
     moved: list[int] = []
+    events: list[TransitionEvent] = []
     for start in range(0, len(damaged), PAGE):
         chunk = {d.job_id: d for d in damaged[start : start + PAGE]}
         with Session(db, expire_on_commit=False) as s:
@@ -113,11 +134,34 @@ def mark_for_repair(db: Engine, damaged: list[Damage], *, now: float) -> list[in
                 assert job.id is not None
                 if job.state != JobState.SUCCEEDED.value:
                     continue
-                reason = chunk[job.id].reason
-                log.warning("job #%d: %s; fetching it again from its paid run", job.idx, reason)
-                transition(s, job, JobState.DOWNLOADING, at=now, detail=f"output check: {reason}")
+                detail = f"output check: {chunk[job.id].reason}"
+                if len(moved) < LOGGED:
+                    log.warning("job #%d: %s; fetching it again", job.idx, detail)
+                transition(s, job, JobState.DOWNLOADING, at=now, detail=detail)
                 moved.append(job.id)
+                events.append(
+                    TransitionEvent(
+                        at=now,
+                        batch=batch,
+                        job_key=job.key,
+                        job_idx=job.idx,
+                        from_state=JobState.SUCCEEDED.value,
+                        to_state=JobState.DOWNLOADING.value,
+                        run_id=job.run_id,
+                        detail=detail,
+                    )
+                )
             s.commit()
+    if len(moved) > LOGGED:
+        log.warning(
+            "%d more succeeded jobs lack their files: fetching them again", len(moved) - LOGGED
+        )
+    for ev in events:
+        for obs in observers:
+            try:
+                obs.transition(ev)
+            except Exception:
+                log.exception("observer %r failed", obs)
     return moved
 
 

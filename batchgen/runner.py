@@ -317,9 +317,16 @@ class _Run:
         # "done" means every video is on disk as recorded: a stat per file (a hash with
         # --verify), in a thread so that a signal is still handled during a long scan
         damaged = await asyncio.to_thread(
-            on_disk.find_damaged, self.db, batch.id, out_dir, verify=opts.verify
+            on_disk.find_damaged,
+            self.db,
+            batch.id,
+            out_dir,
+            verify=opts.verify,
+            stop=self.stop_event.is_set,
         )
-        self.repairs = on_disk.mark_for_repair(self.db, damaged, now=self.clock.now())
+        self.repairs = on_disk.mark_for_repair(
+            self.db, damaged, now=self.clock.now(), batch=batch.name, observers=self.observers
+        )
 
         limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)

@@ -20,6 +20,7 @@ from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job
 from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.test_run_library import Watcher
 
 FAST = StandInConfig(time_scale=0.002, rate=(20, 0.5))
 
@@ -59,10 +60,22 @@ async def test_deleted_and_overwritten_videos_are_fetched_again_without_paying(t
         jobs = succeeded(db, batch)
         video(out, jobs[0]).unlink()
         video(out, jobs[1]).write_bytes(b"garbage, not a video")
+        watcher = Watcher()
         summary = await arun_batch(
-            tmp_path / "s.db", api_key=KEY, batch=batch.name, options=opts(sim.base_url)
+            tmp_path / "s.db",
+            api_key=KEY,
+            batch=batch.name,
+            options=opts(sim.base_url),
+            observers=[watcher],
         )
         stats = sim.stats()
+    moves = [(t.job_idx, t.from_state, t.to_state) for t in watcher.transitions]
+    assert sorted(moves) == [
+        (0, "downloading", "succeeded"),
+        (0, "succeeded", "downloading"),
+        (1, "downloading", "succeeded"),
+        (1, "succeeded", "downloading"),
+    ]
     assert summary.exit_code == ExitCode.OK, summary.reason
     assert summary.repaired == 2 and summary.to_json()["repaired"] == 2
     assert summary.counts == {"succeeded": 4}
