@@ -106,7 +106,10 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
         assert code == 0, stderr[-3000:]
         st = sim.stats()
         # a second run of the same manifest finds everything done: no request at all
-        code2, stdout2, _ = await batchgen(*args, "--json", env=env, cwd=tmp_path)
+        # (the same --out: in another folder the videos would be fetched again, unpaid)
+        code2, stdout2, _ = await batchgen(
+            *args, "--out", str(out), "--json", env=env, cwd=tmp_path
+        )
         assert code2 == 0 and sim.stats()["requests"] == st["requests"]
 
     summary = json.loads(stdout)
