@@ -140,6 +140,15 @@ def safe_options(options: T, protected: Protected) -> tuple[T, list[Problem]]:
     return options, problems
 
 
+def any_exists(options: object) -> bool:
+    """Whether any file output of the run's ``options`` exists (or is a link) already."""
+    return any(
+        os.path.lexists(path)
+        for path in (getattr(options, name) for name in RUN_FILE_OPTIONS)
+        if path is not None
+    )
+
+
 def drop_writers(observers: list[Any], protected: Protected) -> None:
     """Remove (and close) the observers that would write over a protected file."""
     kept = []
@@ -189,6 +198,7 @@ def _ident(path: Path) -> tuple[int, int] | None:
 __all__ = [
     "DB_COMPANIONS",
     "Protected",
+    "any_exists",
     "check_outputs",
     "db_problems",
     "drop_writers",

@@ -249,9 +249,13 @@ class _Run:
         if loaded is None:
             found = find_batch(db, batch)
             self.batch_name = found.name
-            self.protected = outputs.Protected.of(
-                self.db_path, found.manifest_path, named_files(found.manifest_path, found.run_date)
+            # the files the manifest names exist: only an existing output can be one of them
+            named = (
+                named_files(found.manifest_path, found.run_date)
+                if outputs.any_exists(self.opts)
+                else ()
             )
+            self.protected = outputs.Protected.of(self.db_path, found.manifest_path, named)
             self._refuse_clashes()
         # waits without blocking the loop, so a signal during --wait-lock ends it cleanly
         async with abatch_lock(
