@@ -19,6 +19,7 @@ reads the jobs a page at a time, so a batch of a million jobs never sits in memo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from sqlmodel import Session, col, select
 from batchgen.events import Observer, TransitionEvent
 from batchgen.sidecar import read_sidecar
 from batchgen.states import JobState
-from batchgen.store.schema import Job, transition
+from batchgen.store.schema import Batch, Job, transition
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,23 @@ class Damage:
     job_id: int
     idx: int
     reason: str  # "001-fox.mp4 is missing", ...
+
+
+async def send_back_damaged(
+    db: Engine,
+    batch: Batch,
+    out_dir: Path,
+    *,
+    verify: bool,
+    now: float,
+    observers: Sequence[Observer] = (),
+    stop: Callable[[], bool] = lambda: False,
+) -> list[int]:
+    """``find_damaged`` in a worker thread (the loop stays free for signals), then
+    ``mark_for_repair``; returns the ids of the jobs sent back to ``downloading``."""
+    assert batch.id is not None
+    damaged = await asyncio.to_thread(find_damaged, db, batch.id, out_dir, verify=verify, stop=stop)
+    return mark_for_repair(db, damaged, now=now, batch=batch.name, observers=observers)
 
 
 def find_damaged(
@@ -200,4 +218,11 @@ def _sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-__all__ = ["Damage", "file_problem", "find_damaged", "mark_for_repair", "repaired"]
+__all__ = [
+    "Damage",
+    "file_problem",
+    "find_damaged",
+    "mark_for_repair",
+    "repaired",
+    "send_back_damaged",
+]

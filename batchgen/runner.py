@@ -318,19 +318,11 @@ class _Run:
         in_the_way = outputs.folder_problems(out_dir, self.protected, "--out")
         if in_the_way:
             raise UsageError(in_the_way)
-        # "done" means every video is on disk as recorded: a stat per file (a hash with
-        # --verify), in a thread so that a signal is still handled during a long scan
-        damaged = await asyncio.to_thread(
-            on_disk.find_damaged,
-            self.db,
-            batch.id,
-            out_dir,
-            verify=opts.verify,
-            stop=self.stop_event.is_set,
-        )
-        self.repairs = on_disk.mark_for_repair(
-            self.db, damaged, now=self.clock.now(), batch=batch.name, observers=self.observers
-        )
+        # "done" means every video is on disk as recorded
+        self.repairs = await on_disk.send_back_damaged(
+            self.db, batch, out_dir, verify=opts.verify, now=self.clock.now(),
+            observers=self.observers, stop=self.stop_event.is_set,
+        )  # fmt: skip
 
         limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
