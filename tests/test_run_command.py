@@ -8,6 +8,7 @@ what a terminal and a log file see, and the `--json` summary.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ import pty
 import re
 import signal
 import socket
+import struct
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +232,9 @@ async def test_sigterm_stops_cleanly_with_75_and_the_next_run_finishes(tmp_path)
 async def test_a_terminal_gets_the_live_panel(tmp_path):
     manifest = write_manifest(tmp_path, 4)
     master, slave = pty.openpty()
+    # the terminal is described to the child, never inherited: cron and `env -i` have no TERM
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    terminal = {**env_for("http://unused"), "TERM": "xterm-256color"}
     chunks: list[bytes] = []
 
     def drain() -> None:
@@ -242,7 +248,8 @@ async def test_a_terminal_gets_the_live_panel(tmp_path):
     try:
         async with Simulator(SimConfig(keys=[KEY], time_scale=0.02, rate=(20, 0.5))) as sim:
             args = ("run", str(manifest), "--db", str(tmp_path / "s.db"), "--budget-usd", "5")
-            proc = await start(*args, env=env_for(sim.base_url), cwd=tmp_path, stderr=slave)
+            env = {**terminal, "RUNBASE_BASE_URL": sim.base_url}
+            proc = await start(*args, env=env, cwd=tmp_path, stderr=slave)
             os.close(slave)
             await asyncio.wait_for(proc.wait(), 60)
             await asyncio.sleep(0.2)  # let the last bytes arrive
