@@ -125,6 +125,7 @@ _READ_AS_NOBODY = """
 import contextlib, io, os, sys
 from batchgen.cli import main
 warm, target = sys.argv[1:3]
+NOBODY = int(sys.argv[3])
 
 def status(db):
     sys.argv = ["batchgen", "status", "--db", db, "--json"]
@@ -137,10 +138,10 @@ def status(db):
 with contextlib.redirect_stdout(io.StringIO()):
     status(warm)
 os.setgroups([])
-os.setgid(%d)
-os.setuid(%d)
+os.setgid(NOBODY)
+os.setuid(NOBODY)
 status(target)
-""" % (NOBODY, NOBODY)
+"""
 
 
 def _enterable_by_others(folder: Path) -> bool:
@@ -173,7 +174,7 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder, tmp
     before = files(shared_folder)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     status = subprocess.run(
-        [sys.executable, "-c", _READ_AS_NOBODY, str(warm), str(db_path)],
+        [sys.executable, "-c", _READ_AS_NOBODY, str(warm), str(db_path), str(NOBODY)],
         capture_output=True,
         text=True,
         env=env,
