@@ -11,14 +11,15 @@ from batchgen import charts
 from batchgen.errors import UsageError
 from batchgen.posters import extract_jpeg, poster_for, poster_path
 from batchgen.report import choose_layout
-from batchgen.sim.video import render
+from batchgen.sim.video import TINY_FPS, frame_size, render
 from batchgen.store.reports import JobRow
 
 
 @pytest.fixture
 def video(tmp_path: Path) -> Path:
     path = tmp_path / "clip.mp4"
-    path.write_bytes(render("a red fox", "9:16", 2.0).data)
+    size = frame_size("9:16", "720p", tiny=True)
+    path.write_bytes(render("a red fox", *size, 2.0, TINY_FPS).data)
     return path
 
 
