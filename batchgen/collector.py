@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from batchgen import download, naming, sidecar
+from batchgen import download, media, naming, sidecar
 from batchgen.engine_base import ActiveRun, Collector, EngineBase
 from batchgen.errors import AuthError, Forbidden, RunNotFound
 from batchgen.modelspec import load_model
@@ -130,9 +130,10 @@ def make_collect(
         axes = json.loads(job.axes_json or "{}")
         full = _with_defaults(batch.model, input_)
         stem = stem_of(job)
-        expect = download.Expectation(
+        expect = media.Expectation(
             aspect_ratio=str(full.get("aspect_ratio", "")),
             duration_s=float(full.get("duration", 0) or 0),
+            resolution=str(full.get("resolution", "")),
         )
         root.mkdir(parents=True, exist_ok=True)
         saved = await download.fetch_outputs(

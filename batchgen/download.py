@@ -11,8 +11,9 @@ has several) is built like this:
    otherwise the partial file is dropped and the download starts over; a 200 answer
    to a range request means the server sent the whole file again.
 3. A complete file must have the announced length, start with an MP4 ``ftyp`` box and
-   decode to the last frame (``batchgen.media.probe``). Its aspect ratio and duration
-   are compared with what was asked; a mismatch is recorded in ``SavedFile.note``.
+   decode to the last frame (``batchgen.media.probe``). Its aspect ratio, frame size
+   and duration are compared with what was asked (``media.Expectation``); a mismatch
+   is recorded in ``SavedFile.note``.
 4. fsync, ``os.replace`` onto the final name, fsync of the folder. The final name
    never holds a partial or unverified file.
 
@@ -38,7 +39,7 @@ from typing import Any
 import aiohttp
 
 from batchgen import media
-from batchgen.media import MediaError, MediaInfo
+from batchgen.media import Expectation, MediaError, MediaInfo
 from batchgen.retry import RetryPolicy
 from batchgen.sidecar import fsync_dir
 
@@ -57,37 +58,6 @@ class DownloadError(Exception):
         super().__init__(message)
         self.index = index
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What was asked: ``aspect_ratio`` like ``"16:9"`` ("" = any), ``duration_s`` (0 = any)."""
-
-    aspect_ratio: str = ""
-    duration_s: float = 0.0
-    #: relative aspect error allowed: small frames are rounded to even sizes
-    aspect_tolerance: float = 0.08
-    duration_tolerance_s: float = 0.5
-    duration_tolerance_rel: float = 0.10
-
-    def mismatch(self, info: MediaInfo) -> str | None:
-        """A human sentence for every way ``info`` differs from what was asked, or None."""
-        problems: list[str] = []
-        if self.aspect_ratio:
-            asked = _ratio(self.aspect_ratio)
-            if asked is None:
-                problems.append(f"aspect ratio {self.aspect_ratio!r} not understood")
-            elif info.height <= 0 or abs(info.aspect / asked - 1) > self.aspect_tolerance:
-                problems.append(
-                    f"frame {info.width}x{info.height} is not {self.aspect_ratio} as asked"
-                )
-        if self.duration_s > 0:
-            allowed = max(self.duration_tolerance_s, self.duration_tolerance_rel * self.duration_s)
-            if abs(info.duration_s - self.duration_s) > allowed:
-                problems.append(
-                    f"duration {info.duration_s:.2f} s, {self.duration_s:g} s was asked"
-                )
-        return "; ".join(problems) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,13 +407,6 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
         int(end) if end is not None else None,
         int(total) if total and total != "*" else None,
     )
-
-
-def _ratio(text: str) -> float | None:
-    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$", text)
-    if not match or float(match.group(2)) == 0:
-        return None
-    return float(match.group(1)) / float(match.group(2))
 
 
 def _describe(exc: BaseException) -> str:

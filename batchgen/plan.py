@@ -233,6 +233,8 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
                 "jobs": dict(by_axis[axis]) if axis in by_axis else None,
             }
             for axis, values in loaded.axes.items()
+            # only what varies is an axis (a matrix entry with one value is a constant)
+            if len(values) > 1 or len(set(by_axis.get(axis, ())) - {NO_LABEL}) > 1
         },
         sample=sample,
         total=total,
@@ -300,6 +302,8 @@ def render_plan(plan: Plan) -> str:
         "",
         "jobs by axis:",
     ]
+    if not plan.axes:
+        out.append("  (none: no axis has more than one value)")
     for axis, info in plan.axes.items():
         counts = info["jobs"]
         if counts:

@@ -1,10 +1,11 @@
 """The HTML contact sheet of a batch: what goes into it, and writing it (once or live).
 
 ``write_report`` reads the batch's jobs (streamed, lock-free: ``store.reports``),
-lays them out as a grid (rows = prompts by default, columns = the axis with the most
-values after that), finds a poster for every video, and writes one self-contained
-HTML file atomically (``report_html`` renders it). Videos, posters and sidecars are
-linked relative to the HTML file, so the folder can be zipped and shared.
+lays them out as grids (``report_layout``: rows and columns are the manifest's first
+two varying axes, one grid per value of the rest), finds a poster for every video,
+and writes one self-contained HTML file atomically (``report_html`` renders it).
+Videos, posters and sidecars are linked relative to the HTML file, so the folder can
+be zipped and shared.
 
 ``LiveReport`` is an observer of ``batchgen run --report PATH``: it rewrites the
 report in a background thread, at most every ~2 s while jobs change, and always
@@ -20,16 +21,16 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from batchgen.errors import Problem, UsageError
+from batchgen.errors import Problem
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.polling import api_duration
 from batchgen.posters import PosterMode, poster_for
+from batchgen.report_layout import axis_value, choose_layout, find_axes
 from batchgen.sidecar import atomic_write_text
 from batchgen.states import JobState
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
@@ -37,9 +38,6 @@ from batchgen.store.schema import Batch
 
 log = logging.getLogger(__name__)
 
-PROMPT_AXIS = "prompt"
-#: input fields that are not sweep axes (images are shown, never used to lay out)
-_NOT_AXES = frozenset({"image_urls", "image", "images"})
 _ACTIVE = frozenset(
     {JobState.SUBMITTING, JobState.IN_DOUBT, JobState.RUNNING, JobState.DOWNLOADING}
 )
@@ -62,12 +60,14 @@ class Clip:
 @dataclass(slots=True)
 class ReportData:
     batch: Batch
-    rows_axis: str
-    cols_axis: str | None
-    axes: list[str]
+    rows_axis: str | None  # None: one row
+    cols_axis: str | None  # None: one column
+    axes: list[str]  # what varies, in the manifest's order
+    grid_axes: list[str]  # one grid per combination of their values (in grid_values)
+    grid_values: list[tuple[str, ...]]
     row_values: list[str]
     col_values: list[str]
-    cells: dict[tuple[str, str], list[Clip]]
+    cells: dict[tuple[tuple[str, ...], str, str], list[Clip]]
     counts: dict[str, int]
     jobs: int
     spend_micro_usd: int
@@ -76,78 +76,6 @@ class ReportData:
     spend_by: list[tuple[str, int]]
     spend_axis: str | None
     generated_at: float
-
-
-def axis_value(job: JobRow, axis: str) -> str:
-    """The job's label on ``axis``: its axes entry, else the input field of that name."""
-    if axis in job.axes:
-        return job.axes[axis]
-    if axis == "variant":
-        return str(job.variant)
-    value = job.input.get(axis)
-    if value is None:
-        return "(none)"
-    return value if isinstance(value, str) else str(value)
-
-
-def _axis_names(jobs: Iterable[JobRow]) -> tuple[list[str], dict[str, list[str]]]:
-    """Every axis the jobs can be laid out by, and its values in first-seen order."""
-    names: dict[str, None] = {}
-    for job in jobs:
-        for name in job.axes:
-            names.setdefault(name, None)
-        for name, value in job.input.items():
-            if name not in _NOT_AXES and isinstance(value, str | int | float | bool):
-                names.setdefault(name, None)
-        if job.variant:
-            names.setdefault("variant", None)
-    values: dict[str, dict[str, None]] = {n: {} for n in names}
-    for job in jobs:
-        for name in names:
-            values[name].setdefault(axis_value(job, name), None)
-    return list(names), {n: list(v) for n, v in values.items()}
-
-
-def choose_layout(
-    axes: list[str],
-    values: dict[str, list[str]],
-    rows: str | None,
-    cols: str | None,
-    where: str,
-    *,
-    jobs: Sequence[JobRow] = (),
-) -> tuple[str, str | None]:
-    """Rows: ``rows``, else prompts. Columns: ``cols``, else the axis with most values
-    that the rows do not already decide (given ``jobs``)."""
-    for flag, name in (("--rows", rows), ("--cols", cols)):
-        if name is not None and name not in axes:
-            raise UsageError(
-                [
-                    Problem(
-                        file=where,
-                        message=f"{flag} {name!r}: the batch has no such axis",
-                        fix="choose one of: " + (", ".join(axes) or "(no axes)"),
-                    )
-                ]
-            )
-    if rows is not None and rows == cols:
-        raise UsageError([Problem(where, f"--rows and --cols are both {rows!r}", fix="pick two")])
-    row_axis = rows or (PROMPT_AXIS if PROMPT_AXIS in axes else (axes[0] if axes else PROMPT_AXIS))
-    if cols is not None:
-        return row_axis, cols
-    others = [a for a in axes if a != row_axis and len(values.get(a, [])) > 1]
-    # A prompt template's variable ("a {subject} in a meadow") has one value per prompt:
-    # as columns it would only fill the diagonal.
-    rows_n = len(values.get(row_axis, []))
-    others = [
-        a
-        for a in others
-        if not jobs or len({(axis_value(j, row_axis), axis_value(j, a)) for j in jobs}) > rows_n
-    ]
-    if not others:
-        return row_axis, None
-    # the most values wins; on a tie, the axis the manifest named first
-    return row_axis, max(others, key=lambda a: (len(values[a]), -axes.index(a)))
 
 
 class _Links:
@@ -196,11 +124,15 @@ def gather(
     any poster is written)."""
     batch = get_batch_row(db, batch_id)
     jobs = list(iter_job_rows(db, batch_id))
-    axes, values = _axis_names(jobs)
-    row_axis, col_axis = choose_layout(axes, values, rows, cols, f"batch {batch.name}", jobs=jobs)
+    axes, _values, names = find_axes(jobs)
+    layout = choose_layout(axes, rows, cols, f"batch {batch.name}", jobs=jobs, names=names)
+    row_axis, col_axis = layout.rows, layout.cols
     links = _Links(Path(batch.out_dir).resolve(), out.resolve().parent, posters)
     spend_axis = col_axis or row_axis
-    cells: dict[tuple[str, str], list[Clip]] = {}
+    cells: dict[tuple[tuple[str, ...], str, str], list[Clip]] = {}
+    row_values: dict[str, None] = {}
+    col_values: dict[str, None] = {}
+    grid_values: dict[tuple[str, ...], None] = {}
     counts: Counter[str] = Counter()
     spend_by: Counter[str] = Counter()
     gen_times: list[float] = []
@@ -211,11 +143,15 @@ def gather(
     for job in jobs:
         clip = _clip(job, links)
         clip.other_axes = {a: axis_value(job, a) for a in job.axes if a not in (row_axis, col_axis)}
-        key = (axis_value(job, row_axis), axis_value(job, col_axis) if col_axis else "")
-        cells.setdefault(key, []).append(clip)
+        grid = tuple(axis_value(job, a) for a in layout.grids)
+        row = axis_value(job, row_axis) if row_axis else ""
+        col = axis_value(job, col_axis) if col_axis else ""
+        grid_values[grid] = row_values[row] = col_values[col] = None
+        cells.setdefault((grid, row, col), []).append(clip)
         counts[job.state] += 1
         spend += job.cost_micro_usd
-        spend_by[axis_value(job, spend_axis)] += job.cost_micro_usd
+        if spend_axis:
+            spend_by[axis_value(job, spend_axis)] += job.cost_micro_usd
         if clip.gen_s is not None:
             gen_times.append(clip.gen_s)
         if job.submitted_at is not None:
@@ -231,15 +167,17 @@ def gather(
         rows_axis=row_axis,
         cols_axis=col_axis,
         axes=axes,
-        row_values=values.get(row_axis, []) or ([""] if jobs else []),
-        col_values=values.get(col_axis, []) if col_axis else [""],
+        grid_axes=layout.grids,
+        grid_values=list(grid_values),
+        row_values=list(row_values),
+        col_values=list(col_values) or [""],
         cells=cells,
         counts=dict(counts),
         jobs=len(jobs),
         spend_micro_usd=spend,
         wall_s=None if start is None or end is None else max(0.0, end - start),
         gen_times=gen_times,
-        spend_by=[(label, spend_by[label]) for label in values.get(spend_axis, [])],
+        spend_by=list(spend_by.items()),
         spend_axis=spend_axis if jobs else None,
         generated_at=now,
     )

@@ -58,6 +58,7 @@ table.grid { border-collapse: collapse; }
   white-space: pre-wrap; }
 .rowhead { text-align: left; font-weight: normal; min-width: 12rem; max-width: 22rem; }
 .rowhead div { max-height: 14em; overflow: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
+h2.gridtitle { font-size: 1rem; margin: 1.2rem 0 .4rem; overflow-wrap: anywhere; }
 .axis { font-size: 11px; color: var(--muted); text-transform: uppercase; }
 .clip { margin: 0 0 .5rem; width: 240px; }
 .clip .vid, .clip video, .clip img, .clip .ph { width: 240px; height: 135px;
@@ -214,7 +215,16 @@ def _header(data: ReportData, generated: str) -> str:
         f'<span class="chip s-{_e(state)}">{_e(state)} {n}</span>'
         for state, n in sorted(data.counts.items(), key=lambda kv: (-kv[1], kv[0]))
     )
-    layout = f"rows: {data.rows_axis}" + (f" · columns: {data.cols_axis}" if data.cols_axis else "")
+    layout = (
+        " · ".join(
+            f"{what}: {axis}"
+            for what, axis in (("rows", data.rows_axis), ("columns", data.cols_axis))
+            if axis
+        )
+        or "one cell"
+    )
+    if data.grid_axes:
+        layout += " · one grid per " + " × ".join(data.grid_axes)
     spend_chart = charts.spend_bars(
         data.spend_by, title=f"Spend by {data.spend_axis or 'axis'} value"
     )
@@ -237,17 +247,32 @@ def _header(data: ReportData, generated: str) -> str:
 def _grid(data: ReportData) -> str:
     if not data.jobs:
         return '<p class="muted">This batch has no jobs.</p>'
+    out = []
+    for grid in data.grid_values:
+        if data.grid_axes:
+            title = " · ".join(f"{a} = {v}" for a, v in zip(data.grid_axes, grid, strict=True))
+            out.append(f'<h2 class="gridtitle">{_e(title)}</h2>')
+        out.append(_table(data, grid))
+    return "".join(out)
+
+
+def _table(data: ReportData, grid: tuple[str, ...]) -> str:
     out = ['<table class="grid"><thead><tr>']
-    corner = data.rows_axis + (f" \\ {data.cols_axis}" if data.cols_axis else "")
-    out.append(f'<th class="axis">{_e(corner)}</th>')
+    if data.rows_axis:
+        corner = data.rows_axis + (f" \\ {data.cols_axis}" if data.cols_axis else "")
+        out.append(f'<th class="axis">{_e(corner)}</th>')
     for col in data.col_values:
         label = _e(col) if data.cols_axis else "jobs"
         out.append(f'<th scope="col"><div title="{label}">{label}</div></th>')
     out.append("</tr></thead><tbody>")
     for row in data.row_values:
-        out.append(f'<tr><th class="rowhead" scope="row"><div>{_e(row)}</div></th>')
-        for col in data.col_values:
-            clips = data.cells.get((row, col), [])
+        cells = [data.cells.get((grid, row, col), []) for col in data.col_values]
+        if not any(cells):
+            continue  # this value of the rows does not occur in this grid
+        out.append("<tr>")
+        if data.rows_axis:
+            out.append(f'<th class="rowhead" scope="row"><div>{_e(row)}</div></th>')
+        for col, clips in zip(data.col_values, cells, strict=True):
             out.append("<td>" + "".join(_clip(c, data, row, col) for c in clips) + "</td>")
         out.append("</tr>")
     out.append("</tbody></table>")

@@ -2,7 +2,8 @@
 
 Tests create hundreds of runs and download their files, so the simulator must not be
 the slow part. Figures:
-- milliseconds to encode one clip, per aspect ratio and duration (cold, no cache);
+- milliseconds to encode one clip, per resolution, aspect ratio and duration (cold,
+  no cache), and for ``--tiny-videos``;
 - API requests per second one client gets (GET of a run, keep-alive, 20 in flight);
 - file downloads per second once the clip is cached.
 
@@ -18,25 +19,30 @@ import time
 import aiohttp
 
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
-from batchgen.sim.video import frame_size, render
+from batchgen.sim.video import FPS, TINY_FPS, frame_size, render
 
 ASPECTS = ["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"]
+RESOLUTIONS = ["720p", "1080p"]
 
 
-def bench_encoding(repeat: int = 5) -> None:
-    print("clip encoding (ms per clip, median of runs):")
-    for duration in (5.0, 10.0):
-        cells = []
-        for aspect in ASPECTS:
-            times = []
-            for i in range(repeat):
-                start = time.perf_counter()
-                clip = render(f"bench {aspect} {i}", aspect, duration)
-                times.append((time.perf_counter() - start) * 1000)
-            w, h = frame_size(aspect)
-            cells.append(f"{aspect} {w}x{h}: {sorted(times)[repeat // 2]:.1f} ms "
-                         f"({len(clip.data) // 1024} kB)")  # fmt: skip
-        print(f"  {duration:g} s: " + "; ".join(cells))
+def bench_encoding(repeat: int = 3) -> None:
+    print("clip encoding (ms per clip, median of runs; cached afterwards per prompt and size):")
+    sizes = [(res, False) for res in RESOLUTIONS] + [("720p", True)]
+    for resolution, tiny in sizes:
+        for duration in (5.0, 10.0):
+            cells = []
+            for aspect in ASPECTS:
+                w, h = frame_size(aspect, resolution, tiny=tiny)
+                fps = TINY_FPS if tiny else FPS
+                times = []
+                for i in range(repeat):
+                    start = time.perf_counter()
+                    clip = render(f"bench {aspect} {i}", w, h, duration, fps)
+                    times.append((time.perf_counter() - start) * 1000)
+                cells.append(f"{aspect} {w}x{h}: {sorted(times)[repeat // 2]:.0f} ms "
+                             f"({len(clip.data) // 1024} kB)")  # fmt: skip
+            label = "tiny" if tiny else resolution
+            print(f"  {label} {duration:g} s: " + "; ".join(cells))
 
 
 async def bench_requests(n: int, in_flight: int = 20) -> None:

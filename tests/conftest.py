@@ -6,10 +6,17 @@ import os
 
 import pytest
 
+# The suite must behave the same from a terminal, cron, CI or `env -i`: nothing of the
+# caller's shell may reach batchgen, in this process (CliRunner) or in the children that
+# inherit os.environ. A test that wants a terminal, a width or a locale sets it itself.
 # Tests must never reach the real service, whatever the caller's shell exports.
-os.environ.pop("RUNBASE_API_KEY", None)
-os.environ.pop("RUNBASE_BASE_URL", None)
-os.environ.pop("BATCHGEN_DB", None)
+_CALLERS = ("RUNBASE_", "BATCHGEN_", "LC_")
+_TERMINAL = ("TERM", "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "CLICOLOR", "CLICOLOR_FORCE")
+for _name in list(os.environ):
+    if _name.startswith(_CALLERS) or _name in (*_TERMINAL, "LANG", "LANGUAGE"):
+        del os.environ[_name]
+# UTF-8 whatever locale the machine has (C.UTF-8 is built into glibc and musl)
+os.environ.update(LC_ALL="C.UTF-8", PYTHONUTF8="1")
 
 
 @pytest.fixture

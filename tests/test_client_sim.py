@@ -56,7 +56,7 @@ def status_count(stats: dict[str, Any], route: str, status: int) -> int:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(SimConfig(rate=(10, 1.0), time_scale=FAST, seed=1)) as s:
+    async with Simulator(SimConfig(rate=(10, 1.0), time_scale=FAST, seed=1, tiny_videos=True)) as s:
         yield s
 
 
@@ -133,7 +133,9 @@ async def test_aiolimiter_alone_lets_a_double_first_window_through(sim):
 
 async def test_429_storm_is_absorbed_and_slows_the_limiter():
     """The client believes 20/1 s, the server allows 10/1 s: every call still succeeds."""
-    async with Simulator(SimConfig(rate=(10, 1.0), time_scale=FAST, seed=2)) as sim:
+    async with Simulator(
+        SimConfig(rate=(10, 1.0), time_scale=FAST, seed=2, tiny_videos=True)
+    ) as sim:
         limiter = RequestLimiter(20, 1.0, margin_s=0.02)
         rec = Recorder()
         async with client_for(sim, limiter, observers=[rec]) as client:
@@ -185,7 +187,7 @@ async def test_a_run_goes_from_pending_to_succeeded_with_urls(sim):
 
 
 async def test_the_key_never_shows_in_errors_events_or_stats():
-    async with Simulator(SimConfig(rate=(10, 1.0), time_scale=FAST)) as sim:
+    async with Simulator(SimConfig(rate=(10, 1.0), time_scale=FAST, tiny_videos=True)) as sim:
         wrong = "sk-wrong-key-do-not-print-0000"
         rec = Recorder()
         client = RunbaseClient(
@@ -233,6 +235,7 @@ async def expect(
 def cfg(**kw: Any) -> SimConfig:
     kw.setdefault("rate", (10, 1.0))
     kw.setdefault("time_scale", FAST)
+    kw.setdefault("tiny_videos", True)
     return SimConfig(**kw)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from batchgen.download import DownloadError, Expectation, fetch_outputs, file_names
+from batchgen.download import DownloadError, fetch_outputs, file_names
+from batchgen.media import Expectation
 from batchgen.retry import RetryPolicy
 from tests.test_download_support import Fault, FileServer, make_mp4, mp4_16x9, server
 

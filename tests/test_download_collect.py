@@ -71,8 +71,10 @@ async def test_collect_names_files_writes_sidecars_and_returns_fields(
     digest = hashlib.sha256(mp4_16x9).hexdigest()
     assert json.loads(fields["output_paths_json"]) == [name]
     assert json.loads(fields["checksums_json"]) == [digest]
-    assert fields["media_note"] is None
+    # a 64x36 file where the model's default resolution (1080p) was asked: kept, and said
+    assert fields["media_note"] == "frame 64x36 is not 1080p (1920x1080) as asked"
     side = read_sidecar(out / name)
+    assert side["media_note"] == fields["media_note"]
     assert side["sha256"] == digest and side["run_id"] == "run_1" and side["file"] == name
     assert side["media"]["width"] == 64 and side["timings"]["downloaded_at"] == 42.0
     assert side["prompt"] == "A red fox in the snow" and side["cost_usd"] == 0.484

@@ -32,7 +32,12 @@ KEY = DEFAULT_KEY  # the key a simulator without configured keys accepts
 # The engine tests were written against a stand-in with these names; they now mean
 # the real simulator.
 StandInSim = Simulator
-StandInConfig = SimConfig
+
+
+def StandInConfig(**kw: Any) -> SimConfig:
+    """The simulator the engine tests use: tiny clips, since they test the engine."""
+    kw.setdefault("tiny_videos", True)
+    return SimConfig(**kw)
 
 
 # ------------------------------------------------------------------ batches

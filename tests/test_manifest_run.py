@@ -35,7 +35,7 @@ async def test_local_images_are_stored_as_references_and_sent_inline(tmp_path: P
     manifest = folder / "i2v.yaml"
     shutil.copy(ROOT / "manifests" / "image-to-video.yaml", manifest)
     db_path = tmp_path / "state.db"
-    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5), tiny_videos=True)) as sim:
         summary = await arun_batch(
             db_path,
             api_key=DEFAULT_KEY,
@@ -76,7 +76,7 @@ async def test_a_changed_manifest_reports_what_it_adds_and_no_longer_lists(
     extra = 'include:\n  - {subject: fox, aspect_ratio: "16:9"}\n'
     changed = write_manifest(tmp_path, ["fox", "lynx"], extra=extra)
     caplog.set_level(logging.INFO)
-    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5), tiny_videos=True)) as sim:
         summary = await arun_batch(
             db_path,
             api_key=DEFAULT_KEY,
@@ -117,7 +117,7 @@ async def test_run_takes_max_jobs_from_the_command_line(tmp_path: Path) -> None:
     assert refused.returncode == 2, refused.stderr
     assert "over the limit of 3" in refused.stderr and "--max-jobs 4" in refused.stderr
     assert not db_path.exists()
-    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5), tiny_videos=True)) as sim:
         summary = await arun_batch(
             db_path,
             api_key=DEFAULT_KEY,
@@ -147,7 +147,7 @@ async def test_every_state_change_of_a_run_is_an_event_row_and_rows_are_never_re
         return out
 
     options = RunOptions(rate=(20, 0.5), poll_policy=PollPolicy(min_interval_s=0.01))
-    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5), tiny_videos=True)) as sim:
         options.base_url = sim.base_url
         first = await arun_batch(db_path, api_key=DEFAULT_KEY, manifest=manifest, options=options)
         logged = events()

@@ -21,6 +21,20 @@ from tests.test_batches import by_subject, finish, write_manifest
 PRICE_720_5 = load_model("bytedance/seedance-1-pro").prices["720p"]["5"]
 
 
+def test_only_what_varies_is_listed_by_axis(tmp_path):
+    # resolution is a matrix entry with one value: a constant, not an axis
+    loaded = load_manifest(write_manifest(tmp_path, ["fox", "owl"], ratios=("16:9",)))
+    plan = build_plan(loaded)
+    assert list(plan.axes) == ["subject"]
+    assert "  aspect_ratio (" not in render_plan(plan)
+    extra = 'include:\n  - {subject: heron, aspect_ratio: "1:1"}\n'
+    varied = load_manifest(
+        write_manifest(tmp_path, ["fox", "owl"], ratios=("16:9",), extra=extra, file="b.yaml")
+    )
+    # an include with another aspect ratio makes it vary after all
+    assert build_plan(varied).axes["aspect_ratio"]["jobs"] == {"16:9": 2, "1:1": 1}
+
+
 def test_totals_axes_and_samples_of_a_fresh_manifest(tmp_path):
     loaded = load_manifest(
         write_manifest(tmp_path, ["fox", "owl", "heron"], extra="limits: {budget_usd: 100}\n")

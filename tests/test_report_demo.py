@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from batchgen.media import probe
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,8 +42,16 @@ def test_the_demo_ends_by_writing_the_report_and_printing_its_path(tmp_path: Pat
     data = json.loads(found.group(1))
     assert data["batch"] == "example" and data["jobs"] == 6
     assert sum(data["counts"].values()) == 6 and not set(data["counts"]) - {"succeeded", "failed"}
+    # laid out by what varies: subject x aspect ratio, not the rendered prompt
+    assert (data["rows"], data["cols"]) == ("subject", "aspect_ratio")
     with open(out / "jobs.csv", encoding="utf-8", newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == 6
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6
+    # the demo's "720p" videos are 720p: the decoder check found nothing to say
+    done = [r for r in rows if r["state"] == "succeeded"]
+    assert done and all(r["media_note"] == "" for r in done)
+    sizes = {(m.width, m.height) for m in map(probe, (out / "videos").glob("*.mp4"))}
+    assert sizes and sizes <= {(1280, 720), (720, 1280)}
     assert "sk-sim-" not in page
 
 

@@ -31,7 +31,7 @@ LONG = "a slow dolly shot across a misty harbour at dawn, " * 12 + "the end"
 PROMPTS = ["a red fox in fresh snow", INJECTION, UNICODE, LONG]
 ASPECTS = ["16:9", "9:16"]
 BAD_PROMPT = "a fox in an impossible frame"
-FAST = SimConfig(time_scale=0.002, rate=(20, 0.5))
+FAST = SimConfig(time_scale=0.002, rate=(20, 0.5))  # real sizes: no media notes
 
 
 @dataclass
@@ -99,14 +99,15 @@ def big_batch(
 ) -> tuple[Engine, Batch]:
     """``jobs`` jobs (prompts x 5 aspect ratios), all succeeded except every 97th failed,
     sharing ``files`` real clips (as if written by the engine; no server involved)."""
-    from batchgen.sim.video import render
+    from batchgen.sim.video import TINY_FPS, frame_size, render
 
     aspects = ["16:9", "9:16", "1:1", "4:3", "21:9"]
     db, batch = make_batch(db_path, [], out_dir, name="big")
     out_dir.mkdir(parents=True, exist_ok=True)
     sums = []
     for f in range(files):
-        clip = render(f"clip {f}", aspects[f % 5], 5.0)
+        size = frame_size(aspects[f % 5], "720p", tiny=True)
+        clip = render(f"clip {f}", *size, 5.0, TINY_FPS)
         (out_dir / f"{f}.mp4").write_bytes(clip.data)
         sums.append(hashlib.sha256(clip.data).hexdigest())
     rows = []

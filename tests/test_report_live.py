@@ -37,7 +37,17 @@ def test_the_live_report_fills_in_during_the_run_and_is_never_half_written(
 ) -> None:
     (tmp_path / "m.yaml").write_text(MANIFEST, encoding="utf-8")
     sim = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--time-scale", "0.04"],
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "sim",
+            "--port",
+            "0",
+            "--tiny-videos",
+            "--time-scale",
+            "0.04",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -101,7 +111,17 @@ def test_a_run_stopped_by_ctrl_c_still_leaves_a_whole_up_to_date_report(
 ) -> None:
     (tmp_path / "m.yaml").write_text(MANIFEST, encoding="utf-8")
     sim = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--time-scale", "0.2"],
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "sim",
+            "--port",
+            "0",
+            "--tiny-videos",
+            "--time-scale",
+            "0.2",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -8,17 +8,15 @@ from pathlib import Path
 import pytest
 
 from batchgen import charts
-from batchgen.errors import UsageError
 from batchgen.posters import extract_jpeg, poster_for, poster_path
-from batchgen.report import choose_layout
-from batchgen.sim.video import render
-from batchgen.store.reports import JobRow
+from batchgen.sim.video import TINY_FPS, frame_size, render
 
 
 @pytest.fixture
 def video(tmp_path: Path) -> Path:
     path = tmp_path / "clip.mp4"
-    path.write_bytes(render("a red fox", "9:16", 2.0).data)
+    size = frame_size("9:16", "720p", tiny=True)
+    path.write_bytes(render("a red fox", *size, 2.0, TINY_FPS).data)
     return path
 
 
@@ -83,51 +81,3 @@ def test_chart_labels_are_cut_to_fit_and_keep_the_whole_text_as_a_tooltip() -> N
     assert f"<title>{wide}</title>日本語の狐が雪の中…</text>" in svg
     assert f"<title>{long}</title>an extremely long p…</text>" in svg
     assert "<title>16:9</title>16:9</text>" in svg
-
-
-def test_layout_defaults_to_prompts_by_the_axis_with_most_values() -> None:
-    axes = ["prompt", "style", "aspect_ratio", "duration"]
-    values = {
-        "prompt": ["a", "b"],
-        "style": ["x", "y"],
-        "aspect_ratio": ["16:9", "9:16", "1:1"],
-        "duration": ["5"],
-    }
-    assert choose_layout(axes, values, None, None, "b") == ("prompt", "aspect_ratio")
-    values["aspect_ratio"] = ["16:9", "9:16"]
-    assert choose_layout(axes, values, None, None, "b") == ("prompt", "style")  # tie: first
-    assert choose_layout(axes, values, "style", None, "b") == ("style", "prompt")
-    assert choose_layout(["prompt"], {"prompt": ["a"]}, None, None, "b") == ("prompt", None)
-    with pytest.raises(UsageError, match="choose one of: prompt, style"):
-        choose_layout(axes, values, None, "colour", "b")
-    with pytest.raises(UsageError, match="both 'style'"):
-        choose_layout(axes, values, "style", "style", "b")
-
-
-def test_an_axis_the_prompt_already_decides_is_not_the_default_column() -> None:
-    # prompt: "a {subject} in a meadow": subject has one value per prompt
-    jobs = [
-        _job(i, f"a {subject} in a meadow", {"subject": subject, "aspect_ratio": aspect})
-        for i, (subject, aspect) in enumerate(
-            (s, a) for s in ("fox", "red panda", "heron") for a in ("16:9", "9:16")
-        )
-    ]
-    axes = ["subject", "aspect_ratio", "prompt"]
-    values = {
-        "subject": ["fox", "red panda", "heron"],
-        "aspect_ratio": ["16:9", "9:16"],
-        "prompt": [f"a {s} in a meadow" for s in ("fox", "red panda", "heron")],
-    }
-    assert choose_layout(axes, values, None, None, "b") == ("prompt", "subject")
-    assert choose_layout(axes, values, None, None, "b", jobs=jobs) == ("prompt", "aspect_ratio")
-    assert choose_layout(axes, values, None, "subject", "b", jobs=jobs) == ("prompt", "subject")
-
-
-def _job(idx: int, prompt: str, axes: dict[str, str]) -> JobRow:
-    return JobRow(
-        id=idx, key=str(idx), idx=idx, variant=0, listed=True,
-        input={"prompt": prompt, "aspect_ratio": axes["aspect_ratio"]}, axes=axes,
-        state="queued", run_id=None, attempts=0, estimate_micro_usd=0, cost_micro_usd=0,
-        submitted_at=None, run_created_at=None, run_completed_at=None, finished_at=None,
-        output_paths=[], checksums=[], last_error=None, error_code=None, media_note=None,
-    )  # fmt: skip

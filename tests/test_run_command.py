@@ -8,6 +8,7 @@ what a terminal and a log file see, and the `--json` summary.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ import pty
 import re
 import signal
 import socket
+import struct
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +93,8 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
     # 15% 500s, dropped connections (some after the run was charged), failed runs,
     # downloads cut mid-file and first URLs already expired: every job still succeeds.
     config = SimConfig(
-        keys=[KEY], time_scale=0.01, rate=(20, 0.5), seed=7, error_rate=0.15, drop_rate=0.15,
-        fail_rate=0.3, cut_rate=0.6, stale_first_url=True,
+        keys=[KEY], tiny_videos=True, time_scale=0.01, rate=(20, 0.5), seed=7, error_rate=0.15,
+        drop_rate=0.15, fail_rate=0.3, cut_rate=0.6, stale_first_url=True,
     )  # fmt: skip
     manifest = write_manifest(tmp_path, limits="  max_attempts: 8\n")
     db_path, out = tmp_path / "state.db", tmp_path / "elsewhere"
@@ -164,7 +167,7 @@ async def test_a_faulty_service_still_gives_every_video_once_and_a_full_summary(
 )
 async def test_each_way_a_run_ends_has_its_exit_code(tmp_path, config, extra, limits, code, says):
     manifest = write_manifest(tmp_path, 4, limits=limits)
-    config = {"keys": [KEY], "time_scale": 0.01, "rate": (20, 0.5), **config}
+    config = {"keys": [KEY], "tiny_videos": True, "time_scale": 0.01, "rate": (20, 0.5), **config}
     async with Simulator(SimConfig(**config)) as sim:
         args = ("run", str(manifest), "--db", str(tmp_path / "s.db"), *extra)
         got, stdout, stderr = await batchgen(
@@ -185,7 +188,9 @@ async def test_each_way_a_run_ends_has_its_exit_code(tmp_path, config, extra, li
 
 async def test_a_revoked_key_stops_at_the_first_answer_with_3(tmp_path):
     manifest = write_manifest(tmp_path, 4)
-    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(20, 0.5))) as sim:
+    async with Simulator(
+        SimConfig(keys=[KEY], tiny_videos=True, time_scale=0.01, rate=(20, 0.5))
+    ) as sim:
         env = env_for(sim.base_url, key="sk-revoked-key-123")
         code, _, stderr = await batchgen(
             "run", str(manifest), "--db", "s.db", env=env, cwd=tmp_path
@@ -197,7 +202,7 @@ async def test_a_revoked_key_stops_at_the_first_answer_with_3(tmp_path):
 async def test_a_bad_manifest_exits_2_and_writes_and_sends_nothing(tmp_path):
     manifest = write_manifest(tmp_path, 2)
     manifest.write_text(manifest.read_text().replace("720p", "4k"))
-    async with Simulator(SimConfig(keys=[KEY])) as sim:
+    async with Simulator(SimConfig(keys=[KEY], tiny_videos=True)) as sim:
         code, _, stderr = await batchgen(
             "run", str(manifest), "--db", "s.db", env=env_for(sim.base_url), cwd=tmp_path
         )
@@ -208,7 +213,9 @@ async def test_a_bad_manifest_exits_2_and_writes_and_sends_nothing(tmp_path):
 
 async def test_sigterm_stops_cleanly_with_75_and_the_next_run_finishes(tmp_path):
     manifest = write_manifest(tmp_path)
-    async with Simulator(SimConfig(keys=[KEY], time_scale=0.05, rate=(10, 0.5))) as sim:
+    async with Simulator(
+        SimConfig(keys=[KEY], tiny_videos=True, time_scale=0.05, rate=(10, 0.5))
+    ) as sim:
         env = env_for(sim.base_url)
         args = ("run", str(manifest), "--db", str(tmp_path / "s.db"))
         proc = await start(*args, env=env, cwd=tmp_path)
@@ -232,6 +239,9 @@ async def test_sigterm_stops_cleanly_with_75_and_the_next_run_finishes(tmp_path)
 async def test_a_terminal_gets_the_live_panel(tmp_path):
     manifest = write_manifest(tmp_path, 4)
     master, slave = pty.openpty()
+    # the terminal is described to the child, never inherited: cron and `env -i` have no TERM
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    terminal = {**env_for("http://unused"), "TERM": "xterm-256color"}
     chunks: list[bytes] = []
 
     def drain() -> None:
@@ -243,9 +253,12 @@ async def test_a_terminal_gets_the_live_panel(tmp_path):
     loop = asyncio.get_running_loop()
     loop.add_reader(master, drain)
     try:
-        async with Simulator(SimConfig(keys=[KEY], time_scale=0.02, rate=(20, 0.5))) as sim:
+        async with Simulator(
+            SimConfig(keys=[KEY], tiny_videos=True, time_scale=0.02, rate=(20, 0.5))
+        ) as sim:
             args = ("run", str(manifest), "--db", str(tmp_path / "s.db"), "--budget-usd", "5")
-            proc = await start(*args, env=env_for(sim.base_url), cwd=tmp_path, stderr=slave)
+            env = {**terminal, "RUNBASE_BASE_URL": sim.base_url}
+            proc = await start(*args, env=env, cwd=tmp_path, stderr=slave)
             os.close(slave)
             await asyncio.wait_for(proc.wait(), 60)
             await asyncio.sleep(0.2)  # let the last bytes arrive
@@ -264,7 +277,7 @@ async def test_a_terminal_gets_the_live_panel(tmp_path):
 async def test_an_output_folder_that_cannot_hold_videos_exits_2_before_paying(tmp_path):
     manifest = write_manifest(tmp_path, 2)
     (tmp_path / "a-file").write_text("not a folder")
-    async with Simulator(SimConfig(keys=[KEY])) as sim:
+    async with Simulator(SimConfig(keys=[KEY], tiny_videos=True)) as sim:
         env = env_for(sim.base_url)
         for out, says in (("a-file", "it is a file, not a folder"), ("a-file/sub", "Not a dir")):
             code, _, stderr = await batchgen(

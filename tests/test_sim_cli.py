@@ -198,7 +198,7 @@ def test_every_option_reaches_the_server() -> None:
             "--fail-rate", "0.25", "--error-rate", "0.125", "--drop-rate", "0.0625",
             "--slow-rate", "0.5", "--slow-poll-rate", "0.375", "--cut-rate", "0.75",
             "--url-ttl", "42", "--stale-first-url",
-            "--ignore-idempotency", "--seed", "9", "--price", "1080p/5=0.6",
+            "--ignore-idempotency", "--seed", "9", "--price", "1080p/5=0.6", "--tiny-videos",
             "--price", "720p/10=0.3"]  # fmt: skip
     with sim_process(*args) as (proc, base_url):
         with urllib.request.urlopen(f"{base_url}/_sim/stats", timeout=10) as resp:
@@ -210,6 +210,7 @@ def test_every_option_reaches_the_server() -> None:
         "slow_rate": 0.5, "slow_poll_rate": 0.375, "cut_rate": 0.75, "url_ttl_s": 42.0,
         "stale_first_url": True,
         "ignore_idempotency": True, "seed": 9, "prices_usd": {"1080p/5": 0.6, "720p/10": 0.3},
+        "tiny_videos": True,
     }  # fmt: skip
     assert [k["key"] for k in stats["keys"]] == ["key#1", "key#2"]
     assert [k["balance_micro_usd"] for k in stats["keys"]] == [12_500_000, 12_500_000]

@@ -29,23 +29,74 @@ def decode(data: bytes) -> tuple[str, int, int, float, int, bytes]:
         )
 
 
+# the usual convention (docs/sim.md): the short side is the resolution's lines, the long
+# side follows the aspect ratio
+SIZES = {
+    ("16:9", "720p"): (1280, 720), ("9:16", "720p"): (720, 1280), ("4:3", "720p"): (960, 720),
+    ("3:4", "1080p"): (1080, 1440), ("1:1", "1080p"): (1080, 1080),
+    ("21:9", "1080p"): (2520, 1080), ("16:9", "1080p"): (1920, 1080),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("aspect", "resolution", "duration"),
+    [("16:9", "720p", "5"), ("9:16", "720p", "10"), ("4:3", "720p", "5"), ("3:4", "1080p", "5"),
+     ("1:1", "1080p", "5"), ("21:9", "1080p", "10"), ("16:9", "1080p", "10")],
+)  # fmt: skip
+async def test_the_file_is_a_real_h264_mp4_of_the_asked_size_and_length(
+    aspect, resolution, duration
+):
+    async with running(tiny_videos=False) as (_sim, api):
+        _, data, got = await api.succeeded_file(
+            {"prompt": "a heron", "aspect_ratio": aspect, "resolution": resolution,
+             "duration": duration}
+        )  # fmt: skip
+    assert got.headers["Content-Type"] == "video/mp4"
+    assert data[4:8] == b"ftyp"
+    codec, width, height, seconds, frames, _ = decode(data)
+    assert codec == "h264"
+    assert (width, height) == SIZES[aspect, resolution]
+    assert abs(seconds - int(duration)) < 0.3 and frames >= int(duration)
+    assert len(data) < 1_000_000  # one frame a second at a low bitrate: cheap to serve
+
+
+async def test_without_a_resolution_the_models_default_1080p_is_served():
+    async with running(tiny_videos=False) as (_sim, api):
+        _, data, _ = await api.succeeded_file({"prompt": "a heron", "aspect_ratio": "9:16"})
+    assert decode(data)[1:3] == (1080, 1920)
+
+
 @pytest.mark.parametrize(
     ("aspect", "duration"),
     [("16:9", "5"), ("9:16", "5"), ("4:3", "10"), ("3:4", "5"), ("1:1", "5"), ("21:9", "10")],
 )
-async def test_the_file_is_a_real_h264_mp4_with_the_asked_ratio_and_length(aspect, duration):
-    async with running() as (_sim, api):
-        _, data, got = await api.succeeded_file(
-            {"prompt": "a heron", "aspect_ratio": aspect, "duration": duration}
+async def test_tiny_videos_keep_the_asked_ratio_and_length_on_a_36_pixel_side(aspect, duration):
+    async with running(tiny_videos=True) as (_sim, api):
+        _, data, _ = await api.succeeded_file(
+            {
+                "prompt": "a heron",
+                "aspect_ratio": aspect,
+                "resolution": "1080p",
+                "duration": duration,
+            }
         )
-    assert got.headers["Content-Type"] == "video/mp4"
-    assert data[4:8] == b"ftyp"
     codec, width, height, seconds, frames, _ = decode(data)
     a, b = (int(x) for x in aspect.split(":"))
     assert codec == "h264"
     assert Fraction(width, height) == Fraction(a, b)
     assert 36 <= min(width, height) <= 72
     assert abs(seconds - int(duration)) < 0.3 and frames >= int(duration)
+
+
+async def test_a_clip_is_cached_per_size_so_switching_tiny_videos_live_serves_the_other():
+    async with running(tiny_videos=False) as (sim, api):
+        _, big, _ = await api.succeeded_file({"prompt": "a fox", "resolution": "720p"})
+        sim.config.tiny_videos = True
+        _, small, _ = await api.succeeded_file({"prompt": "a fox", "resolution": "720p"})
+        _, small_again, _ = await api.succeeded_file({"prompt": "a fox", "resolution": "720p"})
+        encoded = sim.stats()["clips_encoded"]
+    assert decode(big)[1:3] == (1280, 720) and decode(small)[1:3] == (64, 36)
+    assert small == small_again and encoded == 2
 
 
 async def test_two_prompts_give_different_pictures_and_one_prompt_the_same_bytes():

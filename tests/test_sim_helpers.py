@@ -49,6 +49,7 @@ class Answer:
 async def running(**config: Any) -> AsyncIterator[tuple[Simulator, Api]]:
     config.setdefault("time_scale", FAST)
     config.setdefault("rate", (1000, 1.0))
+    config.setdefault("tiny_videos", True)  # the API tests; test_sim_files asks for real sizes
     async with Simulator(SimConfig(**config)) as sim, aiohttp.ClientSession() as session:
         yield sim, Api(sim.base_url, session)
 

@@ -36,6 +36,7 @@ API_ROUTES = ("POST /api/v1/runs", "GET /api/v1/runs/{id}")
 
 
 def sim_config(**kw: Any) -> SimConfig:
+    kw.setdefault("tiny_videos", True)  # these tests are about running unattended, not pixels
     return SimConfig(keys=[KEY], **kw)
 
 

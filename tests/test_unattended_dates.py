@@ -106,7 +106,9 @@ async def test_a_run_crossing_midnight_stays_one_batch_and_date_replays_it(tmp_p
         dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0, 0, 1)),
     )
     log = tmp_path / "run.jsonl"
-    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0))) as sim:
+    async with Simulator(
+        SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), tiny_videos=True)
+    ) as sim:
         opts = RunOptions(base_url=sim.base_url, log_file=log)
         summary = await arun_batch(
             db_path,
@@ -159,7 +161,9 @@ async def test_the_command_with_date_replays_a_day_from_cron(tmp_path: Path) -> 
     manifest = tmp_path / "nightly.yaml"
     manifest.write_text(MANIFEST)
     db_path = tmp_path / "state.db"
-    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0))) as sim:
+    async with Simulator(
+        SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), tiny_videos=True)
+    ) as sim:
         env = cron_env(tmp_path, sim.base_url)
         args = [
             sys.executable, "-m", "batchgen", "run", str(manifest), "--db", str(db_path),
@@ -190,7 +194,9 @@ async def test_overlapping_runs_of_a_manifest_refuse_or_wait_and_pay_once(tmp_pa
     manifest.write_text(MANIFEST)
     db_path = tmp_path / "state.db"
     # polls held (a sim knob): the first run cannot end until the others have tried
-    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), hold_polls=True))
+    sim = Simulator(
+        SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), tiny_videos=True, hold_polls=True)
+    )
     async with sim:
         env = cron_env(tmp_path, sim.base_url)
         args = ("run", str(manifest), "--db", str(db_path), "--date", "2026-11-24")

@@ -118,7 +118,7 @@ async def test_the_example_crontab_finishes_yesterday_then_runs_tonight(tmp_path
     home = tmp_path / "home"
     yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
     today = dt.date.today().isoformat()
-    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0)))
+    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), tiny_videos=True))
     async with sim, receiver([]) as (url, got):
         (home / ".config" / "batchgen").mkdir(parents=True)
         (home / ".config" / "batchgen" / "key.env").write_text(
@@ -162,7 +162,7 @@ async def test_the_example_systemd_unit_runs_as_written(tmp_path: Path) -> None:
     unit_text = (EXAMPLES / "systemd" / "batchgen-nightly.service").read_text()
     timer = parse_unit((EXAMPLES / "systemd" / "batchgen-nightly.timer").read_text())
     assert timer["OnCalendar"] == ["*-*-* 01:30:00"] and timer["Persistent"] == ["true"]
-    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0)))
+    sim = Simulator(SimConfig(keys=[KEY], time_scale=0.01, rate=(40, 1.0), tiny_videos=True))
     async with sim, receiver([]) as (url, got):
         unit = parse_unit(relocate(unit_text, paths, url))
         assert unit["SuccessExitStatus"] == ["75"] and unit["Type"] == ["oneshot"]

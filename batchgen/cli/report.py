@@ -92,14 +92,17 @@ def report(
     rows: Annotated[
         str | None,
         typer.Option(
-            "--rows", help="Axis for the grid's rows (default: prompt).", show_default=False
+            "--rows",
+            help="Axis for the grid's rows (default: the manifest's first varying axis).",
+            show_default=False,
         ),
     ] = None,
     cols: Annotated[
         str | None,
         typer.Option(
             "--cols",
-            help="Axis for the columns (default: the axis with the most values after the rows).",
+            help="Axis for the columns (default: the next varying axis; the rest make one "
+            "grid per value).",
             show_default=False,
         ),
     ] = None,
@@ -115,11 +118,11 @@ def report(
 ) -> None:
     """Write a self-contained HTML contact sheet of BATCH and print its path.
 
-    One grid of every job (rows = prompts, columns = another axis), each cell a
-    video that plays on hover with its inputs, cost, generation time and sidecar;
-    failed and pending jobs show why. Header: totals and two small charts. No
-    network needed to view it; zip the folder to share it. An unknown --rows/--cols
-    exits 2 and lists the axes.
+    A grid of every job (rows and columns = the first two axes that vary, one grid
+    per value of the rest), each cell a video that plays on hover with its inputs,
+    cost, generation time and sidecar; failed and pending jobs show why. Header:
+    totals and two small charts. No network needed to view it; zip the folder to
+    share it. An unknown --rows/--cols exits 2 and lists the axes.
 
     Example: batchgen report nightly-2024-05-01 --cols resolution --out sheet.html
     """

@@ -153,6 +153,14 @@ def sim(
         ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 0,
+    tiny_videos: Annotated[
+        bool,
+        typer.Option(
+            "--tiny-videos",
+            help="Serve 64x36-ish clips (the asked aspect ratio) instead of the asked "
+            "resolution: fast, for tests. The decoder check then notes the size.",
+        ),
+    ] = False,
 ) -> None:
     from batchgen.sim import SimConfig
 
@@ -179,6 +187,7 @@ def sim(
             stale_first_url=stale_first_url,
             ignore_idempotency=ignore_idempotency,
             seed=seed,
+            tiny_videos=tiny_videos,
         )
     except ValueError as exc:
         raise UsageError(_as_options(str(exc))) from None

@@ -47,6 +47,9 @@ class SimConfig:
     #: while True, GET /api/v1/runs/{id} answers wait (live knob): to clients no run
     #: ends. Tests set it to keep runs in flight, then back to False to let them finish.
     hold_polls: bool = False
+    #: serve 64x36-ish clips (the asked aspect ratio, 36-pixel short side) instead of
+    #: the asked resolution: for tests that need speed. Live knob.
+    tiny_videos: bool = False
 
     def __post_init__(self) -> None:
         problems = self.problems()

@@ -227,7 +227,13 @@ class Simulator:
         if run is None or request.match_info["name"] != "0.mp4" or not run.settled or run.fails:
             return self._refuse(route, Refusal(404, "not_found", "No such file"))
         inp = run.input
-        clip = await self.clips.get(inp["prompt"], inp["aspect_ratio"], float(inp["duration"]))
+        clip = await self.clips.get(
+            inp["prompt"],
+            inp["aspect_ratio"],
+            inp["resolution"],
+            float(inp["duration"]),
+            tiny=self.config.tiny_videos,
+        )
         status, headers, body = files.plan_answer(request, clip.data, clip.etag)
         cut = (
             request.method == "GET"

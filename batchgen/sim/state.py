@@ -117,6 +117,7 @@ class SimState:
                 "stale_first_url": c.stale_first_url,
                 "ignore_idempotency": c.ignore_idempotency,
                 "seed": c.seed,
+                "tiny_videos": c.tiny_videos,
             },
         }
 

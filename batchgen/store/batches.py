@@ -109,6 +109,8 @@ class SyncResult:
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: axes keep the manifest's order: the report lays its grid out by the first two
+_IN_ORDER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _dumps(value: Any) -> str:
@@ -207,7 +209,7 @@ def _row(batch_id: int, job: ExpandedJob, price: int, now: float) -> tuple[Any, 
         job.idx,
         job.variant,
         _dumps(job.input),
-        _dumps(job.axes),
+        _IN_ORDER.encode(job.axes),
         price,
         now,
     )
