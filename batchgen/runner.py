@@ -39,6 +39,7 @@ from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest
 from batchgen.polling import DurationModel, api_duration, run_class
 from batchgen.progress import RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
+from batchgen.redact import redact_text
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run_options import (
@@ -121,7 +122,7 @@ async def arun_batch(
         with interrupt_on_signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
-        code, reason = exc.exit_code, str(exc)
+        code, reason = exc.exit_code, redact_text(str(exc))
     except BaseException as exc:
         code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
         summary = run.summary(code, reason, started)

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from batchgen.redact import mask_urls_in
+
 #: the fields a sidecar may hold, and what each means
 FIELDS: dict[str, str] = {
     "batch": "batch name",
@@ -117,9 +119,10 @@ def fsync_dir(folder: Path) -> None:
 
 
 def scrub(value: Any) -> Any:
-    """``value`` with every key-like string redacted (dicts and lists walked)."""
+    """``value`` with every key-like string redacted and every URL password masked
+    (``batchgen.redact.mask_urls_in``), dicts and lists walked."""
     if isinstance(value, str):
-        return KEY_LIKE.sub(REDACTED, value)
+        return KEY_LIKE.sub(REDACTED, mask_urls_in(value))
     if isinstance(value, Mapping):
         return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

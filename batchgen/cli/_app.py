@@ -13,6 +13,7 @@ import typer
 
 from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
+from batchgen.redact import RedactingFormatter
 from batchgen.store.reader import DEFAULT_DB
 
 app = typer.Typer(
@@ -54,12 +55,12 @@ def _root(
     quiet: Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")] = 0,
 ) -> None:
     level = logging.INFO - 10 * verbose + 10 * quiet
-    logging.basicConfig(
-        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
+    # every line (tracebacks too) hides URL passwords and key-like strings
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
     )
+    logging.basicConfig(level=max(logging.DEBUG, min(logging.CRITICAL, level)), handlers=[handler])
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:
