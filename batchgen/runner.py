@@ -353,19 +353,23 @@ class _Run:
         remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
         per_job = self.tally.total / max(1, counts.get("succeeded", 0)) if self.tally.total else 2.2
         limit_per_s = lim.max_requests / lim.window_s
-        eta = 0.0  # nothing left
+        eta: float | None = 0.0  # nothing left
         if remaining or engine.active:
             eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
+        # until the API answers once, neither a rate (of failed connections) nor an eta
+        # from it is known
+        answered = self.tally.answered > 0
+        unanswered = self.tally.total > 0 and not answered
         return Snapshot(
             batch=engine.batch.name,
             counts=dict(counts),
-            requests_per_s=self.tally.per_second(),
+            requests_per_s=None if unanswered else self.tally.per_second(),
             limit_per_s=limit_per_s,
             requests=self.tally.total,
             spend_micro_usd=engine.budget.spent,
             budget_micro_usd=engine.budget.limit,
             elapsed_s=self.clock.monotonic() - started,
-            eta_s=eta,
+            eta_s=eta if answered or not eta else None,
             note=engine.stopping,
         )
 
