@@ -11,6 +11,8 @@ Two rules:
   ``***@``). ``mask_urls_in`` does that for every URL inside a free text: an error
   message, a log line, a traceback.
 
+``mask_urls_deep`` does it for every string of a JSON-like value (a job's input as
+the plan, the report and the export show it; the database keeps what is sent).
 ``RedactingFormatter`` applies ``mask_urls_in`` (and hides Runbase keys) to every log
 line, tracebacks included, so a message that quotes a URL cannot leak it through the
 log either. The JSON writers (log file, summary, sidecars, notification body) go
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 MASK = "***"
@@ -46,6 +50,21 @@ def mask_urls_in(text: str) -> str:
     return _USERINFO.sub(
         lambda m: f"{m.group('scheme')}{_mask_userinfo(m.group('userinfo'))}@", text
     )
+
+
+def mask_urls_deep(value: Any) -> Any:
+    """``value`` with ``mask_urls_in`` applied to every string in it (dicts and lists
+    walked): a job's input as shown (plan, report, export), never as sent."""
+    if isinstance(value, str):
+        return mask_urls_in(value)
+    if isinstance(value, Mapping):
+        return {
+            mask_urls_in(k) if isinstance(k, str) else k: mask_urls_deep(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_urls_deep(v) for v in value]
+    return value
 
 
 def mask_url(url: str) -> str:
@@ -94,6 +113,7 @@ __all__ = [
     "MASK",
     "RedactingFormatter",
     "mask_url",
+    "mask_urls_deep",
     "mask_urls_in",
     "notify_url_shown",
     "redact_text",

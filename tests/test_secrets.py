@@ -293,3 +293,59 @@ def test_the_example_crontab_loads_a_key_file_with_windows_line_endings(tmp_path
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == KEY  # the carriage return is gone: check_api_key takes it
+
+
+def test_the_simulator_refuses_a_key_no_header_can_carry() -> None:
+    for bad in ("sk-abc\x1bdefgh", "sk-abcdef\u2013gh", "sk-abcdefgh\r"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            SimConfig(keys=[bad])
+
+
+IMAGES_MANIFEST = f"""\
+name: imgs
+out_dir: out
+defaults:
+  prompt: a fox
+  resolution: 720p
+  duration: 5
+matrix:
+  image: ["https://me:{PASSWORD}@cdn.example/b.jpg", "https://{PASSWORD}@cdn.example/c.jpg"]
+"""
+
+
+async def test_an_image_urls_password_is_sent_but_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(IMAGES_MANIFEST)
+    files = tmp_path / "files"
+    seen = b""
+
+    async def cli(*args: str, env: dict[str, str]) -> int:
+        nonlocal seen
+        code, out, err = await finish(await start(*args, env=env, cwd=tmp_path))
+        seen += (out + err).encode()
+        return code
+
+    async with Simulator(SimConfig(keys=[KEY], time_scale=0.01)) as sim:
+        env = cron_env(tmp_path, sim.base_url)
+        assert await cli("validate", "m.yaml", env=env) == 0
+        assert await cli("validate", "m.yaml", "--json", env=env) == 0
+        assert await cli("plan", "m.yaml", env=env) == 0
+        assert await cli("plan", "m.yaml", "--json", env=env) == 0
+        code = await cli(
+            "-v", "run", "m.yaml", "--db", "s.db", "--log-file", str(files / "log.jsonl"),
+            "--summary-file", str(files / "s.json"), "--metrics-file", str(files / "m.prom"),
+            "--report", str(files / "live.html"), env=env,
+        )  # fmt: skip
+        assert code == 0
+        sent = [run.input["image_urls"][0] for run in sim.state.book.runs.values()]
+    assert any(f":{PASSWORD}@" in url for url in sent)  # the API got what it needs
+    for args in (
+        ["status", "--db", "s.db"],
+        ["status", "--db", "s.db", "--json"],
+        ["report", "--db", "s.db", "--out", str(files / "r.html")],
+        ["export", "--db", "s.db", "--out", str(files / "e.csv")],
+        ["export", "--db", "s.db", "--format", "jsonl", "--out", str(files / "e.jsonl")],
+    ):
+        assert await cli(*args, env=env) == 0, args
+    assert "me:***@cdn.example" in (files / "e.jsonl").read_text()
+    seen += every_output(files, tmp_path / "out")
+    assert PASSWORD.encode() not in seen
