@@ -178,15 +178,20 @@ def test_plain_http_to_a_remote_host_exits_2_on_every_command(tmp_path: Path) ->
 
 
 def test_allow_insecure_lets_a_plain_http_url_through(tmp_path: Path) -> None:
-    # nothing listens on the port: the run gets past the check and reaches the network
-    (tmp_path / "m.yaml").write_text(MANIFEST)
-    proc = batchgen(
-        "run", "m.yaml", "--db", str(tmp_path / "s.db"), "--allow-insecure",
-        "--base-url", "http://localhost.invalid:9", "--max-runtime", "1",
-        env={"RUNBASE_API_KEY": KEY}, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode != 2, proc.stderr
-    assert "unencrypted" not in proc.stderr and (tmp_path / "s.db").exists()
+    # past the URL check, the next one speaks: the manifest / the database is missing
+    # (so nothing is sent anywhere)
+    key = {"RUNBASE_API_KEY": KEY}
+    remote = "http://192.0.2.1:9"
+    db = str(tmp_path / "s.db")
+    for args in (
+        ["run", "missing.yaml", "--db", db, "--base-url", remote, "--allow-insecure"],
+        ["resume", "--db", db, "--base-url", remote, "--allow-insecure"],
+        ["retry", "b", "--db", db, "--base-url", remote, "--allow-insecure"],
+    ):
+        proc = batchgen(*args, env=key, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "unencrypted" not in proc.stderr
+        assert "missing.yaml" in proc.stderr or "no state database here" in proc.stderr
 
 
 # ---------------------------------------------------------------- masking
