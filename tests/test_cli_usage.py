@@ -79,10 +79,21 @@ def test_usage_lines_name_their_arguments_in_capitals(command: str, usage: str) 
         (["report", "--posters", "big"], "--posters must be file, inline or none (not 'big')"),
         (["run", "m.yaml", "--in-doubt", "x"], "--in-doubt must be resubmit or hold (not 'x')"),
         (["resume", "--on-lost", "y"], "--on-lost must be fail or resubmit (not 'y')"),
+        (["run", "m.yaml", "--concurrency", "0"], "--concurrency must be at least 1 (not '0')"),
+        (["run", "m.yaml", "--concurrency", "1.5"], "--concurrency must be a whole number"),
+        (["resume", "--budget-usd", "-1"], "--budget-usd must be at least 0 (not '-1')"),
+        (["retry", "b", "--wait-lock", "soon"], "--wait-lock must be a number (not 'soon')"),
+        (["status", "--failures", "x"], "--failures must be a whole number (not 'x')"),
+        (["sim", "--port", "70000"], "--port must be at most 65535 (not '70000')"),
     ],
 )
 def test_a_bad_choice_is_said_plainly(tmp_path: Path, args: list[str], said: str) -> None:
-    proc = batchgen(*args, "--db", str(tmp_path / "s.db"))
+    db = [] if args[0] == "sim" else ["--db", str(tmp_path / "s.db")]
+    proc = batchgen(*args, *db)
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr
-    assert "Value error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "Value error" not in proc.stderr
+        and "Input should" not in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     assert not list(tmp_path.iterdir())

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
@@ -69,24 +69,43 @@ class Command(TyperCommand):
             raise _plain(exc) from None
 
 
+#: pydantic's error types (Typer coerces with it) -> what to say instead
+_PLAIN = {
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "greater_than_equal": "must be at least {ge:g}",
+    "greater_than": "must be more than {gt:g}",
+    "less_than_equal": "must be at most {le:g}",
+    "less_than": "must be less than {lt:g}",
+}
+
+
 def _plain(exc: typer.BadParameter) -> typer.BadParameter:
+    """The same error in words: "--format must be csv or jsonl (not 'xml')"."""
     param = exc.param
-    desc = getattr(param, "type_descriptor", None)
-    if param is None or desc is None or not desc.is_choice:
-        if exc.message.startswith("Value error, "):
-            exc.message = exc.message.removeprefix("Value error, ")
+    if param is None:
         return exc
-    names = [str(getattr(c, "value", c)) for c in desc.choices or ()]
-    allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
-    hint = (
-        (param.opts or [param.name or ""])[0]
-        if isinstance(param, TyperOption)
-        else ((param.name or "").upper())
-    )
     errors = getattr(exc.__cause__, "errors", None)  # pydantic's ValidationError
-    given: object = errors()[0].get("input") if callable(errors) else None
+    first: dict[str, Any] = errors()[0] if callable(errors) and errors() else {}
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None and desc.is_choice:
+        names = [str(getattr(c, "value", c)) for c in desc.choices or ()]
+        allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+        said = f"must be {allowed}"
+    elif first.get("type") in _PLAIN:
+        said = _PLAIN[first["type"]].format(**first.get("ctx", {}))
+    else:
+        exc.message = exc.message.removeprefix("Value error, ")
+        return exc
+    if isinstance(param, TyperOption):
+        hint = (param.opts or [param.name or ""])[0]
+    else:
+        hint = (param.name or "").upper()
+    given = first.get("input")
     got = f" (not {given!r})" if isinstance(given, str) else ""
-    plain = typer.BadParameter(f"{hint} must be {allowed}{got}", ctx=exc.ctx, param=param)
+    plain = typer.BadParameter(f"{hint} {said}{got}", ctx=exc.ctx, param=param)
     plain.format_message = lambda: plain.message  # type: ignore[method-assign]
     return plain
 
