@@ -73,11 +73,13 @@ def build_observers(
 def check_url(url: str) -> str:
     """The notification URL, or exit 2. It is a secret as a whole (a webhook's token is
     in its path or query): the message shows only ``scheme://host/…``."""
+    from yarl import URL  # aiohttp's URL type: what it would refuse, we refuse now
+
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 -- raises on a port that is not a number
-    except ValueError:
+        ok = ok and parts.port != 0 and bool(URL(url).host)  # .port raises when not a number
+    except (ValueError, TypeError):
         ok = False
     if not ok or any(c.isspace() or not c.isprintable() for c in url):
         raise UsageError(
