@@ -142,6 +142,11 @@ def check_base_url(options: RunOptions) -> str:
         host = parts.hostname
     except ValueError:
         parts, port, host = None, None, None
+    if url != url.rstrip("\r\n"):
+        raise refuse(
+            "ends with a line break or carriage return (a file with Windows line endings?)",
+            "remove it (dos2unix FILE, or load the file with tr -d '\\r')",
+        )
     if parts is not None and (parts.username is not None or parts.password is not None):
         raise refuse(
             "has credentials in it (user:password@)",

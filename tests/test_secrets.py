@@ -129,7 +129,7 @@ def test_credentials_in_the_base_url_are_refused_and_never_shown(url: str) -> No
         "http://127.0.0.1:65536",
         "http://[::1",
         "http://exa\x00mple.com",
-        "http://example.com\r\n",
+        "http://example.com\t/x",
         "https://runbase.net#frag",
         "https://",
         "https://runbase.net:-1",
@@ -138,6 +138,13 @@ def test_credentials_in_the_base_url_are_refused_and_never_shown(url: str) -> No
 def test_a_base_url_aiohttp_would_refuse_is_refused_up_front(url: str) -> None:
     with pytest.raises(UsageError, match="is not an API base URL"):
         check_base_url(RunOptions(base_url=url, allow_insecure=True))
+
+
+def test_a_base_url_from_a_windows_file_names_the_carriage_return() -> None:
+    for url in ("https://runbase.net\r", "https://runbase.net/\r\n", "https://u:p@h.example\r"):
+        with pytest.raises(UsageError, match="carriage return") as info:
+            check_base_url(RunOptions(base_url=url))
+        assert "dos2unix" in str(info.value) and ":p@" not in str(info.value)
 
 
 def test_plain_http_is_refused_unless_loopback_or_allow_insecure() -> None:
