@@ -34,8 +34,9 @@ MASK = "***"
 _USERINFO = re.compile(
     r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s\"'<>@]*(?:@[^/?#\s\"'<>@]*)*)@"
 )
+REDACTED = "[redacted]"
 # A Runbase key: "sk-" and a long token, not inside a longer word ("task-force").
-_KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
+KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
 
 
 def _mask_userinfo(userinfo: str) -> str:
@@ -99,7 +100,7 @@ def notify_url_shown(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Free text with URL passwords and Runbase keys hidden."""
-    return _KEY_LIKE.sub("[redacted]", mask_urls_in(text))
+    return KEY_LIKE.sub(REDACTED, mask_urls_in(text))
 
 
 class RedactingFormatter(logging.Formatter):
@@ -110,7 +111,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 __all__ = [
+    "KEY_LIKE",
     "MASK",
+    "REDACTED",
     "RedactingFormatter",
     "mask_url",
     "mask_urls_deep",
