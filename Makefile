@@ -1,23 +1,33 @@
 # batchgen: `make demo` runs the example manifest against the local simulator,
 # `make test` runs ruff, mypy and pytest. Both create .venv when it is missing.
+# One install stamp per set of dependencies: the demo needs only the runtime ones
+# (`pip install -e .`); lint and test add the test extras (pytest, mypy, playwright...).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench schema clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "batchgen needs Python >= 3.11: run e.g. PY=python3.11 make $(MAKECMDGOALS)" >&2; exit 2; }
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP) $(RUN_STAMP)
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python -m bench.demo
+	@echo "batchgen is installed in $(VENV): run . $(BIN)/activate (then batchgen --help), or $(BIN)/batchgen"
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check batchgen tests bench
 	$(BIN)/ruff format --check batchgen tests bench
 	$(BIN)/mypy batchgen tests bench
@@ -26,10 +36,10 @@ test: lint
 	bash tests/ensure_chromium.sh
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.run_all
 
-schema: $(STAMP)
+schema: $(RUN_STAMP)
 	$(BIN)/python -m batchgen.schema_gen
 
 clean:

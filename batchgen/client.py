@@ -35,6 +35,7 @@ from batchgen.clock import Clock, SystemClock
 from batchgen.errors import RateLimited, TransportError
 from batchgen.events import Observer, RequestEvent
 from batchgen.ratelimit import RequestLimiter
+from batchgen.redact import mask_urls_in
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,8 @@ class RunbaseClient:
 
     def _scrub(self, text: str) -> str:
         key = self._key.reveal()
-        return text.replace(key, "***") if key in text else text
+        # aiohttp's messages may quote the URL (InvalidURL): no password shown
+        return mask_urls_in(text.replace(key, "***") if key in text else text)
 
     async def _call(
         self,

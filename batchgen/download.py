@@ -40,6 +40,7 @@ import aiohttp
 
 from batchgen import media
 from batchgen.media import Expectation, MediaError, MediaInfo
+from batchgen.redact import mask_urls_in
 from batchgen.retry import RetryPolicy
 from batchgen.sidecar import fsync_dir
 
@@ -410,5 +411,5 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = mask_urls_in(str(exc)) or type(exc).__name__
     return text if isinstance(exc, _Retry | _Corrupt) else f"{type(exc).__name__}: {text}"

@@ -1,10 +1,13 @@
 """``batchgen export``: one row per job, as CSV or JSON lines, for other tools.
 
 Both formats carry the same fields (``FIELDS``). JSON lines keep native types (lists,
-objects, numbers, null). CSV flattens: lists and objects become JSON text, null an
-empty cell, and every input field and axis also gets its own column (``input.NAME``,
-``axis.NAME``), so a spreadsheet can sort and filter by them. The jobs are streamed
-from the database (twice for CSV: once to learn the columns).
+objects, numbers, null) and every value exact. CSV flattens: lists and objects become
+JSON text, null an empty cell, and every input field and axis also gets its own column
+(``input.NAME``, ``axis.NAME``), so a spreadsheet can sort and filter by them. A CSV
+cell a spreadsheet would run as a formula (it starts with ``= + - @``, a tab, a
+carriage return, a line feed or NUL) gets a ``'`` in front, as OWASP's "CSV Injection"
+page advises. The jobs are streamed from the database (twice for CSV: once to learn
+the columns).
 """
 
 from __future__ import annotations
@@ -96,14 +99,25 @@ def iter_records(db: Engine, batch_id: int) -> Iterator[dict[str, Any]]:
         yield record(job, batch=batch.name, out_dir=batch.out_dir)
 
 
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP "CSV
+#: Injection": = + - @ tab carriage return; OWASP ASVS 1.2.10 adds NUL; line feed too)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+
+
+def neutralize(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a formula's first character
+    (the csv module then quotes the cell and doubles its quotes, RFC 4180)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return str(value)
+        return neutralize(json.dumps(value, ensure_ascii=False, sort_keys=True))
+    return neutralize(str(value))
 
 
 def _csv_columns(db: Engine, batch_id: int) -> list[str]:
@@ -125,7 +139,8 @@ def write_export(db: Engine, batch_id: int, fmt: Format, stream: TextIO) -> int:
         return n
     columns = _csv_columns(db, batch_id)
     writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\r\n")
-    writer.writeheader()
+    # header cells name the manifest's inputs and axes: neutralised like any cell
+    writer.writerow({name: neutralize(name) for name in columns})
     for rec in iter_records(db, batch_id):
         row = {name: _cell(rec[name]) for name in FIELDS}
         row.update({f"input.{k}": _cell(v) for k, v in rec["input"].items()})
@@ -143,4 +158,13 @@ def export_to_file(db: Engine, batch_id: int, fmt: Format, out: Path) -> int:
         return write_export(db, batch_id, fmt, fh)
 
 
-__all__ = ["FIELDS", "Format", "export_to_file", "iter_records", "record", "write_export"]
+__all__ = [
+    "FIELDS",
+    "FORMULA_START",
+    "Format",
+    "export_to_file",
+    "iter_records",
+    "neutralize",
+    "record",
+    "write_export",
+]

@@ -36,6 +36,8 @@ class RequestTally:
         self.window_s = window_s
         self.by_route: dict[str, dict[str, int]] = {}
         self.total = 0
+        #: requests the API answered (any HTTP status); network errors are not answers
+        self.answered = 0
         self._recent: deque[float] = deque()
 
     def request(self, ev: RequestEvent) -> None:
@@ -43,6 +45,8 @@ class RequestTally:
         route = self.by_route.setdefault(ev.route, {})
         route[status] = route.get(status, 0) + 1
         self.total += 1
+        if ev.status is not None:
+            self.answered += 1
         now = time.monotonic()
         self._recent.append(now)
         self._trim(now)
@@ -67,7 +71,8 @@ class RequestTally:
 class Snapshot:
     batch: str
     counts: dict[str, int]
-    requests_per_s: float
+    #: None until the API answered once: a rate of failed connections is no rate
+    requests_per_s: float | None
     limit_per_s: float
     requests: int
     spend_micro_usd: int
@@ -83,9 +88,13 @@ class Snapshot:
         money = f"${self.spend_micro_usd / 1e6:.2f}"
         if self.budget_micro_usd is not None:
             money += f" of ${self.budget_micro_usd / 1e6:.2f}"
+        rate = (
+            "no answer from the API yet"
+            if self.requests_per_s is None
+            else f"{self.requests_per_s:.1f}/{self.limit_per_s:.1f} req/s"
+        )
         text = (
-            f"batch {self.batch}: {', '.join(parts) or 'no jobs'} | "
-            f"{self.requests_per_s:.1f}/{self.limit_per_s:.1f} req/s | {money} | "
+            f"batch {self.batch}: {', '.join(parts) or 'no jobs'} | {rate} | {money} | "
             f"eta {_duration(self.eta_s)}"
         )
         if self.note:
@@ -113,7 +122,7 @@ class PlainProgress:
 
     def update(self, snap: Snapshot, *, force: bool = False) -> None:
         now = time.monotonic()
-        key = repr(sorted(snap.counts.items())) + (snap.note or "")
+        key = self._key(snap)
         if not force and (key == self._last_line or now - self._last_at < self.every_s):
             return
         self._last_line, self._last_at = key, now
@@ -121,8 +130,13 @@ class PlainProgress:
         print(f"{stamp} {snap.line()}", file=self.stream, flush=True)
 
     def close(self, snap: Snapshot | None = None) -> None:
-        if snap is not None:
+        # the last line, unless the line just printed already said the same
+        if snap is not None and self._key(snap) != self._last_line:
             self.update(snap, force=True)
+
+    @staticmethod
+    def _key(snap: Snapshot) -> str:
+        return repr(sorted(snap.counts.items())) + (snap.note or "")
 
 
 class RichProgress:
@@ -153,9 +167,12 @@ class RichProgress:
             if n or state in ("queued", "running", "succeeded"):
                 bar = "█" * round(20 * n / total)
                 table.add_row(state, f"{n:>6}  {bar}")
-        table.add_row(
-            "requests", f"{snap.requests_per_s:.1f}/s of {snap.limit_per_s:.1f}/s ({snap.requests})"
+        rate = (
+            "no answer from the API yet"
+            if snap.requests_per_s is None
+            else f"{snap.requests_per_s:.1f}/s of {snap.limit_per_s:.1f}/s"
         )
+        table.add_row("requests", f"{rate} ({snap.requests})")
         money = f"${snap.spend_micro_usd / 1e6:.2f}"
         if snap.budget_micro_usd is not None:
             money += f" of ${snap.budget_micro_usd / 1e6:.2f}"

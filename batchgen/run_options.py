@@ -9,6 +9,7 @@ values the command line did not give (``ratelimit.settings_rate`` reads its rate
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from batchgen.engine_base import InDoubtPolicy, LostPolicy
 from batchgen.errors import Problem, UsageError
 from batchgen.polling import PollPolicy
 from batchgen.progress import ProgressMode
+from batchgen.redact import mask_url
 from batchgen.retry import RetryPolicy
 from batchgen.store.schema import Batch
 
@@ -54,6 +56,8 @@ class RunOptions:
     timeout_s: float = 30.0
     #: the limiter's safety margin on the window (None: the limiter's default)
     limiter_margin_s: float | None = None
+    #: allow plain http to a host that is not loopback (the key then goes in clear)
+    allow_insecure: bool = False
     poll_policy: PollPolicy | None = None
     #: also compare each succeeded job's files with their recorded sha256 (not only size)
     verify: bool = False
@@ -65,47 +69,122 @@ class RunOptions:
 
 
 def check_api_key(key: str | None) -> str:
+    """The key from $RUNBASE_API_KEY, refused (exit 2) unless it can go in a header as
+    it is. The messages never quote the key, not even a part of it."""
     if not key:
         raise UsageError(
             "no API key: set RUNBASE_API_KEY in the environment (it is never read "
             "from the command line and never stored)"
         )
+    problem = _key_problem(key)
+    if problem is not None:
+        raise UsageError([Problem(file="<environment>", message=problem[0], fix=problem[1])])
     if not key.startswith("sk-"):
         raise UsageError("RUNBASE_API_KEY does not look like a Runbase key (keys start with sk-)")
     return key
+
+
+def _key_problem(key: str) -> tuple[str, str] | None:
+    """(what is wrong, the fix) for a key no HTTP header can carry, or None."""
+    where = "the key in $RUNBASE_API_KEY"
+    stripped = key.rstrip("\r\n")
+    if stripped != key and _key_problem(stripped) is None:
+        if "\r" in key[len(stripped) :]:
+            return (
+                f"{where} ends with a carriage return (a key file with Windows line endings?)",
+                "dos2unix FILE (or load it with tr -d '\\r'), then run again",
+            )
+        return (f"{where} ends with a line break", "remove the line break from the key")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return (
+            f"{where} contains control characters (a line break, a tab or a carriage return)",
+            "copy the key again from the Runbase dashboard; a key file may need dos2unix",
+        )
+    if any(c.isspace() for c in key):
+        return (f"{where} contains spaces", "remove the spaces; a key is one word")
+    if not key.isascii():
+        return (
+            f"{where} contains characters that are not ASCII (a typographic dash or quote?)",
+            "copy the key again from the Runbase dashboard",
+        )
+    return None
 
 
 def base_url_from(options: RunOptions) -> str:
     return options.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost`` (no DNS look-up: a name is never resolved)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_base_url(options: RunOptions) -> str:
-    """The API base URL, refused up front (exit 2) unless it is http(s)://host[:port][/path]."""
+    """The API base URL, refused up front (exit 2) unless it is http(s)://host[:port][/path]
+    that aiohttp takes, with no credentials in it, and https unless the host is loopback
+    or ``allow_insecure`` is set (the key would cross the network in clear)."""
     url = base_url_from(options)
-    where = "--base-url" if options.base_url else "$RUNBASE_BASE_URL"
+    from_flag = bool(options.base_url)
+    where = "--base-url" if from_flag else "$RUNBASE_BASE_URL"
+    file = "<command line>" if from_flag else "<environment>"
+    shown = mask_url(url)
+
+    def refuse(message: str, fix: str) -> UsageError:
+        return UsageError([Problem(file=file, message=f"{where} {shown!r} {message}", fix=fix)])
+
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises on a port that is not a number
+        port = parts.port  # raises on a port that is not a number or out of range
+        host = parts.hostname
     except ValueError:
-        parts = None
+        parts, port, host = None, None, None
+    if url != url.rstrip("\r\n"):
+        raise refuse(
+            "ends with a line break or carriage return (a file with Windows line endings?)",
+            "remove it (dos2unix FILE, or load the file with tr -d '\\r')",
+        )
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        raise refuse(
+            "has credentials in it (user:password@)",
+            "remove them: the API takes only the key from $RUNBASE_API_KEY",
+        )
     if (
         parts is None
         or parts.scheme not in ("http", "https")
-        or not parts.hostname
+        or not host
+        or port == 0
         or parts.query
         or parts.fragment
-        or any(c.isspace() for c in url)
+        or any(c.isspace() or not c.isprintable() for c in url)
+        or not _aiohttp_takes(url)
     ):
-        raise UsageError(
-            [
-                Problem(
-                    file="<command line>" if options.base_url else "<environment>",
-                    message=f"{where} {url!r} is not an API base URL",
-                    fix=f"give one like {DEFAULT_BASE_URL} (http or https, a host, no query)",
-                )
-            ]
+        raise refuse(
+            "is not an API base URL",
+            f"give one like {DEFAULT_BASE_URL} (http or https, a host, no query)",
+        )
+    if parts.scheme == "http" and not is_loopback_host(host) and not options.allow_insecure:
+        raise refuse(
+            "is plain http to a host that is not loopback: the API key would cross "
+            "the network unencrypted",
+            "use https, or add --allow-insecure if you really mean it",
         )
     return url
+
+
+def _aiohttp_takes(url: str) -> bool:
+    from yarl import URL  # aiohttp's URL type: what it refuses, we refuse first
+
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return False
+    return parsed.is_absolute() and bool(parsed.host)
 
 
 def check_out_dir(path: Path) -> None:
@@ -145,4 +224,5 @@ __all__ = [
     "check_api_key",
     "check_base_url",
     "check_out_dir",
+    "is_loopback_host",
 ]

@@ -39,6 +39,7 @@ from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest, named_
 from batchgen.polling import DurationModel, api_duration, run_class
 from batchgen.progress import RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
+from batchgen.redact import redact_text
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run_options import (
@@ -127,7 +128,7 @@ async def arun_batch(
         with interrupt_on_signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except BatchgenError as exc:
-        code, reason = exc.exit_code, str(exc)
+        code, reason = exc.exit_code, redact_text(str(exc))
     except BaseException as exc:
         code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
         summary = run.summary(code, reason, started)
@@ -399,19 +400,23 @@ class _Run:
         remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
         per_job = self.tally.total / max(1, counts.get("succeeded", 0)) if self.tally.total else 2.2
         limit_per_s = lim.max_requests / lim.window_s
-        eta = 0.0  # nothing left
+        eta: float | None = 0.0  # nothing left
         if remaining or engine.active:
             eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
+        # until the API answers once, neither a rate (of failed connections) nor an eta
+        # from it is known
+        answered = self.tally.answered > 0
+        unanswered = self.tally.total > 0 and not answered
         return Snapshot(
             batch=engine.batch.name,
             counts=dict(counts),
-            requests_per_s=self.tally.per_second(),
+            requests_per_s=None if unanswered else self.tally.per_second(),
             limit_per_s=limit_per_s,
             requests=self.tally.total,
             spend_micro_usd=engine.budget.spent,
             budget_micro_usd=engine.budget.limit,
             elapsed_s=self.clock.monotonic() - started,
-            eta_s=eta,
+            eta_s=eta if answered or not eta else None,
             note=engine.stopping,
         )
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+from batchgen.redact import redact_text
 
 #: the fields a sidecar may hold, and what each means
 FIELDS: dict[str, str] = {
@@ -42,10 +43,6 @@ FIELDS: dict[str, str] = {
     "media_note": "a mismatch between what was asked and what arrived, if any",
     "note": "free text",
 }
-
-REDACTED = "[redacted]"
-# A Runbase key: "sk-" and a long token, not inside a longer word ("task-force").
-KEY_LIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}")
 
 
 def sidecar_path(video_path: Path) -> Path:
@@ -119,9 +116,10 @@ def fsync_dir(folder: Path) -> None:
 
 
 def scrub(value: Any) -> Any:
-    """``value`` with every key-like string redacted (dicts and lists walked)."""
+    """``value`` with every key-like string redacted and every URL password masked
+    (``batchgen.redact.mask_urls_in``), dicts and lists walked."""
     if isinstance(value, str):
-        return KEY_LIKE.sub(REDACTED, value)
+        return redact_text(value)
     if isinstance(value, Mapping):
         return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

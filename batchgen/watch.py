@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from batchgen.clock import iso_utc
 from batchgen.errors import Problem, UsageError
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
+from batchgen.redact import notify_url_shown
 from batchgen.sidecar import atomic_write_text, scrub
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,19 @@ def build_observers(
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """The notification URL, or exit 2. It is a secret as a whole (a webhook's token is
+    in its path or query): the message shows only ``scheme://host/…``."""
+    from yarl import URL  # aiohttp's URL type: what it would refuse, we refuse now
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and parts.port != 0 and bool(URL(url).host)  # .port raises when not a number
+    except (ValueError, TypeError):
+        ok = False
+    if not ok or any(c.isspace() or not c.isprintable() for c in url):
         raise UsageError(
-            f"--notify-url {url!r}: expected an http:// or https:// URL, "
+            f"--notify-url {notify_url_shown(url)}: expected an http:// or https:// URL, "
             "e.g. https://hooks.example.com/batchgen"
         )
     return url

@@ -7,12 +7,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
+from batchgen.redact import RedactingFormatter
 from batchgen.store.reader import DEFAULT_DB
 
 app = typer.Typer(
@@ -43,23 +45,119 @@ JsonOption = Annotated[
 ]
 
 
+class Command(TyperCommand):
+    """Every batchgen command: ``MANIFEST`` / ``[BATCH]`` on the usage line (Typer writes
+    ``{manifest}``), and a bad choice said plainly ("--format must be csv or jsonl")
+    instead of the coercion library's "Value error, 'xml' is not one of ...".
+    ``batchgen.cli`` sets it on every registered command."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as exc:
+            raise _plain(exc) from None
+
+
+#: pydantic's error types (Typer coerces with it) -> what to say instead
+_PLAIN = {
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "greater_than_equal": "must be at least {ge:g}",
+    "greater_than": "must be more than {gt:g}",
+    "less_than_equal": "must be at most {le:g}",
+    "less_than": "must be less than {lt:g}",
+}
+
+
+def _plain(exc: typer.BadParameter) -> typer.BadParameter:
+    """The same error in words: "--format must be csv or jsonl (not 'xml')"."""
+    param = exc.param
+    if param is None:
+        return exc
+    errors = getattr(exc.__cause__, "errors", None)  # pydantic's ValidationError
+    first: dict[str, Any] = errors()[0] if callable(errors) and errors() else {}
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None and desc.is_choice:
+        names = [str(getattr(c, "value", c)) for c in desc.choices or ()]
+        allowed = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+        said = f"must be {allowed}"
+    elif first.get("type") in _PLAIN:
+        said = _PLAIN[first["type"]].format(**first.get("ctx", {}))
+    else:
+        exc.message = exc.message.removeprefix("Value error, ")
+        return exc
+    if isinstance(param, TyperOption):
+        hint = (param.opts or [param.name or ""])[0]
+    else:
+        hint = (param.name or "").upper()
+    given = first.get("input")
+    got = f" (not {given!r})" if isinstance(given, str) else ""
+    plain = typer.BadParameter(f"{hint} {said}{got}", ctx=exc.ctx, param=param)
+    plain.format_message = lambda: plain.message  # type: ignore[method-assign]
+    return plain
+
+
 def is_terminal() -> bool:
     """Colour, progress bars and prompts only for a person at a terminal."""
     return sys.stderr.isatty() and os.environ.get("TERM", "dumb") != "dumb"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("batchgen")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            from batchgen import __version__ as number
+        print(f"batchgen {number}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More logs.")] = 0,
     quiet: Annotated[int, typer.Option("-q", "--quiet", count=True, help="Fewer logs.")] = 0,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help=f"State database for the command that follows (its own --db wins). "
+            f"Default ./{DEFAULT_DB}, or $BATCHGEN_DB.",
+            show_default=False,
+        ),
+    ] = None,
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
+    if db is not None:
+        # the commands read --db with $BATCHGEN_DB as its fallback: `batchgen --db X
+        # status` then beats the environment, and `status --db Y` still beats both
+        os.environ["BATCHGEN_DB"] = str(db)
     level = logging.INFO - 10 * verbose + 10 * quiet
-    logging.basicConfig(
-        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
+    # every line (tracebacks too) hides URL passwords and key-like strings
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
     )
+    logging.basicConfig(level=max(logging.DEBUG, min(logging.CRITICAL, level)), handlers=[handler])
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:

@@ -14,6 +14,7 @@ import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import BatchgenError, UsageError
+from batchgen.redact import mask_urls_deep, mask_urls_in
 from batchgen.states import JobState
 from batchgen.store import reader
 from batchgen.store import status as status_store
@@ -43,7 +44,7 @@ def _exit_on_error() -> Iterator[None]:
     try:
         yield
     except BatchgenError as exc:
-        print(f"batchgen: {exc}", file=sys.stderr)
+        print(f"batchgen: {mask_urls_in(str(exc))}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
 
 
@@ -78,10 +79,10 @@ def validate(
         loaded = _load(manifest, date, max_jobs)
     except UsageError as exc:
         if json_out:
-            problems = [dataclasses.asdict(p) for p in exc.problems]
+            problems = [mask_urls_deep(dataclasses.asdict(p)) for p in exc.problems]
             print(json.dumps({"ok": False, "problems": problems}, indent=2, ensure_ascii=False))
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(f"error: {mask_urls_in(str(problem))}", file=sys.stderr)
         n = len(exc.problems)
         print(f"batchgen: {manifest}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
@@ -93,14 +94,14 @@ def validate(
                     "batch": loaded.name,
                     "jobs": loaded.job_count,
                     "collapsed": loaded.collapsed,
-                    "warnings": loaded.warnings,
+                    "warnings": mask_urls_deep(loaded.warnings),
                 },
                 indent=2,
             )
         )
         return
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {mask_urls_in(warning)}", file=sys.stderr)
     collapsed = (
         f", {loaded.collapsed:,} identical combinations collapsed" if loaded.collapsed else ""
     )
@@ -153,10 +154,11 @@ def plan(
         finally:
             if engine is not None:
                 engine.dispose()
+    # the inputs as shown: an image URL's password masked (batchgen.redact)
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(mask_urls_deep(result.to_dict()), indent=2, ensure_ascii=False))
     else:
-        print(render_plan(result))
+        print(mask_urls_in(render_plan(result)))
 
 
 @app.command()
@@ -181,7 +183,7 @@ def status(
     with _exit_on_error(), reader.reading(db) as conn:
         found = status_store.find_batch(conn, batch)
         counts = status_store.batch_counts(conn, found.id, failures=failures)
-    report = _status_dict(found, counts)
+    report = mask_urls_deep(_status_dict(found, counts))
     if json_out:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

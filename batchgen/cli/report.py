@@ -17,6 +17,7 @@ import typer
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
 from batchgen.outputs import Protected, check_outputs
+from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class ExportFormat(enum.StrEnum):
 
 
 def _fail(exc: BatchgenError) -> typer.Exit:
-    print(f"batchgen: {exc}", file=sys.stderr)
+    print(f"batchgen: {redact_text(str(exc))}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
 
 

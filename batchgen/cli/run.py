@@ -15,6 +15,7 @@ import typer
 
 from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
 from batchgen.errors import ExitCode, Problem, UsageError
+from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
@@ -53,6 +54,14 @@ BaseUrlOpt = Annotated[
         "--base-url",
         help="API base URL. Default $RUNBASE_BASE_URL, else https://runbase.net.",
         show_default=False,
+    ),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-insecure",
+        help="Allow a plain http:// --base-url to a host that is not loopback "
+        "(the API key then crosses the network unencrypted).",
     ),
 ]
 RateOpt = Annotated[
@@ -148,10 +157,10 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
     if summary.exit_code == ExitCode.USAGE:
-        print(f"batchgen: {summary.reason}", file=sys.stderr)
+        print(f"batchgen: {redact_text(summary.reason)}", file=sys.stderr)
     elif not as_json and not summary.out_dir:  # never reached its batch (database locked)
         print(
-            f"batchgen: {summary.batch}: {summary.reason}; exit {summary.exit_code}",
+            f"batchgen: {summary.batch}: {redact_text(summary.reason)}; exit {summary.exit_code}",
             file=sys.stderr,
         )
     elif not as_json:
@@ -160,7 +169,7 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
         if summary.repaired:
             where = f"{summary.repaired} missing or damaged video(s) fetched again; {where}"
         print(
-            f"batchgen: {summary.batch}: {summary.reason} ({counts or 'no jobs'}); "
+            f"batchgen: {summary.batch}: {redact_text(summary.reason)} ({counts or 'no jobs'}); "
             f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
             f"{where}exit {summary.exit_code}",
             file=sys.stderr,
@@ -176,6 +185,7 @@ def run(
         Path | None, typer.Option("--out", help="Output folder (default: the manifest's).")
     ] = None,
     base_url: BaseUrlOpt = None,
+    allow_insecure: InsecureOpt = False,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -215,6 +225,7 @@ def run(
     problems: list[Problem] = []
     options = RunOptions(
         base_url=base_url,
+        allow_insecure=allow_insecure,
         out_dir=out,
         rate=_lenient(problems, parse_rate, rate),
         concurrency=concurrency,
@@ -253,12 +264,14 @@ def _resume_options(
     report: Path | None,
     in_doubt: InDoubt = InDoubt.resubmit,
     verify: bool = False,
+    allow_insecure: bool = False,
 ) -> RunOptions:
     from batchgen.runner import RunOptions
 
     problems: list[Problem] = []
     return RunOptions(
         base_url=base_url,
+        allow_insecure=allow_insecure,
         rate=_lenient(problems, parse_rate, rate),
         concurrency=concurrency,
         budget_usd=budget_usd,
@@ -285,6 +298,7 @@ def resume(
     ] = None,
     db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
+    allow_insecure: InsecureOpt = False,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -310,6 +324,7 @@ def resume(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
+        allow_insecure=allow_insecure,
         verify=verify,
     )  # fmt: skip
     _finish(run_batch(db, api_key=key, batch=batch, options=options), json_out)
@@ -325,6 +340,7 @@ def retry(
     ] = False,
     db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
+    allow_insecure: InsecureOpt = False,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -356,6 +372,7 @@ def retry(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report,
         verify=verify,
+        allow_insecure=allow_insecure,
     )  # fmt: skip
     summary = run_batch(
         db,

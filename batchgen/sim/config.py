@@ -70,8 +70,12 @@ class SimConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a finite number >= 0, not {value}")
         for key in self.keys:
-            if not key.startswith("sk-") or len(key) < 8 or any(c.isspace() for c in key):
-                problems.append("every key must start with 'sk-', be 8+ chars, no spaces")
+            # what batchgen's check_api_key takes: a key no header can carry is no key
+            unsafe = not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key)
+            if not key.startswith("sk-") or len(key) < 8 or unsafe:
+                problems.append(
+                    "every key must start with 'sk-', be 8+ chars, printable ASCII, no spaces"
+                )
                 break
         if len(set(self.keys)) < len(self.keys):
             problems.append("each key may be given only once")

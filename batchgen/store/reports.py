@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from batchgen.redact import mask_urls_deep, mask_urls_in
 from batchgen.states import JobState
 from batchgen.store.schema import Batch
 
@@ -120,8 +121,9 @@ def _row(r: tuple[Any, ...]) -> JobRow:
         idx=int(r[2]),
         variant=int(r[3] or 0),
         listed=bool(r[4]),
-        input=_obj(r[5]),
-        axes={str(k): _label(v) for k, v in _obj(r[6]).items()},
+        # an image URL's password is what the API needs, never what a reader sees
+        input=mask_urls_deep(_obj(r[5])),
+        axes={str(k): mask_urls_in(_label(v)) for k, v in _obj(r[6]).items()},
         state=str(r[7]),
         run_id=r[8],
         attempts=int(r[9] or 0),
@@ -133,7 +135,7 @@ def _row(r: tuple[Any, ...]) -> JobRow:
         finished_at=r[15],
         output_paths=[str(p) for p in _list(r[16])],
         checksums=[str(c) for c in _list(r[17])],
-        last_error=r[18],
+        last_error=None if r[18] is None else mask_urls_in(str(r[18])),
         error_code=r[19],
         media_note=r[20],
     )
