@@ -57,7 +57,7 @@ class RunEngine(Submitter, Poller, Downloader):
         try:
             while True:
                 now = self.clock.monotonic()
-                if self._hard is not None:
+                if self._hard is not None or self._crash is not None:
                     break
                 self._check_flags(now)
                 if self.deadline is not None and now >= self.deadline and not self._leaving:
@@ -77,8 +77,12 @@ class RunEngine(Submitter, Poller, Downloader):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._next_wake(now))
+        except Exception as exc:  # the dispatcher itself (a state read or write, a bug)
+            self.fail(exc)
         finally:
             await self._cancel_all()
+        if self._crash is not None:
+            raise self._crash
         return self._outcome()
 
     # ------------------------------------------------------------ startup
@@ -195,7 +199,11 @@ class RunEngine(Submitter, Poller, Downloader):
         return max(0.0, nxt - now)
 
     async def _cancel_all(self) -> None:
-        if self._hard is None and self._leaving:
+        if self._crash is not None:
+            # the POST in flight may be answered with a paid run's id: record (or name) it
+            if self._submit_task is not None:
+                await asyncio.wait([self._submit_task], timeout=self.cfg.grace_s)
+        elif self._hard is None and self._leaving:
             waiting = [t for t in (self._submit_task, *self._downloads.values()) if t]
             if waiting:
                 await asyncio.wait(waiting, timeout=self.cfg.grace_s)

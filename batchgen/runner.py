@@ -32,7 +32,7 @@ from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
 from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
-from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
+from batchgen.errors import BatchgenError, ExitCode, Problem, StateWriteError, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
 from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest
@@ -41,6 +41,7 @@ from batchgen.progress import RequestTally, Snapshot, make_progress
 from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
+from batchgen.run_failures import Guarded, one_line, record_traceback, unexpected
 from batchgen.run_options import (
     DEFAULT_BASE_URL,
     RunOptions,
@@ -120,8 +121,14 @@ async def arun_batch(
         check_base_url(opts)
         with interrupt_on_signals(run, enabled=opts.handle_signals):
             code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+    except StateWriteError as exc:
+        code, reason = exc.exit_code, one_line(str(exc))
+        record_traceback(run.observers, exc, clk.now())
     except BatchgenError as exc:
         code, reason = exc.exit_code, str(exc)
+    except Exception as exc:  # an error batchgen does not know: 70 (or the database's)
+        code, reason = unexpected(exc, db_path)
+        record_traceback(run.observers, exc, clk.now())
     except BaseException as exc:
         code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
         summary = run.summary(code, reason, started)
@@ -154,14 +161,16 @@ async def _finish(observers: Sequence[Observer], summary: RunSummary) -> None:
     for obs in observers:
         try:
             obs.finished(summary)
-        except Exception:
-            log.exception("observer %r failed at the end", obs)
+        except Exception as exc:
+            log.error("observer %r failed at the end: %s", obs, one_line(str(exc)))
+            log.debug("observer failure", exc_info=exc)
         aclose = getattr(obs, "aclose", None)
         if aclose is not None:
             try:
                 await aclose()
-            except Exception:
-                log.exception("observer %r failed to close", obs)
+            except Exception as exc:
+                log.error("observer %r failed to close: %s", obs, one_line(str(exc)))
+                log.debug("observer failure", exc_info=exc)
 
 
 class _Run:
@@ -309,7 +318,7 @@ class _Run:
                 self.key,
                 limiter=limiter,
                 timeout_s=opts.timeout_s,
-                observers=[self.tally, *observers],
+                observers=[Guarded(o, self._observer_failed) for o in (self.tally, *observers)],
                 clock=self.clock,
             ) as client,
         ):
@@ -345,6 +354,10 @@ class _Run:
                 if progress is not None:
                     progress.close(self._snapshot(engine, started))
         return outcome.exit_code, outcome.reason
+
+    def _observer_failed(self, exc: BaseException) -> None:
+        if self.engine is not None:
+            self.engine.fail(exc)
 
     def _snapshot(self, engine: RunEngine, started: float) -> Snapshot:
         lim = engine.limiter
@@ -382,8 +395,8 @@ class _Run:
                     for f in store.failures(self.db, self.batch.id)
                 ]
                 in_doubt = store.in_doubt_since(self.db, self.batch.id, started)
-            except Exception:
-                log.exception("could not read the final counts")
+            except Exception as exc:
+                log.warning("could not read the final counts: %s", one_line(str(exc)))
             if not self.out_dir:
                 self.out_dir = self.batch.out_dir
         if self.engine is not None:
