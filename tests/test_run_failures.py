@@ -126,7 +126,9 @@ async def test_an_unknown_error_anywhere_stops_with_70_and_keeps_every_paid_run(
         assert ("batchgen_last_success_timestamp_seconds", batch.name) not in fams
 
         # once fixed, resume finishes without paying twice
-        summary = await arun_batch(db_path, api_key=KEY, batch=batch.name, options=opts(sim.base_url))
+        summary = await arun_batch(
+            db_path, api_key=KEY, batch=batch.name, options=opts(sim.base_url)
+        )
         assert summary.exit_code == 0, summary.reason
         assert sim.stats()["runs_created"] == N
     assert store.counts(db, bid(batch))["succeeded"] == N
