@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from batchgen import collector, poller
+from batchgen import poller
 from batchgen.errors import ExitCode
 from batchgen.events import RequestEvent, TransitionEvent
 from batchgen.metrics import parse
@@ -60,7 +60,7 @@ def inject(where: str, monkeypatch: pytest.MonkeyPatch) -> list[Watcher]:
     elif where == "poll":
         monkeypatch.setattr(poller, "api_duration", boom)
     elif where == "download":
-        monkeypatch.setattr(collector.sidecar, "write_sidecar", boom)
+        monkeypatch.setattr("batchgen.sidecar.write_sidecar", boom)
     elif where == "limiter":
         calls = [0]
         real = RequestLimiter.on_success
@@ -101,7 +101,7 @@ async def test_an_unknown_error_anywhere_stops_with_70_and_keeps_every_paid_run(
                 options=opts(sim.base_url, log_file=log_file, metrics_file=metrics),
                 observers=[watcher, *extra],
             )  # fmt: skip
-        assert summary.exit_code == ExitCode.SOFTWARE == 70, summary.reason
+        assert summary.exit_code == int(ExitCode.SOFTWARE) == 70, summary.reason
         assert summary.reason.startswith("internal error (Boom: ")
         assert "\n" not in summary.reason
         assert watcher.summaries == [summary]
