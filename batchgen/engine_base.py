@@ -274,7 +274,7 @@ class EngineBase:
         try:
             moved = store.move(self.db, job, new, at=self.clock.now(), detail=detail, **fields)
         except Exception as exc:
-            failure = state_failure(exc)
+            failure = state_failure(exc, self.db.url.database)
             if failure is None:
                 raise
             run_id = fields.get("run_id") or job.run_id

@@ -29,11 +29,21 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+#: the --db of the command being run, so that its failure can name the database
+used_db: list[Path] = []
+
+
+def _remember_db(path: Path) -> Path:
+    used_db[:] = [path]
+    return path
+
+
 DbOption = Annotated[
     Path,
     typer.Option(
         "--db",
         envvar="BATCHGEN_DB",
+        callback=_remember_db,
         help=f"State database (SQLite). Default ./{DEFAULT_DB}, or $BATCHGEN_DB.",
         show_default=False,
     ),

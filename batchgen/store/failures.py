@@ -23,9 +23,15 @@ from batchgen.errors import BatchgenError, StateError, StateWriteError
 _TRANSIENT = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM")
 
 _FIX_TRANSIENT = "free space (or fix the disk), then `batchgen resume`"
-_FIX_UNUSABLE = (
-    "make it writable (or restore it from a backup if it is damaged), or point --db elsewhere"
-)
+#: result code -> what to do about it
+_FIX = {
+    "SQLITE_READONLY": "it is read-only: make it and its folder writable, or point --db elsewhere",
+    "SQLITE_CORRUPT": "it is damaged: restore it from a backup (or `sqlite3 FILE .recover`)",
+    "SQLITE_NOTADB": "it is not a batchgen state database: check --db (or $BATCHGEN_DB)",
+    "SQLITE_CANTOPEN": "check that it and its folder exist and may be written, or point --db "
+    "elsewhere",
+}
+_FIX_OTHER = "check --db (or $BATCHGEN_DB)"
 
 
 def sqlite_error(exc: BaseException) -> sqlite3.Error | None:
@@ -54,7 +60,8 @@ def state_failure(exc: BaseException, path: Path | str | None = None) -> Batchge
     reason = " ".join(str(err).split()) or name or type(err).__name__
     if name.startswith(_TRANSIENT):
         return StateWriteError(f"{where}: cannot write ({reason}); stopped: {_FIX_TRANSIENT}")
-    return StateError(f"{where}: cannot use it ({reason}); {_FIX_UNUSABLE}")
+    fix = next((f for code, f in _FIX.items() if name.startswith(code)), _FIX_OTHER)
+    return StateError(f"{where}: cannot use it ({reason}); {fix}")
 
 
 __all__ = ["sqlite_error", "state_failure"]
