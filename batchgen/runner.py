@@ -396,7 +396,7 @@ class _Run:
                 ]
                 in_doubt = store.in_doubt_since(self.db, self.batch.id, started)
             except Exception as exc:
-                log.warning("could not read the final counts: %s", one_line(str(exc)))
+                log.debug("could not read the final counts: %s", one_line(str(exc)))
             if not self.out_dir:
                 self.out_dir = self.batch.out_dir
         if self.engine is not None:
