@@ -48,7 +48,7 @@ class DiskFills(Watcher):
 
 
 def fill_disk_when(watcher: DiskFills, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runner.open_db
+    real = runner.open_db  # type: ignore[attr-defined]
 
     def open_db(path: Path, **kw: Any) -> Engine:
         db = real(path, **kw)
