@@ -201,12 +201,9 @@ class RunEngine(Submitter, Poller, Downloader):
     async def _cancel_all(self) -> None:
         if self._crash is not None:
             # the POST in flight may be answered with a paid run's id: record (or name) it
-            if self._submit_task is not None:
-                await asyncio.wait([self._submit_task], timeout=self.cfg.grace_s)
+            await self._grace([self._submit_task] if self._submit_task else [])
         elif self._hard is None and self._leaving:
-            waiting = [t for t in (self._submit_task, *self._downloads.values()) if t]
-            if waiting:
-                await asyncio.wait(waiting, timeout=self.cfg.grace_s)
+            await self._grace([t for t in (self._submit_task, *self._downloads.values()) if t])
         tasks = [
             t
             for t in (self._submit_task, *self._polls.values(), *self._downloads.values())
@@ -216,6 +213,19 @@ class RunEngine(Submitter, Poller, Downloader):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _grace(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait up to ``grace_s`` for ``tasks``; a hard stop (a second signal) ends it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.cfg.grace_s
+        while self._hard is None and (pending := [t for t in tasks if not t.done()]):
+            left = end - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            wake = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait([*pending, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
 
     def _outcome(self) -> Outcome:
         if self._hard is not None:

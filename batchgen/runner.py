@@ -113,34 +113,47 @@ async def arun_batch(
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
-    code, reason = ExitCode.USAGE, "not started"
+    # one signal path from start to exit: a signal while the summary, metrics or
+    # notification are written (systemctl stop) must not change the exit code they report
+    with interrupt_on_signals(run, enabled=opts.handle_signals):
+        code, reason = await _outcome(
+            run, problems, started, manifest, batch, retry_failed, retry_in_doubt
+        )
+        summary = run.summary(code, reason, started)
+        run.finishing = True
+        await _finish(run.observers, summary)
+    return summary
+
+
+async def _outcome(
+    run: _Run,
+    problems: list[Problem],
+    started: float,
+    manifest: Path | None,
+    batch: str | None,
+    retry_failed: bool,
+    retry_in_doubt: bool,
+) -> tuple[ExitCode, str]:
+    """The exit code and reason of the run, whatever it raised."""
+    opts, clk = run.opts, run.clock
     try:
         if problems:
             raise UsageError(problems)
-        run.key = check_api_key(api_key)
+        run.key = check_api_key(run.key or None)
         check_base_url(opts)
-        with interrupt_on_signals(run, enabled=opts.handle_signals):
-            code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+        return await run.execute(manifest, batch, retry_failed, retry_in_doubt)
     except StateWriteError as exc:
-        code, reason = exc.exit_code, one_line(str(exc))
         record_traceback(run.observers, exc, clk.now())
+        return exc.exit_code, one_line(str(exc))
     except BatchgenError as exc:
-        code, reason = exc.exit_code, str(exc)
+        return exc.exit_code, str(exc)
     except Exception as exc:  # an error batchgen does not know: 70 (or the database's)
-        code, reason = unexpected(exc, db_path)
         record_traceback(run.observers, exc, clk.now())
-    except BaseException as exc:
-        code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
-        summary = run.summary(code, reason, started)
+        return unexpected(exc, run.db_path)
+    except BaseException as exc:  # KeyboardInterrupt, cancelled: report, then let it go on
+        summary = run.summary(ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}", started)
         await _finish(run.observers, summary)
         raise
-    summary = run.summary(code, reason, started)
-    # a signal now (systemctl stop while the notification is sent) must not turn the
-    # run's exit code into 143: the files are written and the POST ends within ~10 s
-    run.finishing = True
-    with interrupt_on_signals(run, enabled=opts.handle_signals):
-        await _finish(run.observers, summary)
-    return summary
 
 
 def _unattended_observers(opts: RunOptions, problems: list[Problem]) -> list[Observer]:
