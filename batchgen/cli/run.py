@@ -31,8 +31,9 @@ T = TypeVar("T")
 EXIT_CODES_HELP = (
     "Exit codes: 0 every job succeeded; 1 jobs failed (or canceled / held in doubt); "
     "2 bad usage or manifest; 3 stopped by the account (401, 402, 403, USAGE_EXCEEDED); "
-    "4 stopped by the budget; 75 interrupted, --max-runtime reached, API unreachable "
-    "or lock held (resumable)."
+    "4 stopped by the budget; 70 internal error (a bug; paid runs kept on record); "
+    "75 interrupted (SIGINT/SIGTERM/SIGHUP), --max-runtime reached, API unreachable, "
+    "lock held or a state write failed (resumable)."
 )
 KEY_HELP = "The API key is read from $RUNBASE_API_KEY only, and never stored."
 
