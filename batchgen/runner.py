@@ -27,6 +27,7 @@ import aiohttp
 from sqlalchemy import Engine
 
 from batchgen import images
+from batchgen.amounts import MAX_BUDGET_USD, amount_problem
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
@@ -50,6 +51,7 @@ from batchgen.run_options import (
     check_api_key,
     check_base_url,
     check_out_dir,
+    number_problems,
 )
 from batchgen.run_signals import interrupt_on_signals
 from batchgen.store import batches
@@ -109,7 +111,11 @@ async def arun_batch(
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
     # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
-    problems: list[Problem] = [*opts.problems, *report_path_problems(opts.report_path)]
+    problems: list[Problem] = [
+        *opts.problems,
+        *number_problems(opts),
+        *report_path_problems(opts.report_path),
+    ]
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
@@ -295,6 +301,12 @@ class _Run:
             settings.get("max_attempts") or DEFAULT_SETTINGS["max_attempts"]
         )
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
+        # a batch stored before non-finite budgets were refused: say so, never overflow
+        stored = amount_problem("--budget-usd", budget_usd, maximum=MAX_BUDGET_USD, example="25")
+        if stored is not None:
+            raise UsageError(
+                f"batch {batch.name} was stored with budget_usd {budget_usd}: {stored}"
+            )
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
         check_out_dir(out_dir)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
 from batchgen.store.reader import DEFAULT_DB
@@ -70,6 +71,22 @@ def _root(
         datefmt="%Y-%m-%dT%H:%M:%S%z",
         stream=sys.stderr,
     )
+
+
+def finite_option(param: typer.CallbackParam, value: float | None) -> float | None:
+    """``--budget-usd`` (USD), ``--max-runtime`` and ``--wait-lock`` (seconds): finite
+    and in range (``inf`` and ``nan`` parse as floats). Exit 2, nothing stored."""
+    name = (param.opts or ["--budget-usd"])[0]
+    usd = name == "--budget-usd"
+    problem = amount_problem(
+        name,
+        value,
+        maximum=MAX_BUDGET_USD if usd else MAX_SECONDS,
+        example="25" if usd else "3600",
+    )
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
+from batchgen.cli._app import (
+    DbOption,
+    JsonOption,
+    app,
+    finite_option,
+    parse_date,
+    parse_rate,
+)
 from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.store.reader import DEFAULT_DB
 
@@ -65,13 +72,19 @@ ConcOpt = Annotated[
 ]
 BudgetOpt = Annotated[
     float | None,
-    typer.Option("--budget-usd", min=0.0, help="Never spend more than this on the batch (USD)."),
+    typer.Option(
+        "--budget-usd",
+        min=0.0,
+        callback=finite_option,
+        help="Never spend more than this on the batch (USD).",
+    ),
 ]
 RuntimeOpt = Annotated[
     float | None,
     typer.Option(
         "--max-runtime",
         min=0.0,
+        callback=finite_option,
         help="Stop submitting this many seconds after the start (a --wait-lock wait "
         "included), record what is in flight, exit 75.",
     ),
@@ -95,6 +108,7 @@ WaitLockOpt = Annotated[
     typer.Option(
         "--wait-lock",
         min=0.0,
+        callback=finite_option,
         help="Seconds to wait for another run using the same state database "
         "(0: exit 75 at once, naming it).",
     ),
