@@ -287,8 +287,6 @@ class EngineBase:
             elif run_id:
                 paid = f" (run {run_id})"
             message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
-            if run_id:
-                log.error("%s", message)
             raise StateWriteError(message, run_id=run_id) from exc
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
