@@ -16,7 +16,6 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from types import FrameType
 from typing import Protocol
 
 # the run's own logger: these lines belong to the run (and to its --log-file) as before
@@ -75,16 +74,12 @@ def interrupt_on_signals(run: Interruptible, *, enabled: bool) -> Iterator[None]
 
 
 def hold_signals_until_exit() -> None:
-    """From now until the process exits, a stop signal is noted, not obeyed: the run is
-    over and its exit code is written; only printing it and exiting remain."""
-
-    def late(signum: int, _frame: FrameType | None) -> None:
-        log.debug(
-            "%s after the run ended: exiting with the run's code", signal.Signals(signum).name
-        )
-
+    """From now until the process exits, a stop signal is ignored: the run is over and
+    its exit code is written; only printing it and exiting remain. (``SIG_IGN``, not a
+    Python handler: the interpreter resets those to the default while it shuts down,
+    and a late signal would then still end the process with 130 or 143.)"""
     for sig in SIGNALS:
-        signal.signal(sig, late)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 __all__ = ["SIGNALS", "Interruptible", "hold_signals_until_exit", "interrupt_on_signals"]
