@@ -218,7 +218,12 @@ class RunEngine(Submitter, Poller, Downloader):
         """Wait up to ``grace_s`` for ``tasks``; a hard stop (a second signal) ends it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.cfg.grace_s
-        while self._hard is None and (pending := [t for t in tasks if not t.done()]):
+        post = self._submit_task
+        while self._hard is None:
+            # an error meanwhile: only the POST in flight is still worth its answer
+            pending = [t for t in tasks if not t.done() and (self._crash is None or t is post)]
+            if not pending:
+                return
             left = end - loop.time()
             if left <= 0:
                 return
