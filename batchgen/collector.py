@@ -6,7 +6,6 @@ GET of the run) does. A job becomes ``succeeded`` only after every file is in pl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ import aiohttp
 
 from batchgen import download, media, naming, sidecar
 from batchgen.engine_base import ActiveRun, Collector, EngineBase
-from batchgen.errors import AuthError, Forbidden, RunNotFound
+from batchgen.errors import AuthError, Forbidden, RunbaseError, RunNotFound
 from batchgen.modelspec import load_model
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
@@ -36,7 +35,7 @@ class Downloader(EngineBase):
             if len(self._downloads) >= self.cfg.download_concurrency:
                 return
             if job_id not in self._downloads and act.next_download <= now:
-                self._downloads[job_id] = asyncio.create_task(self._download(act))
+                self._downloads[job_id] = self._spawn(self._download(act))
 
     async def _download(self, act: ActiveRun) -> None:
         job = act.job
@@ -68,7 +67,9 @@ class Downloader(EngineBase):
                 error_code=store.OUTPUT_LOST,
             )
             return
-        except Exception as exc:  # DownloadError, disk full, a bad file: try again later
+        # a file that could not be fetched or written (disk full), a failed refresh: again
+        # later. Anything else is an error batchgen does not know: it stops the run (70).
+        except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:
             act.dl_errors += 1
             if act.dl_errors >= self.cfg.max_attempts:
                 self._downloading.pop(job.id, None)

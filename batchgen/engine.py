@@ -57,7 +57,7 @@ class RunEngine(Submitter, Poller, Downloader):
         try:
             while True:
                 now = self.clock.monotonic()
-                if self._hard is not None:
+                if self._hard is not None or self._crash is not None:
                     break
                 self._check_flags(now)
                 if self.deadline is not None and now >= self.deadline and not self._leaving:
@@ -77,8 +77,12 @@ class RunEngine(Submitter, Poller, Downloader):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._next_wake(now))
+        except Exception as exc:  # the dispatcher itself (a state read or write, a bug)
+            self.fail(exc)
         finally:
             await self._cancel_all()
+        if self._crash is not None:
+            raise self._crash
         return self._outcome()
 
     # ------------------------------------------------------------ startup
@@ -195,10 +199,11 @@ class RunEngine(Submitter, Poller, Downloader):
         return max(0.0, nxt - now)
 
     async def _cancel_all(self) -> None:
-        if self._hard is None and self._leaving:
-            waiting = [t for t in (self._submit_task, *self._downloads.values()) if t]
-            if waiting:
-                await asyncio.wait(waiting, timeout=self.cfg.grace_s)
+        if self._crash is not None:
+            # the POST in flight may be answered with a paid run's id: record (or name) it
+            await self._grace([self._submit_task] if self._submit_task else [])
+        elif self._hard is None and self._leaving:
+            await self._grace([t for t in (self._submit_task, *self._downloads.values()) if t])
         tasks = [
             t
             for t in (self._submit_task, *self._polls.values(), *self._downloads.values())
@@ -208,6 +213,24 @@ class RunEngine(Submitter, Poller, Downloader):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _grace(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait up to ``grace_s`` for ``tasks``; a hard stop (a second signal) ends it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.cfg.grace_s
+        post = self._submit_task
+        while self._hard is None:
+            # an error meanwhile: only the POST in flight is still worth its answer
+            pending = [t for t in tasks if not t.done() and (self._crash is None or t is post)]
+            if not pending:
+                return
+            left = end - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            wake = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait([*pending, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
 
     def _outcome(self) -> Outcome:
         if self._hard is not None:

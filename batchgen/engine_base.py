@@ -15,7 +15,7 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -23,15 +23,14 @@ from sqlalchemy import Engine
 
 from batchgen.budget import Budget
 from batchgen.clock import Clock, SystemClock
-from batchgen.errors import (
-    ExitCode,
-)
+from batchgen.errors import ExitCode, StateWriteError
 from batchgen.events import Observer, TransitionEvent
 from batchgen.polling import DurationModel, RunClass, run_class
 from batchgen.ratelimit import RequestLimiter
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.failures import state_failure
 from batchgen.store.schema import Batch, Job
 
 log = logging.getLogger(__name__)
@@ -184,6 +183,8 @@ class EngineBase:
         self._stop: str | None = None  # key of STOP_RANK
         self._stop_reason = ""
         self._hard: Outcome | None = None
+        #: the first error no part of the engine knows how to handle: the run stops now
+        self._crash: BaseException | None = None
         self._leaving = False
         self._budget_blocked = False
         self._flags_at = -1.0
@@ -217,6 +218,31 @@ class EngineBase:
             self._leaving = True
         self._wake.set()
 
+    def fail(self, exc: BaseException) -> None:
+        """An error no part of the engine handles (a bug, a state write that failed):
+        stop at once; ``run`` raises it once the tasks are wound down. Every transition is
+        committed before its request, so what was paid is on record; a job whose POST
+        may have been sent stays ``submitting`` (in doubt on resume), never queued."""
+        if self._crash is None:
+            self._crash = exc
+            self._leaving = True
+        elif exc is not self._crash:
+            # a paid run's id that could not be recorded must never go unsaid
+            if isinstance(exc, StateWriteError) and exc.run_id:
+                log.error("%s", exc)
+            log.debug("a further error after the first", exc_info=exc)
+        self._wake.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task whose unexpected error stops the run (never "was never retrieved")."""
+        task = asyncio.create_task(coro)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(task.exception() or RuntimeError("task failed"))
+
     @property
     def stopping(self) -> str | None:
         return self._stop_reason or (self._hard.reason if self._hard else None)
@@ -245,7 +271,23 @@ class EngineBase:
         self, job: Job, new: JobState, *, detail: dict[str, Any] | str | None = None, **fields: Any
     ) -> Job | None:
         old = JobState(job.state)
-        moved = store.move(self.db, job, new, at=self.clock.now(), detail=detail, **fields)
+        try:
+            moved = store.move(self.db, job, new, at=self.clock.now(), detail=detail, **fields)
+        except Exception as exc:
+            failure = state_failure(exc, self.db.url.database)
+            if failure is None:
+                raise
+            run_id = fields.get("run_id") or job.run_id
+            paid = ""
+            if run_id and old is JobState.SUBMITTING:
+                paid = (
+                    f"; run {run_id} was created (and paid) but is not recorded: the job "
+                    "stays submitting and is in doubt on resume"
+                )
+            elif run_id:
+                paid = f" (run {run_id})"
+            message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
+            raise StateWriteError(message, run_id=run_id) from exc
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
             self._forget(job)
@@ -289,8 +331,8 @@ class EngineBase:
         for obs in self.observers:
             try:
                 obs.transition(ev)
-            except Exception:
-                log.exception("observer %r failed on a transition", obs)
+            except Exception as exc:  # a bug in an observer: stop the run (exit 70)
+                self.fail(exc)
 
     # ------------------------------------------------------------ provided by the parts
 

@@ -20,7 +20,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     ACCOUNT = 3
     BUDGET = 4
-    INTERRUPTED = 75  # EX_TEMPFAIL: resumable (signal, --max-runtime, lock held)
+    SOFTWARE = 70  # EX_SOFTWARE: an error batchgen does not know; every paid run is on record
+    INTERRUPTED = 75  # EX_TEMPFAIL: resumable (signal, --max-runtime, lock held, state write)
 
 
 # ---------------------------------------------------------------- user-facing
@@ -72,6 +73,17 @@ class StateError(BatchgenError):
     """The state database is unusable (newer schema, corrupt, unknown batch)."""
 
     exit_code = ExitCode.USAGE
+
+
+class StateWriteError(BatchgenError):
+    """A write to the state database failed (disk full, I/O error): stop at once,
+    resumable once the cause is fixed. ``run_id``: a paid run the write was recording."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class IllegalTransition(Exception):

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from batchgen.amounts import MAX_BUDGET_USD
 from batchgen.modelspec import DEFAULT_MODEL, load_model
 from batchgen.ratelimit import RATE_PATTERN
 
@@ -95,7 +96,12 @@ class Limits(_Strict):
     concurrency: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None, description="Most runs in flight at once (default 100)."
     )
-    budget_usd: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = Field(
+    # finite (YAML's .inf and .nan are floats too): the budget is counted in micro-USD
+    budget_usd: (
+        Annotated[StrictFloat, Field(gt=0, le=MAX_BUDGET_USD)]
+        | Annotated[StrictInt, Field(gt=0, le=MAX_BUDGET_USD)]
+        | None
+    ) = Field(
         default=None, description="Never spend more than this on the batch (default: no cap)."
     )
     max_attempts: Annotated[StrictInt, Field(ge=1)] | None = Field(

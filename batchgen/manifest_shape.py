@@ -32,7 +32,7 @@ _EXPECTED: dict[tuple[str, ...], str] = {
     ("images", "*"): "a URL such as https://cdn.example.com/images/",
     ("limits", "concurrency"): "a whole number of at least 1",
     ("limits", "max_attempts"): "a whole number of at least 1",
-    ("limits", "budget_usd"): "a number of dollars above 0",
+    ("limits", "budget_usd"): "a number of dollars above 0 (finite, at most 1e9), e.g. 25",
     ("limits", "rate"): "a rate such as 20/10s",
 }
 _MAPPINGS: dict[tuple[str, ...], type[BaseModel]] = {(): Manifest, ("limits",): Limits}

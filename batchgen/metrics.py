@@ -46,7 +46,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "batchgen_last_run_timestamp_seconds": ("gauge", "When the last run ended (Unix time)."),
     "batchgen_run_duration_seconds": ("gauge", "Wall time of the last run, in seconds."),
-    "batchgen_exit_code": ("gauge", "Exit code of the last run (0 ok, 75 resumable)."),
+    "batchgen_exit_code": (
+        "gauge",
+        "Exit code of the last run (0 ok, 70 internal error, 75 resumable).",
+    ),
 }
 
 

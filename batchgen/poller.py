@@ -98,7 +98,7 @@ class Poller(EngineBase):
         self, act: ActiveRun, *, priority: int, on_sent: Callable[[bool], None] | None = None
     ) -> asyncio.Task[None]:
         assert act.job.id is not None
-        task = asyncio.create_task(self._poll(act, priority, on_sent))
+        task = self._spawn(self._poll(act, priority, on_sent))
         self._polls[act.job.id] = task
         return task
 

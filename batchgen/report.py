@@ -308,8 +308,9 @@ class LiveReport:
         try:
             write_report(self.db, self.batch_id, self.path)
             self.writes += 1
-        except Exception:
-            log.exception("could not write the live report %s", self.path)
+        except Exception as exc:  # the report is a view: the run goes on (no traceback)
+            log.error("could not write the live report %s: %s", self.path, exc)
+            log.debug("live report failure", exc_info=exc)
         self._last_end = time.monotonic()
         self._last_took = self._last_end - started
 

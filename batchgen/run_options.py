@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.engine_base import InDoubtPolicy, LostPolicy
 from batchgen.errors import Problem, UsageError
 from batchgen.polling import PollPolicy
@@ -66,6 +68,27 @@ class RunOptions:
     #: bad command-line values found by the CLI: the run ends with exit 2, and the
     #: summary, metrics and notification (if their own options are fine) say why
     problems: list[Problem] = field(default_factory=list)
+
+
+def number_problems(options: RunOptions) -> list[Problem]:
+    """Every amount and count of ``options`` finite and in range (a library caller's
+    ``budget_usd=float("inf")`` too): exit 2 before anything is stored."""
+    found = [
+        amount_problem("--budget-usd", options.budget_usd, maximum=MAX_BUDGET_USD, example="25"),
+        amount_problem("--max-runtime", options.max_runtime_s, maximum=MAX_SECONDS, example="3600"),
+        amount_problem("--wait-lock", options.wait_lock_s, maximum=MAX_SECONDS, example="900"),
+    ]
+    for name, count in (
+        ("--concurrency", options.concurrency),
+        ("--max-attempts", options.max_attempts),
+    ):
+        if count is not None and count < 1:
+            found.append(f"{name} {count}: expected a whole number of at least 1")
+    if options.rate is not None:
+        requests, seconds = options.rate
+        if requests < 1 or not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+            found.append(f"--rate {requests}/{seconds}: expected REQUESTS/SECONDS, e.g. 20/10s")
+    return [Problem(file="<command line>", message=m) for m in found if m]
 
 
 def check_api_key(key: str | None) -> str:

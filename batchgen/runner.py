@@ -27,12 +27,13 @@ import aiohttp
 from sqlalchemy import Engine
 
 from batchgen import images, on_disk, outputs
+from batchgen.amounts import MAX_BUDGET_USD, amount_problem
 from batchgen.budget import Budget
 from batchgen.client import RunbaseClient
 from batchgen.clock import Clock, SystemClock
 from batchgen.collector import make_collect
 from batchgen.engine import EngineConfig, RunEngine
-from batchgen.errors import BatchgenError, ExitCode, Problem, UsageError
+from batchgen.errors import BatchgenError, ExitCode, Problem, StateWriteError, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.lock import abatch_lock
 from batchgen.manifest import DEFAULT_SETTINGS, Overrides, load_manifest, named_files
@@ -42,6 +43,7 @@ from batchgen.ratelimit import DEFAULT_RATE, RequestLimiter, settings_rate
 from batchgen.redact import redact_text
 from batchgen.report import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
+from batchgen.run_failures import Guarded, one_line, record_traceback, unexpected
 from batchgen.run_options import (
     DEFAULT_BASE_URL,
     RunOptions,
@@ -50,6 +52,7 @@ from batchgen.run_options import (
     check_api_key,
     check_base_url,
     check_out_dir,
+    number_problems,
 )
 from batchgen.run_signals import interrupt_on_signals
 from batchgen.store import batches
@@ -114,33 +117,54 @@ async def arun_batch(
     problems: list[Problem] = [
         *opts.problems,
         *clashes,
+        *number_problems(opts),
         *report_path_problems(opts.report_path),
     ]
     all_obs: list[Observer] = [*observers, *_unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
     started = clk.now()
-    code, reason = ExitCode.USAGE, "not started"
+    # one signal path from start to exit: a signal while the summary, metrics or
+    # notification are written (systemctl stop) must not change the exit code they report
+    with interrupt_on_signals(run, enabled=opts.handle_signals):
+        code, reason = await _outcome(
+            run, problems, started, manifest, batch, retry_failed, retry_in_doubt
+        )
+        summary = run.summary(code, reason, started)
+        run.finishing = True
+        await _finish(run.observers, summary)
+    return summary
+
+
+async def _outcome(
+    run: _Run,
+    problems: list[Problem],
+    started: float,
+    manifest: Path | None,
+    batch: str | None,
+    retry_failed: bool,
+    retry_in_doubt: bool,
+) -> tuple[ExitCode, str]:
+    """The exit code and reason of the run, whatever it raised."""
+    opts, clk = run.opts, run.clock
     try:
         if problems:
             raise UsageError(problems)
-        run.key = check_api_key(api_key)
+        run.key = check_api_key(run.key or None)
         check_base_url(opts)
-        with interrupt_on_signals(run, enabled=opts.handle_signals):
-            code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+        return await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+    except StateWriteError as exc:
+        record_traceback(run.observers, exc, clk.now())
+        return exc.exit_code, one_line(str(exc))
     except BatchgenError as exc:
-        code, reason = exc.exit_code, redact_text(str(exc))
-    except BaseException as exc:
-        code, reason = ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}"
-        summary = run.summary(code, reason, started)
+        return exc.exit_code, redact_text(str(exc))
+    except Exception as exc:  # an error batchgen does not know: 70 (or the database's)
+        record_traceback(run.observers, exc, clk.now())
+        code, reason = unexpected(exc, run.db_path)
+        return code, redact_text(reason)
+    except BaseException as exc:  # KeyboardInterrupt, cancelled: report, then let it go on
+        summary = run.summary(ExitCode.INTERRUPTED, f"stopped: {type(exc).__name__}", started)
         await _finish(run.observers, summary)
         raise
-    summary = run.summary(code, reason, started)
-    # a signal now (systemctl stop while the notification is sent) must not turn the
-    # run's exit code into 143: the files are written and the POST ends within ~10 s
-    run.finishing = True
-    with interrupt_on_signals(run, enabled=opts.handle_signals):
-        await _finish(run.observers, summary)
-    return summary
 
 
 def _unattended_observers(opts: RunOptions, problems: list[Problem]) -> list[Observer]:
@@ -161,14 +185,16 @@ async def _finish(observers: Sequence[Observer], summary: RunSummary) -> None:
     for obs in observers:
         try:
             obs.finished(summary)
-        except Exception:
-            log.exception("observer %r failed at the end", obs)
+        except Exception as exc:
+            log.error("observer %r failed at the end: %s", obs, one_line(str(exc)))
+            log.debug("observer failure", exc_info=exc)
         aclose = getattr(obs, "aclose", None)
         if aclose is not None:
             try:
                 await aclose()
-            except Exception:
-                log.exception("observer %r failed to close", obs)
+            except Exception as exc:
+                log.error("observer %r failed to close: %s", obs, one_line(str(exc)))
+                log.debug("observer failure", exc_info=exc)
 
 
 class _Run:
@@ -313,6 +339,12 @@ class _Run:
             settings.get("max_attempts") or DEFAULT_SETTINGS["max_attempts"]
         )
         budget_usd = opts.budget_usd if opts.budget_usd is not None else settings.get("budget_usd")
+        # a batch stored before non-finite budgets were refused: say so, never overflow
+        stored = amount_problem("--budget-usd", budget_usd, maximum=MAX_BUDGET_USD, example="25")
+        if stored is not None:
+            raise UsageError(
+                f"batch {batch.name} was stored with budget_usd {budget_usd}: {stored}"
+            )
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
         check_out_dir(out_dir)
@@ -357,7 +389,7 @@ class _Run:
                 self.key,
                 limiter=limiter,
                 timeout_s=opts.timeout_s,
-                observers=[self.tally, *observers],
+                observers=[Guarded(o, self._observer_failed) for o in (self.tally, *observers)],
                 clock=self.clock,
             ) as client,
         ):
@@ -393,6 +425,10 @@ class _Run:
                 if progress is not None:
                     progress.close(self._snapshot(engine, started))
         return outcome.exit_code, outcome.reason
+
+    def _observer_failed(self, exc: BaseException) -> None:
+        if self.engine is not None:
+            self.engine.fail(exc)
 
     def _snapshot(self, engine: RunEngine, started: float) -> Snapshot:
         lim = engine.limiter
@@ -435,8 +471,8 @@ class _Run:
                 ]
                 in_doubt = store.in_doubt_since(self.db, self.batch.id, started)
                 repaired = on_disk.repaired(self.db, self.repairs)
-            except Exception:
-                log.exception("could not read the final counts")
+            except Exception as exc:
+                log.debug("could not read the final counts: %s", one_line(str(exc)))
             if not self.out_dir:
                 self.out_dir = self.batch.out_dir
         if self.engine is not None:

@@ -8,7 +8,6 @@ attempt and key; a new attempt (new key) is made only after a run failed or was 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from batchgen.engine_base import ActiveRun, EngineBase, idem_key
@@ -53,7 +52,7 @@ class Submitter(EngineBase):
         # Out of the queue now; a requeue after a failed POST puts it back.
         self._queued_ids.discard(job.id)
         self._submitting = job
-        self._submit_task = asyncio.create_task(self._submit(job, estimate))
+        self._submit_task = self._spawn(self._submit(job, estimate))
 
     def _next_job(self) -> Job | None:
         if self._resend:

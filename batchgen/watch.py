@@ -148,6 +148,11 @@ class JsonLog:
             }
         )
 
+    def error(self, at: float, message: str, traceback: str) -> None:
+        """The error that stopped the run, with its traceback (the terminal gets one line)."""
+        record = {"ts": iso_utc(at), "event": "error", "batch": self.batch}
+        self._write({**record, "error": message, "traceback": traceback})
+
     def finished(self, summary: RunSummary) -> None:
         record = {"ts": iso_utc(summary.finished_at), "event": "finished", **summary.to_json()}
         self._write(record)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from typer.core import TyperCommand
 
 from batchgen.cli import manifest, report, run, sim  # noqa: F401  (they register commands)
-from batchgen.cli._app import Command, app
-from batchgen.errors import BatchgenError
+from batchgen.cli._app import Command, app, used_db
+from batchgen.errors import BatchgenError, ExitCode
 from batchgen.redact import redact_text
+from batchgen.store.failures import state_failure
 
 __all__ = ["app", "main"]
 
@@ -24,3 +26,12 @@ def main() -> None:
     except BatchgenError as exc:
         print(f"batchgen: {redact_text(str(exc))}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
+    except Exception as exc:  # never a traceback on the terminal (it is there with -v)
+        # a state database that cannot be used is the database's: exit 2 (or 75)
+        failure = state_failure(exc, used_db[0] if used_db else None)
+        code = ExitCode.SOFTWARE if failure is None else failure.exit_code
+        text = " ".join(str(failure or f"internal error ({type(exc).__name__}: {exc})").split())
+        logging.getLogger("batchgen").debug("the command failed", exc_info=exc)
+        hint = "" if failure is not None else " (run with -v for the details)"
+        print(f"batchgen: {redact_text(text)}{hint}", file=sys.stderr)
+        sys.exit(int(code))

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
+from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
 from batchgen.redact import RedactingFormatter
@@ -31,11 +32,21 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+#: the --db of the command being run, so that its failure can name the database
+used_db: list[Path] = []
+
+
+def _remember_db(path: Path) -> Path:
+    used_db[:] = [path]
+    return path
+
+
 DbOption = Annotated[
     Path,
     typer.Option(
         "--db",
         envvar="BATCHGEN_DB",
+        callback=_remember_db,
         help=f"State database (SQLite). Default ./{DEFAULT_DB}, or $BATCHGEN_DB.",
         show_default=False,
     ),
@@ -158,6 +169,22 @@ def _root(
         RedactingFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
     )
     logging.basicConfig(level=max(logging.DEBUG, min(logging.CRITICAL, level)), handlers=[handler])
+
+
+def finite_option(param: typer.CallbackParam, value: float | None) -> float | None:
+    """``--budget-usd`` (USD), ``--max-runtime`` and ``--wait-lock`` (seconds): finite
+    and in range (``inf`` and ``nan`` parse as floats). Exit 2, nothing stored."""
+    name = (param.opts or ["--budget-usd"])[0]
+    usd = name == "--budget-usd"
+    problem = amount_problem(
+        name,
+        value,
+        maximum=MAX_BUDGET_USD if usd else MAX_SECONDS,
+        example="25" if usd else "3600",
+    )
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return value
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
+from batchgen.cli._app import (
+    DbOption,
+    JsonOption,
+    app,
+    finite_option,
+    parse_date,
+    parse_rate,
+)
 from batchgen.errors import BatchgenError, UsageError
 from batchgen.redact import mask_urls_deep, mask_urls_in
 from batchgen.states import JobState
@@ -121,7 +128,10 @@ def plan(
         int | None, typer.Option("--concurrency", min=1, help="Plan for this many in flight.")
     ] = None,
     budget_usd: Annotated[
-        float | None, typer.Option("--budget-usd", min=0.0, help="Plan against this budget.")
+        float | None,
+        typer.Option(
+            "--budget-usd", min=0.0, callback=finite_option, help="Plan against this budget."
+        ),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:

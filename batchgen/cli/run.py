@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from batchgen.cli._app import DbOption, JsonOption, app, parse_date, parse_rate
+from batchgen.cli._app import (
+    DbOption,
+    JsonOption,
+    app,
+    finite_option,
+    parse_date,
+    parse_rate,
+)
 from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
@@ -32,8 +39,9 @@ T = TypeVar("T")
 EXIT_CODES_HELP = (
     "Exit codes: 0 every job succeeded; 1 jobs failed (or canceled / held in doubt); "
     "2 bad usage or manifest; 3 stopped by the account (401, 402, 403, USAGE_EXCEEDED); "
-    "4 stopped by the budget; 75 interrupted, --max-runtime reached, API unreachable "
-    "or lock held (resumable)."
+    "4 stopped by the budget; 70 internal error (a bug; paid runs kept on record); "
+    "75 interrupted (SIGINT/SIGTERM/SIGHUP), --max-runtime reached, API unreachable, "
+    "lock held or a state write failed (resumable)."
 )
 KEY_HELP = "The API key is read from $RUNBASE_API_KEY only, and never stored."
 
@@ -73,13 +81,19 @@ ConcOpt = Annotated[
 ]
 BudgetOpt = Annotated[
     float | None,
-    typer.Option("--budget-usd", min=0.0, help="Never spend more than this on the batch (USD)."),
+    typer.Option(
+        "--budget-usd",
+        min=0.0,
+        callback=finite_option,
+        help="Never spend more than this on the batch (USD).",
+    ),
 ]
 RuntimeOpt = Annotated[
     float | None,
     typer.Option(
         "--max-runtime",
         min=0.0,
+        callback=finite_option,
         help="Stop submitting this many seconds after the start (a --wait-lock wait "
         "included), record what is in flight, exit 75.",
     ),
@@ -103,6 +117,7 @@ WaitLockOpt = Annotated[
     typer.Option(
         "--wait-lock",
         min=0.0,
+        callback=finite_option,
         help="Seconds to wait for another run using the same state database "
         "(0: exit 75 at once, naming it).",
     ),

@@ -185,7 +185,19 @@ def open_db(path: Path, *, readonly: bool = False) -> Engine:
     event.listen(engine, "connect", _wal)
     with _unreadable(path):
         _migrate(engine, path)
+        _check_intact(engine, path)
     return engine
+
+
+def _check_intact(engine: Engine, path: Path) -> None:
+    """Refuse a damaged database before anything is written into it (exit 2)."""
+    with engine.connect() as conn:
+        first = conn.exec_driver_sql("PRAGMA quick_check(1)").scalar()
+    if first != "ok":
+        raise StateError(
+            f"state database {path}: cannot use it ({' '.join(str(first).split())}); it is "
+            "damaged: restore it from a backup (or `sqlite3 FILE .recover`)"
+        )
 
 
 @contextmanager
