@@ -242,10 +242,18 @@ class EngineBase:
     # ------------------------------------------------------------ bookkeeping
 
     def _move(
-        self, job: Job, new: JobState, *, detail: dict[str, Any] | str | None = None, **fields: Any
+        self,
+        job: Job,
+        new: JobState,
+        *,
+        detail: dict[str, Any] | str | None = None,
+        ledger_rows: Sequence[store.LedgerEntry] = (),
+        **fields: Any,
     ) -> Job | None:
         old = JobState(job.state)
-        moved = store.move(self.db, job, new, at=self.clock.now(), detail=detail, **fields)
+        moved = store.move(
+            self.db, job, new, at=self.clock.now(), detail=detail, ledger_rows=ledger_rows, **fields
+        )
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
             self._forget(job)

@@ -47,6 +47,11 @@ class RunSummary:
     started_at: float
     finished_at: float
     failures: list[dict[str, Any]] = field(default_factory=list)  # key, idx, error
+    #: POSTs whose answer was lost and not shown to be replays: they may have charged
+    #: a run (counted against the budget, not in ``spend_micro_usd``)
+    possible_micro_usd: int = 0
+    #: the jobs behind ``possible_micro_usd``: key, idx, possible_usd, paid_runs
+    maybe_paid_twice: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +70,9 @@ class RunSummary:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "failures": self.failures,
+            "possible_usd": self.possible_micro_usd / 1_000_000,
+            "possible_micro_usd": self.possible_micro_usd,
+            "maybe_paid_twice": self.maybe_paid_twice,
         }
 
 

@@ -70,12 +70,14 @@ def run_batch(
     retry_failed: bool = False,
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
+    pay_again: Sequence[str] = (),
 ) -> RunSummary:
     """Run (``manifest``) or resume (``batch``, None = most recent) a batch to its end.
 
     Returns the summary; its ``exit_code`` is what the CLI exits with (2 for a
     missing or malformed key, found before anything is written or sent). Every
-    observer gets ``finished(summary)`` whatever happened.
+    observer gets ``finished(summary)`` whatever happened. ``pay_again``: job keys (or
+    unique prefixes) submitted again although they hold a paid run (a new charge).
     """
     return asyncio.run(
         arun_batch(
@@ -88,6 +90,7 @@ def run_batch(
             retry_failed=retry_failed,
             retry_in_doubt=retry_in_doubt,
             clock=clock,
+            pay_again=pay_again,
         )
     )
 
@@ -103,6 +106,7 @@ async def arun_batch(
     retry_failed: bool = False,
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
+    pay_again: Sequence[str] = (),
 ) -> RunSummary:
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
@@ -119,7 +123,9 @@ async def arun_batch(
         run.key = check_api_key(api_key)
         check_base_url(opts)
         with interrupt_on_signals(run, enabled=opts.handle_signals):
-            code, reason = await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+            code, reason = await run.execute(
+                manifest, batch, retry_failed, retry_in_doubt, pay_again=pay_again
+            )
     except BatchgenError as exc:
         code, reason = exc.exit_code, str(exc)
     except BaseException as exc:
@@ -202,7 +208,13 @@ class _Run:
             self.engine.stop("interrupted", reason, hard=hard)
 
     async def execute(
-        self, manifest: Path | None, batch: str | None, retry_failed: bool, retry_in_doubt: bool
+        self,
+        manifest: Path | None,
+        batch: str | None,
+        retry_failed: bool,
+        retry_in_doubt: bool,
+        *,
+        pay_again: Sequence[str] = (),
     ) -> tuple[ExitCode, str]:
         loaded = None
         if manifest is not None:
@@ -250,13 +262,15 @@ class _Run:
                 self.batch = find_batch(db, self.batch_name)
             assert self.batch.id is not None
             store.touch_batch(db, self.batch.id, self.clock.now())  # `resume` picks it
-            if retry_failed or retry_in_doubt:
+            again = _pay_again_ids(db, self.batch.id, pay_again)
+            if retry_failed or retry_in_doubt or again:
                 done = store.requeue(
                     db,
                     self.batch.id,
                     failed=retry_failed,
                     in_doubt=retry_in_doubt,
                     now=self.clock.now(),
+                    pay_again=again,
                 )
                 log.info("re-queued: %s", done)
             return await self._engine_run(self.batch)
@@ -281,9 +295,12 @@ class _Run:
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
         durations = DurationModel(opts.poll_policy)
         durations.seed(_history(self.db, batch.model))
+        # the batch's whole life, every invocation: charges - refunds + possible charges
+        money = store.ledger_totals(self.db, batch.id)
         budget = Budget(
             None if budget_usd is None else round(float(budget_usd) * 1_000_000),
-            spent_micro_usd=store.spent_micro_usd(self.db, batch.id),
+            spent_micro_usd=money.spent,
+            possible_micro_usd=money.possible,
         )
         observers = list(self.observers)
         if opts.report_path is not None:
@@ -370,13 +387,16 @@ class _Run:
 
     def summary(self, code: ExitCode, reason: str, started: float) -> RunSummary:
         counts: dict[str, int] = {}
-        spend = 0
+        spend = possible = 0
+        maybe_twice: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         in_doubt = 0
         if self.db is not None and self.batch is not None and self.batch.id is not None:
             try:
                 counts = {k: v for k, v in store.counts(self.db, self.batch.id).items() if v}
-                spend = store.spent_micro_usd(self.db, self.batch.id)
+                money = store.ledger_totals(self.db, self.batch.id)
+                spend, possible = money.spent, money.possible
+                maybe_twice = [p.to_json() for p in store.possible_jobs(self.db, self.batch.id)]
                 failures = [
                     {"key": f.key, "idx": f.idx, "error": f.error, "code": f.code}
                     for f in store.failures(self.db, self.batch.id)
@@ -402,12 +422,23 @@ class _Run:
             started_at=started,
             finished_at=finished,
             failures=failures,
+            possible_micro_usd=possible,
+            maybe_paid_twice=maybe_twice,
         )
 
 
 def find_batch(db: Engine, name: str | None) -> Batch:
     """The batch called ``name`` (None: the most recently run one)."""
     return batches.find_batch(db, name)
+
+
+def _pay_again_ids(db: Engine, batch_id: int, keys: Sequence[str]) -> list[int]:
+    """``retry --job KEY --pay-again``: the job ids, or exit 2 naming the key."""
+    try:
+        return list(store.find_jobs(db, batch_id, keys).values()) if keys else []
+    except LookupError as exc:
+        fix = "give a job key or a longer prefix (batchgen export lists them)"
+        raise UsageError([Problem(file="--job", message=str(exc), fix=fix)]) from None
 
 
 def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:

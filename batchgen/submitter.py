@@ -4,12 +4,23 @@ The order for one submission: reserve the estimate in the budget, commit ``submi
 with the attempt number and idempotency key, send, commit ``running`` with the run id
 and ``costUsd`` the moment the answer arrives. A resend of a job in doubt keeps its
 attempt and key; a new attempt (new key) is made only after a run failed or was lost.
+
+Money goes to the ledger with the transition that learns of it: a ``charge`` row with
+the run id, a ``possible`` row when the answer was lost (the reservation stays counted:
+the POST may have charged a run). When a resend with the same key answers with a run
+created before the resend (``createdAt`` before the midpoint between the moment the
+answer was lost and the moment the resend was sent, so clocks may differ by up to half
+that gap), the lost POST made that run: the possible row is settled by an opposite
+one. A run created later means the service ignored the key: the possible charge
+stays, and the job is reported as "may have been paid twice".
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+from typing import Any
 
 from batchgen.engine_base import ActiveRun, EngineBase, idem_key
 from batchgen.errors import (
@@ -82,6 +93,18 @@ class Submitter(EngineBase):
     async def _submit_inner(self, job: Job, estimate: int) -> None:
         assert job.id is not None
         now_wall = self.clock.now()
+        if job.run_id and store.run_paid(self.db, job.id, job.run_id):
+            # Holds a paid run (a row left queued by an older batchgen, say): poll it.
+            self.budget.release(job.id)
+            moved = self._move(
+                job, JobState.RUNNING, detail="holds a paid run: polled, not paid again"
+            )
+            if moved is not None:
+                self._add_running(
+                    ActiveRun(moved, self._cls(moved), submitted=self.clock.monotonic()),
+                    self.clock.monotonic(),
+                )
+            return
         if job.idem_key and not job.run_id:
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
         else:
@@ -107,6 +130,9 @@ class Submitter(EngineBase):
             self.budget.release(job.id)
             return
         job = moved
+        assert job.id is not None
+        possible, lost_at = store.possible_for_key(self.db, job.id, key)
+        sent_at = self.clock.now()
         try:
             run = await self.client.create_run(
                 self.batch.model, api_input, idempotency_key=key, priority=1
@@ -120,11 +146,26 @@ class Submitter(EngineBase):
             cost = estimate
         assert job.id is not None
         self.budget.settle(job.id, cost, estimate)
+        rows = [store.LedgerEntry("charge", cost, run.id)]
+        if possible > 0:
+            if _created_before(run.created_at, (lost_at + sent_at) / 2):
+                why = f"settled: run {run.id} was made by the POST whose answer was lost"
+                rows.append(store.LedgerEntry("possible", -possible, run.id, why))
+                self.budget.settle_possible(possible)
+            else:
+                log.warning(
+                    "job %s: the resend made a new run %s (the service ignored the "
+                    "Idempotency-Key?): may have been paid twice, up to $%.3f more",
+                    job.key,
+                    run.id,
+                    possible / 1e6,
+                )
         mono = self.clock.monotonic()
         recorded = self._move(
             job,
             JobState.RUNNING,
             detail={"run_id": run.id, "cost_micro_usd": cost},
+            ledger_rows=rows,
             run_id=run.id,
             cost_micro_usd=cost,
             submitted_at=self.clock.now(),
@@ -143,7 +184,7 @@ class Submitter(EngineBase):
     def _submit_failed(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None
         now_wall = self.clock.now()
-        err = {"last_error": str(exc), "error_code": exc.code}
+        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         if isinstance(exc, InvalidRequest):
             self.budget.release(job.id)
             self._move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
@@ -186,7 +227,7 @@ class Submitter(EngineBase):
             self._unreachable_since = now
         self._unreachable += 1
         self.budget.release(job.id)
-        err = {"last_error": str(exc), "error_code": exc.code}
+        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         lasted = now - self._unreachable_since
         if self._unreachable >= self.cfg.max_attempts and lasted >= self.cfg.unreachable_s:
             self._move(job, JobState.QUEUED, **err)
@@ -205,10 +246,14 @@ class Submitter(EngineBase):
     def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None
         errors = job.errors + 1
+        # Sent, no answer: it may have created and charged a run. Counted as charged.
+        amount = self.budget.lost(job.id, job.estimate_micro_usd)
+        why = f"POST answer lost ({exc}): may have charged a run"
         moved = self._move(
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
+            ledger_rows=[store.LedgerEntry("possible", amount, None, why)],
             errors=errors,
             last_error=str(exc),
             error_code=exc.code,
@@ -221,3 +266,16 @@ class Submitter(EngineBase):
         else:
             self._queued_ids.add(job.id)
             self._defer(moved, self.clock.monotonic() + self.retry.delay(errors - 1))
+
+
+def _created_before(created_at: str | None, threshold: float) -> bool:
+    """Whether the API's ``createdAt`` is earlier than ``threshold`` (epoch seconds)."""
+    if not created_at:
+        return False
+    try:
+        created = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return created.timestamp() < threshold

@@ -1,0 +1,165 @@
+"""Reading the spend ledger (the ``charge`` table) with the standard library alone.
+
+Spend is a sum over ledger rows: charges minus refunds, and apart from them the
+*possible* charges (POSTs whose answer was lost; settled rows cancel them out). The
+budget counts all three. ``status`` uses these on its sqlite3 connection, the engine
+and the report on an engine's DB-API connection.
+
+A database of schema version 2 (no ledger yet) opened by a read-only command is not
+migrated (never written): it is read as the migration would backfill it, from each
+job's run id and cost and its in-doubt state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+#: what version 3's migration backfills, for a version-2 database read in place
+_LEGACY = (
+    "(SELECT batch_id, id AS job_id, run_id, idem_key, 'charge' AS kind, "
+    "cost_micro_usd AS amount_micro_usd, coalesce(submitted_at, updated_at) AS at "
+    "FROM job WHERE run_id IS NOT NULL AND cost_micro_usd > 0 "
+    "UNION ALL SELECT batch_id, id, NULL, idem_key, 'possible', estimate_micro_usd, "
+    "updated_at FROM job WHERE run_id IS NULL AND state IN ('in_doubt', 'submitting'))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    charged: int = 0
+    refunded: int = 0
+    possible: int = 0  # net: lost answers not settled by a run
+
+    @property
+    def spent(self) -> int:
+        """What the service charged and kept, as far as its answers tell."""
+        return self.charged - self.refunded
+
+    @property
+    def budgeted(self) -> int:
+        """What the budget counts: the spend plus every possible charge."""
+        return self.spent + self.possible
+
+
+@dataclass(frozen=True, slots=True)
+class PossibleJob:
+    """A job with a POST whose answer was lost and was not shown to be a replay."""
+
+    key: str
+    idx: int
+    possible_micro_usd: int
+    paid_runs: int  # runs known to be charged for this job
+
+    @property
+    def paid_twice(self) -> bool:
+        """A run is known and an earlier POST may have made (and charged) another."""
+        return self.paid_runs > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "idx": self.idx,
+            "possible_usd": self.possible_micro_usd / 1_000_000,
+            "possible_micro_usd": self.possible_micro_usd,
+            "paid_runs": self.paid_runs,
+        }
+
+
+def has_ledger(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='charge'"
+    ).fetchone()
+    return row is not None
+
+
+def _source(conn: sqlite3.Connection) -> str:
+    return "charge" if has_ledger(conn) else _LEGACY
+
+
+def totals(conn: sqlite3.Connection, batch_id: int) -> Totals:
+    sums = {"charge": 0, "refund": 0, "possible": 0}
+    for kind, amount in conn.execute(
+        f"SELECT kind, sum(amount_micro_usd) FROM {_source(conn)} WHERE batch_id = ? GROUP BY kind",
+        (batch_id,),
+    ):
+        sums[str(kind)] = int(amount or 0)
+    return Totals(sums["charge"], sums["refund"], max(0, sums["possible"]))
+
+
+def possible_jobs(
+    conn: sqlite3.Connection, batch_id: int, *, limit: int = 100
+) -> list[PossibleJob]:
+    """Jobs whose possible charges are not settled, in ``idx`` order."""
+    rows = conn.execute(
+        "SELECT j.key, j.idx, l.possible, l.runs FROM ("
+        "SELECT job_id, sum(CASE WHEN kind = 'possible' THEN amount_micro_usd ELSE 0 END) "
+        "AS possible, count(DISTINCT CASE WHEN kind = 'charge' THEN run_id END) AS runs "
+        f"FROM {_source(conn)} WHERE batch_id = ? GROUP BY job_id) AS l "
+        "JOIN job AS j ON j.id = l.job_id WHERE l.possible > 0 ORDER BY j.idx, j.id LIMIT ?",
+        (batch_id, limit),
+    )
+    return [PossibleJob(str(k), int(i), int(p), int(r)) for k, i, p, r in rows]
+
+
+def job_spend(conn: sqlite3.Connection, batch_id: int) -> dict[int, int]:
+    """job id -> charges minus refunds, every attempt of it."""
+    return {
+        int(job_id): int(net or 0)
+        for job_id, net in conn.execute(
+            "SELECT job_id, sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
+            "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) "
+            f"FROM {_source(conn)} WHERE batch_id = ? GROUP BY job_id",
+            (batch_id,),
+        )
+    }
+
+
+def run_paid(conn: sqlite3.Connection, job_id: int, run_id: str) -> bool:
+    """Whether the run was charged and not refunded (so it must not be paid again)."""
+    row = conn.execute(
+        "SELECT sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
+        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END), count(*) "
+        f"FROM {_source(conn)} WHERE job_id = ? AND run_id = ? AND kind != 'possible'",
+        (job_id, run_id),
+    ).fetchone()
+    charged, rows = (row[0] or 0, row[1]) if row else (0, 0)
+    # a run the ledger does not know (a free run, say) holds its job just the same
+    return bool(charged > 0 or rows == 0)
+
+
+def run_net(conn: sqlite3.Connection, job_id: int, run_id: str) -> int:
+    """What the run was charged, minus what was refunded of it."""
+    row = conn.execute(
+        "SELECT sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
+        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) FROM charge "
+        "WHERE job_id = ? AND run_id = ?",
+        (job_id, run_id),
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def possible_for_key(conn: sqlite3.Connection, job_id: int, idem_key: str) -> tuple[int, float]:
+    """(net possible amount, time of the last possible row) for one idempotency key."""
+    row = conn.execute(
+        "SELECT sum(amount_micro_usd), max(CASE WHEN amount_micro_usd > 0 THEN at END) "
+        "FROM charge WHERE job_id = ? AND idem_key = ? AND kind = 'possible'",
+        (job_id, idem_key),
+    ).fetchone()
+    if not row or row[0] is None:
+        return 0, 0.0
+    return int(row[0]), float(row[1] or 0.0)
+
+
+@contextmanager
+def raw(engine: Any) -> Iterator[sqlite3.Connection]:
+    """The DB-API connection of a SQLAlchemy engine, for the reads above."""
+    conn = engine.raw_connection()
+    try:
+        driver: sqlite3.Connection = conn.driver_connection
+        yield driver
+    finally:
+        conn.close()
