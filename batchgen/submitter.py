@@ -9,10 +9,11 @@ Money goes to the ledger with the transition that learns of it: a ``charge`` row
 the run id, a ``possible`` row when the answer was lost (the reservation stays counted:
 the POST may have charged a run). When a resend with the same key answers with a run
 created before the resend (``createdAt`` before the midpoint between the moment the
-answer was lost and the moment the resend was sent, so clocks may differ by up to half
-that gap), the lost POST made that run: the possible row is settled by an opposite
-one. A run created later means the service ignored the key: the possible charge
-stays, and the job is reported as "may have been paid twice".
+answer was lost and the moment the resend was sent, and at least 5 ms before the
+resend; so the two clocks may differ by up to half that gap), the lost POST made that
+run: the possible row is settled by an opposite one. A run created later means the
+service ignored the key: the possible charge stays, and the job is reported as "may
+have been paid twice".
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from batchgen.store import jobs as store
 from batchgen.store.schema import Job
 
 log = logging.getLogger("batchgen.engine")
+
+#: ``createdAt`` comes in milliseconds: a run is only taken as older than the resend
+#: when it is older by more than that rounding
+CREATED_AT_PRECISION_S = 0.005
 
 
 class Submitter(EngineBase):
@@ -148,7 +153,8 @@ class Submitter(EngineBase):
         self.budget.settle(job.id, cost, estimate)
         rows = [store.LedgerEntry("charge", cost, run.id)]
         if possible > 0:
-            if _created_before(run.created_at, (lost_at + sent_at) / 2):
+            threshold = min((lost_at + sent_at) / 2, sent_at - CREATED_AT_PRECISION_S)
+            if _created_before(run.created_at, threshold):
                 why = f"settled: run {run.id} was made by the POST whose answer was lost"
                 rows.append(store.LedgerEntry("possible", -possible, run.id, why))
                 self.budget.settle_possible(possible)
