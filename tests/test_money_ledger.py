@@ -131,22 +131,19 @@ def _failed_with_a_lost_run(db_path: Path, out: Path) -> tuple[int, str]:
     db, batch = make_batch(db_path, prompts(2, resolution="720p"), out)
     assert batch.id is not None
     with Session(db, expire_on_commit=False) as s:
-        job = s.exec(select(Job).where(Job.idx == 0)).one()
-    key = "k-lost"
-    job = store.move(db, job, JobState.SUBMITTING, attempts=1, idem_key=key)
-    assert job is not None
-    job = store.move(
-        db,
-        job,
-        JobState.RUNNING,
-        ledger_rows=[store.LedgerEntry("charge", PRICE, "run_gone")],
-        run_id="run_gone",
-        cost_micro_usd=PRICE,
-    )
-    assert job is not None
-    job = store.move(
-        db, job, JobState.FAILED, last_error="run run_gone lost", error_code="run_not_found"
-    )
+        job: Job | None = s.exec(select(Job).where(Job.idx == 0)).one()
+    steps: list[tuple[JobState, list[store.LedgerEntry], dict[str, Any]]] = [
+        (JobState.SUBMITTING, [], {"attempts": 1, "idem_key": "k-lost"}),
+        (
+            JobState.RUNNING,
+            [store.LedgerEntry("charge", PRICE, "run_gone")],
+            {"run_id": "run_gone", "cost_micro_usd": PRICE},
+        ),
+        (JobState.FAILED, [], {"last_error": "run run_gone lost", "error_code": "run_not_found"}),
+    ]
+    for state, rows, fields in steps:
+        assert job is not None
+        job = store.move(db, job, state, ledger_rows=rows, **fields)
     assert job is not None
     db.dispose()
     return batch.id, job.key

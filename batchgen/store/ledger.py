@@ -122,13 +122,12 @@ def run_paid(conn: sqlite3.Connection, job_id: int, run_id: str) -> bool:
     """Whether the run was charged and not refunded (so it must not be paid again)."""
     row = conn.execute(
         "SELECT sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
-        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END), count(*) "
+        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) "
         f"FROM {_source(conn)} WHERE job_id = ? AND run_id = ? AND kind != 'possible'",
         (job_id, run_id),
     ).fetchone()
-    charged, rows = (row[0] or 0, row[1]) if row else (0, 0)
-    # a run the ledger does not know (a free run, say) holds its job just the same
-    return bool(charged > 0 or rows == 0)
+    # (a failed run of a migrated database has no row: schema 2 zeroed its cost)
+    return bool(row and (row[0] or 0) > 0)
 
 
 def run_net(conn: sqlite3.Connection, job_id: int, run_id: str) -> int:
