@@ -32,6 +32,7 @@ from batchgen.ratelimit import RequestLimiter
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import Batch, Job
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class EngineBase:
         new: JobState,
         *,
         detail: dict[str, Any] | str | None = None,
-        ledger_rows: Sequence[store.LedgerEntry] = (),
+        ledger_rows: Sequence[LedgerEntry] = (),
         **fields: Any,
     ) -> Job | None:
         old = JobState(job.state)

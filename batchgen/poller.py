@@ -22,7 +22,8 @@ from batchgen.errors import (
 )
 from batchgen.polling import RunClass, api_duration
 from batchgen.states import JobState
-from batchgen.store import jobs as store
+from batchgen.store import ledger
+from batchgen.store.charges import LedgerEntry
 
 log = logging.getLogger("batchgen.engine")
 
@@ -166,10 +167,10 @@ class Poller(EngineBase):
                 self._downloading[job.id] = act
         elif run.status == "failed":
             self._leave_running(act)
-            paid = store.run_net(self.db, job.id, job.run_id or run.id)
+            paid = ledger.run_net(self.db, job.id, job.run_id or run.id)
             self.budget.refund(paid)
             why = "run failed: refunded"
-            refund = [store.LedgerEntry("refund", paid, job.run_id, why)] if paid > 0 else []
+            refund = [LedgerEntry("refund", paid, job.run_id, why)] if paid > 0 else []
             err: dict[str, Any] = {
                 "last_error": run.error or "run failed",
                 "error_code": run.error_code,

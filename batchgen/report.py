@@ -213,10 +213,9 @@ def gather(
     end: float | None = None
     active = False
     # money from the ledger: every attempt's charge and refund, never a job field
-    with ledger.raw(db) as conn:
-        paid = ledger.job_spend(conn, batch_id)
-        money = ledger.totals(conn, batch_id)
-        maybe = ledger.possible_jobs(conn, batch_id) if money.possible else []
+    paid = ledger.job_spend(db, batch_id)
+    money = ledger.totals(db, batch_id)
+    maybe = ledger.possible_jobs(db, batch_id) if money.possible else []
     for job in jobs:
         clip = _clip(job, links)
         clip.other_axes = {a: axis_value(job, a) for a in job.axes if a not in (row_axis, col_axis)}

@@ -51,7 +51,7 @@ from batchgen.run_options import (
     check_out_dir,
 )
 from batchgen.run_signals import interrupt_on_signals
-from batchgen.store import batches
+from batchgen.store import batches, ledger
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, open_db
 from batchgen.watch import build_observers
@@ -296,7 +296,7 @@ class _Run:
         durations = DurationModel(opts.poll_policy)
         durations.seed(_history(self.db, batch.model))
         # the batch's whole life, every invocation: charges - refunds + possible charges
-        money = store.ledger_totals(self.db, batch.id)
+        money = ledger.totals(self.db, batch.id)
         budget = Budget(
             None if budget_usd is None else round(float(budget_usd) * 1_000_000),
             spent_micro_usd=money.spent,
@@ -394,9 +394,9 @@ class _Run:
         if self.db is not None and self.batch is not None and self.batch.id is not None:
             try:
                 counts = {k: v for k, v in store.counts(self.db, self.batch.id).items() if v}
-                money = store.ledger_totals(self.db, self.batch.id)
+                money = ledger.totals(self.db, self.batch.id)
                 spend, possible = money.spent, money.possible
-                maybe_twice = [p.to_json() for p in store.possible_jobs(self.db, self.batch.id)]
+                maybe_twice = [p.to_json() for p in ledger.possible_jobs(self.db, self.batch.id)]
                 failures = [
                     {"key": f.key, "idx": f.idx, "error": f.error, "code": f.code}
                     for f in store.failures(self.db, self.batch.id)
@@ -435,7 +435,7 @@ def find_batch(db: Engine, name: str | None) -> Batch:
 def _pay_again_ids(db: Engine, batch_id: int, keys: Sequence[str]) -> list[int]:
     """``retry --job KEY --pay-again``: the job ids, or exit 2 naming the key."""
     try:
-        return list(store.find_jobs(db, batch_id, keys).values()) if keys else []
+        return list(batches.find_jobs(db, batch_id, keys).values()) if keys else []
     except LookupError as exc:
         fix = "give a job key or a longer prefix (batchgen export lists them)"
         raise UsageError([Problem(file="--job", message=str(exc), fix=fix)]) from None

@@ -35,6 +35,8 @@ from batchgen.errors import (
 from batchgen.modelspec import load_model
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store import ledger
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import Job
 
 log = logging.getLogger("batchgen.engine")
@@ -98,7 +100,7 @@ class Submitter(EngineBase):
     async def _submit_inner(self, job: Job, estimate: int) -> None:
         assert job.id is not None
         now_wall = self.clock.now()
-        if job.run_id and store.run_paid(self.db, job.id, job.run_id):
+        if job.run_id and ledger.run_paid(self.db, job.id, job.run_id):
             # Holds a paid run (a row left queued by an older batchgen, say): poll it.
             self.budget.release(job.id)
             moved = self._move(
@@ -136,7 +138,7 @@ class Submitter(EngineBase):
             return
         job = moved
         assert job.id is not None
-        possible, lost_at = store.possible_for_key(self.db, job.id, key)
+        possible, lost_at = ledger.possible_for_key(self.db, job.id, key)
         sent_at = self.clock.now()
         try:
             run = await self.client.create_run(
@@ -151,12 +153,12 @@ class Submitter(EngineBase):
             cost = estimate
         assert job.id is not None
         self.budget.settle(job.id, cost, estimate)
-        rows = [store.LedgerEntry("charge", cost, run.id)]
+        rows = [LedgerEntry("charge", cost, run.id)]
         if possible > 0:
             threshold = min((lost_at + sent_at) / 2, sent_at - CREATED_AT_PRECISION_S)
             if _created_before(run.created_at, threshold):
                 why = f"settled: run {run.id} was made by the POST whose answer was lost"
-                rows.append(store.LedgerEntry("possible", -possible, run.id, why))
+                rows.append(LedgerEntry("possible", -possible, run.id, why))
                 self.budget.settle_possible(possible)
             else:
                 log.warning(
@@ -259,7 +261,7 @@ class Submitter(EngineBase):
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
-            ledger_rows=[store.LedgerEntry("possible", amount, None, why)],
+            ledger_rows=[LedgerEntry("possible", amount, None, why)],
             errors=errors,
             last_error=str(exc),
             error_code=exc.code,

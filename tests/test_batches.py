@@ -22,6 +22,7 @@ from batchgen.manifest import Overrides, load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store import jobs as store
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import SCHEMA_VERSION, Job, open_db
 
 
@@ -83,12 +84,12 @@ def finish(db: Engine, job_id: int, state: JobState = JobState.SUCCEEDED) -> Non
         path += [JobState.FAILED]
     for new in path:
         fields: dict[str, Any] = {}
-        rows: list[store.LedgerEntry] = []
+        rows: list[LedgerEntry] = []
         if new == JobState.SUBMITTING:
             fields = {"attempts": 1, "idem_key": f"idem-{job_id}"}
         elif new == JobState.RUNNING:
             fields = {"run_id": f"run-{job_id}", "cost_micro_usd": 242_000}
-            rows = [store.LedgerEntry("charge", 242_000, f"run-{job_id}")]
+            rows = [LedgerEntry("charge", 242_000, f"run-{job_id}")]
         elif new == JobState.SUCCEEDED:
             fields = {"output_paths_json": json.dumps([f"{job_id}.mp4"])}
         elif new == JobState.FAILED:

@@ -21,7 +21,9 @@ from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store import ledger
 from batchgen.store.batches import find_batch
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import SCHEMA_VERSION, Charge, Job, open_db
 from tests.test_batches import write_manifest
 from tests.test_engine_helpers import make_batch, prompts
@@ -132,11 +134,11 @@ def _failed_with_a_lost_run(db_path: Path, out: Path) -> tuple[int, str]:
     assert batch.id is not None
     with Session(db, expire_on_commit=False) as s:
         job: Job | None = s.exec(select(Job).where(Job.idx == 0)).one()
-    steps: list[tuple[JobState, list[store.LedgerEntry], dict[str, Any]]] = [
+    steps: list[tuple[JobState, list[LedgerEntry], dict[str, Any]]] = [
         (JobState.SUBMITTING, [], {"attempts": 1, "idem_key": "k-lost"}),
         (
             JobState.RUNNING,
-            [store.LedgerEntry("charge", PRICE, "run_gone")],
+            [LedgerEntry("charge", PRICE, "run_gone")],
             {"run_id": "run_gone", "cost_micro_usd": PRICE},
         ),
         (JobState.FAILED, [], {"last_error": "run run_gone lost", "error_code": "run_not_found"}),
@@ -257,7 +259,7 @@ def test_a_version_2_database_is_read_in_place_and_migrated_by_a_writer(tmp_path
         ("possible", "", PRICE),
     ]
     db = open_db(db_path)
-    money = store.ledger_totals(db, 1)
+    money = ledger.totals(db, 1)
     assert (money.spent, money.possible) == (PRICE, PRICE)
     with Session(db) as s:
         assert len(s.exec(select(Charge)).all()) == 2

@@ -26,7 +26,8 @@ from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
 from batchgen.store import ledger
-from batchgen.store.schema import Batch, Charge, Event, Job, transition
+from batchgen.store.charges import LedgerEntry, add_entries
+from batchgen.store.schema import Batch, Event, Job, transition
 
 #: states whose jobs the engine holds in memory (at most ``concurrency`` of them, plus
 #: the in-doubt ones)
@@ -136,34 +137,6 @@ def recent_durations(engine: Engine, model: str, *, limit: int = 500) -> list[tu
 # ------------------------------------------------------------------ moving jobs
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """A ledger row to write with a job's transition (same transaction)."""
-
-    kind: str  # charge | refund | possible
-    amount_micro_usd: int
-    run_id: str | None = None
-    detail: str | None = None
-
-
-def _add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
-    assert job.id is not None
-    for e in entries:
-        s.add(
-            Charge(
-                batch_id=job.batch_id,
-                job_id=job.id,
-                run_id=e.run_id,
-                attempt=job.attempts,
-                idem_key=job.idem_key,
-                kind=e.kind,
-                amount_micro_usd=e.amount_micro_usd,
-                at=at,
-                detail=e.detail,
-            )
-        )
-
-
 def move(
     engine: Engine,
     job: Job,
@@ -186,7 +159,7 @@ def move(
         if fresh is None or fresh.state != job.state:
             s.rollback()
             return None
-        _add_entries(s, fresh, ledger_rows, now)
+        add_entries(s, fresh, ledger_rows, now)
         transition(s, fresh, new, at=now, detail=detail, **fields)
         s.commit()
         return fresh
@@ -207,7 +180,7 @@ def recover_submitting(engine: Engine, batch_id: int, *, now: float) -> list[Job
         )
         for job in rows:
             why = "found submitting at startup: the POST may have charged a run"
-            _add_entries(s, job, [LedgerEntry("possible", job.estimate_micro_usd, None, why)], now)
+            add_entries(s, job, [LedgerEntry("possible", job.estimate_micro_usd, None, why)], now)
             transition(
                 s,
                 job,
@@ -374,52 +347,9 @@ def counts(engine: Engine, batch_id: int) -> dict[str, int]:
     return out
 
 
-def ledger_totals(engine: Engine, batch_id: int) -> ledger.Totals:
-    """Charges, refunds and possible charges of the batch's whole life (the ledger)."""
-    with ledger.raw(engine) as conn:
-        return ledger.totals(conn, batch_id)
-
-
 def spent_micro_usd(engine: Engine, batch_id: int) -> int:
     """Charged minus refunded over the batch's whole life (possible charges apart)."""
-    return ledger_totals(engine, batch_id).spent
-
-
-def possible_jobs(engine: Engine, batch_id: int, *, limit: int = 100) -> list[ledger.PossibleJob]:
-    with ledger.raw(engine) as conn:
-        return ledger.possible_jobs(conn, batch_id, limit=limit)
-
-
-def possible_for_key(engine: Engine, job_id: int, idem_key: str) -> tuple[int, float]:
-    with ledger.raw(engine) as conn:
-        return ledger.possible_for_key(conn, job_id, idem_key)
-
-
-def run_net(engine: Engine, job_id: int, run_id: str) -> int:
-    with ledger.raw(engine) as conn:
-        return ledger.run_net(conn, job_id, run_id)
-
-
-def run_paid(engine: Engine, job_id: int, run_id: str) -> bool:
-    with ledger.raw(engine) as conn:
-        return ledger.run_paid(conn, job_id, run_id)
-
-
-def find_jobs(engine: Engine, batch_id: int, prefixes: Sequence[str]) -> dict[str, int]:
-    """Job key or unique key prefix -> job id; LookupError naming what does not match."""
-    found: dict[str, int] = {}
-    with _session(engine) as s:
-        for prefix in prefixes:
-            rows = s.exec(
-                select(Job.id, Job.key)
-                .where(Job.batch_id == batch_id, col(Job.key).startswith(prefix.lower()))
-                .limit(2)
-            ).all()
-            if len(rows) != 1:
-                why = "no job" if not rows else "more than one job"
-                raise LookupError(f"{why} of this batch has a key starting with {prefix!r}")
-            found[prefix] = int(rows[0][0] or 0)
-    return found
+    return ledger.totals(engine, batch_id).spent
 
 
 def in_doubt_since(engine: Engine, batch_id: int, since: float) -> int:

@@ -2,8 +2,8 @@
 
 Spend is a sum over ledger rows: charges minus refunds, and apart from them the
 *possible* charges (POSTs whose answer was lost; settled rows cancel them out). The
-budget counts all three. ``status`` uses these on its sqlite3 connection, the engine
-and the report on an engine's DB-API connection.
+budget counts all three. Every read takes a sqlite3 connection (``status``) or a
+SQLAlchemy engine (the engine, the report), read through its DB-API connection.
 
 A database of schema version 2 (no ledger yet) opened by a read-only command is not
 migrated (never written): it is read as the migration would backfill it, from each
@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+#: a sqlite3 connection, or a SQLAlchemy engine (read through its DB-API connection)
+Db = Any
 
 #: what version 3's migration backfills, for a version-2 database read in place
 _LEGACY = (
@@ -76,89 +79,91 @@ def has_ledger(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
-def _source(conn: sqlite3.Connection) -> str:
-    return "charge" if has_ledger(conn) else _LEGACY
+@contextmanager
+def _connection(db: Db) -> Iterator[sqlite3.Connection]:
+    if isinstance(db, sqlite3.Connection):
+        yield db
+        return
+    conn = db.raw_connection()
+    try:
+        driver: sqlite3.Connection = conn.driver_connection
+        yield driver
+    finally:
+        conn.close()
 
 
-def totals(conn: sqlite3.Connection, batch_id: int) -> Totals:
+def _query(db: Db, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``sql`` with ``{ledger}`` standing for the ledger (or a schema-2 backfill of it)."""
+    with _connection(db) as conn:
+        source = "charge" if has_ledger(conn) else _LEGACY
+        return conn.execute(sql.format(ledger=source), params).fetchall()
+
+
+_NET = (
+    "sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
+    "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END)"
+)
+
+
+def totals(db: Db, batch_id: int) -> Totals:
     sums = {"charge": 0, "refund": 0, "possible": 0}
-    for kind, amount in conn.execute(
-        f"SELECT kind, sum(amount_micro_usd) FROM {_source(conn)} WHERE batch_id = ? GROUP BY kind",
+    for kind, amount in _query(
+        db,
+        "SELECT kind, sum(amount_micro_usd) FROM {ledger} WHERE batch_id = ? GROUP BY kind",
         (batch_id,),
     ):
         sums[str(kind)] = int(amount or 0)
     return Totals(sums["charge"], sums["refund"], max(0, sums["possible"]))
 
 
-def possible_jobs(
-    conn: sqlite3.Connection, batch_id: int, *, limit: int = 100
-) -> list[PossibleJob]:
+def possible_jobs(db: Db, batch_id: int, *, limit: int = 100) -> list[PossibleJob]:
     """Jobs whose possible charges are not settled, in ``idx`` order."""
-    rows = conn.execute(
+    rows = _query(
+        db,
         "SELECT j.key, j.idx, l.possible, l.runs FROM ("
         "SELECT job_id, sum(CASE WHEN kind = 'possible' THEN amount_micro_usd ELSE 0 END) "
         "AS possible, count(DISTINCT CASE WHEN kind = 'charge' THEN run_id END) AS runs "
-        f"FROM {_source(conn)} WHERE batch_id = ? GROUP BY job_id) AS l "
+        "FROM {ledger} WHERE batch_id = ? GROUP BY job_id) AS l "
         "JOIN job AS j ON j.id = l.job_id WHERE l.possible > 0 ORDER BY j.idx, j.id LIMIT ?",
         (batch_id, limit),
     )
     return [PossibleJob(str(k), int(i), int(p), int(r)) for k, i, p, r in rows]
 
 
-def job_spend(conn: sqlite3.Connection, batch_id: int) -> dict[int, int]:
+def job_spend(db: Db, batch_id: int) -> dict[int, int]:
     """job id -> charges minus refunds, every attempt of it."""
-    return {
-        int(job_id): int(net or 0)
-        for job_id, net in conn.execute(
-            "SELECT job_id, sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
-            "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) "
-            f"FROM {_source(conn)} WHERE batch_id = ? GROUP BY job_id",
-            (batch_id,),
-        )
-    }
+    rows = _query(
+        db,
+        f"SELECT job_id, {_NET} FROM {{ledger}} WHERE batch_id = ? GROUP BY job_id",
+        (batch_id,),
+    )
+    return {int(job_id): int(net or 0) for job_id, net in rows}
 
 
-def run_paid(conn: sqlite3.Connection, job_id: int, run_id: str) -> bool:
-    """Whether the run was charged and not refunded (so it must not be paid again)."""
-    row = conn.execute(
-        "SELECT sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
-        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) "
-        f"FROM {_source(conn)} WHERE job_id = ? AND run_id = ? AND kind != 'possible'",
-        (job_id, run_id),
-    ).fetchone()
-    # (a failed run of a migrated database has no row: schema 2 zeroed its cost)
-    return bool(row and (row[0] or 0) > 0)
-
-
-def run_net(conn: sqlite3.Connection, job_id: int, run_id: str) -> int:
+def run_net(db: Db, job_id: int, run_id: str) -> int:
     """What the run was charged, minus what was refunded of it."""
-    row = conn.execute(
-        "SELECT sum(CASE kind WHEN 'charge' THEN amount_micro_usd "
-        "WHEN 'refund' THEN -amount_micro_usd ELSE 0 END) FROM charge "
-        "WHERE job_id = ? AND run_id = ?",
-        (job_id, run_id),
-    ).fetchone()
-    return int(row[0] or 0) if row else 0
+    rows = _query(
+        db, f"SELECT {_NET} FROM {{ledger}} WHERE job_id = ? AND run_id = ?", (job_id, run_id)
+    )
+    return int(rows[0][0] or 0) if rows else 0
 
 
-def possible_for_key(conn: sqlite3.Connection, job_id: int, idem_key: str) -> tuple[int, float]:
+def run_paid(db: Db, job_id: int, run_id: str) -> bool:
+    """Whether the run was charged and not refunded (so it must not be paid again).
+
+    A failed run of a migrated database has no row (schema 2 zeroed its cost): unpaid.
+    """
+    return run_net(db, job_id, run_id) > 0
+
+
+def possible_for_key(db: Db, job_id: int, idem_key: str) -> tuple[int, float]:
     """(net possible amount, time of the last possible row) for one idempotency key."""
-    row = conn.execute(
+    rows = _query(
+        db,
         "SELECT sum(amount_micro_usd), max(CASE WHEN amount_micro_usd > 0 THEN at END) "
-        "FROM charge WHERE job_id = ? AND idem_key = ? AND kind = 'possible'",
+        "FROM {ledger} WHERE job_id = ? AND idem_key = ? AND kind = 'possible'",
         (job_id, idem_key),
-    ).fetchone()
-    if not row or row[0] is None:
+    )
+    if not rows or rows[0][0] is None:
         return 0, 0.0
-    return int(row[0]), float(row[1] or 0.0)
-
-
-@contextmanager
-def raw(engine: Any) -> Iterator[sqlite3.Connection]:
-    """The DB-API connection of a SQLAlchemy engine, for the reads above."""
-    conn = engine.raw_connection()
-    try:
-        driver: sqlite3.Connection = conn.driver_connection
-        yield driver
-    finally:
-        conn.close()
+    return int(rows[0][0]), float(rows[0][1] or 0.0)
