@@ -73,6 +73,20 @@ class Submitter(EngineBase):
         self._submitting = job
         self._submit_task = asyncio.create_task(self._submit(job, estimate))
 
+    def _holds_paid_run(self, job: Job) -> bool:
+        """A queued job that holds a paid run (left so by an older batchgen, say) is
+        polled, never submitted again: True when it was moved to ``running``."""
+        if job.run_id is None:
+            return False
+        assert job.id is not None
+        if not ledger.run_paid(self.db, job.id, job.run_id):
+            return False  # its run failed and was refunded: a new attempt may pay
+        moved = self._move(job, JobState.RUNNING, detail="holds a paid run: polled, not resent")
+        if moved is not None:
+            mono = self.clock.monotonic()
+            self._add_running(ActiveRun(moved, self._cls(moved), submitted=mono), mono)
+        return True
+
     def _next_job(self) -> Job | None:
         if self._resend:
             return self._resend.popleft()
@@ -100,18 +114,6 @@ class Submitter(EngineBase):
     async def _submit_inner(self, job: Job, estimate: int) -> None:
         assert job.id is not None
         now_wall = self.clock.now()
-        if job.run_id and ledger.run_paid(self.db, job.id, job.run_id):
-            # Holds a paid run (a row left queued by an older batchgen, say): poll it.
-            self.budget.release(job.id)
-            moved = self._move(
-                job, JobState.RUNNING, detail="holds a paid run: polled, not paid again"
-            )
-            if moved is not None:
-                self._add_running(
-                    ActiveRun(moved, self._cls(moved), submitted=self.clock.monotonic()),
-                    self.clock.monotonic(),
-                )
-            return
         if job.idem_key and not job.run_id:
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
         else:

@@ -239,7 +239,8 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # The spend ledger. Backfilled from what version 2 kept: each job's current run id
     # and cost (the costs of earlier attempts that a retry overwrote are lost), and a
-    # possible charge for every job left in doubt or submitting.
+    # possible charge for every job left in doubt (one left submitting gets its row when
+    # the next run recovers it).
     3: [
         # a version-2 database has no ledger; one left by a failed attempt is rebuilt
         "DROP TABLE IF EXISTS charge",
@@ -258,7 +259,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "amount_micro_usd, at, detail) "
         "SELECT batch_id, id, NULL, attempts, idem_key, 'possible', estimate_micro_usd, "
         "updated_at, 'migrated from schema 2: POST answer unknown' FROM job "
-        "WHERE run_id IS NULL AND state IN ('in_doubt', 'submitting')",
+        "WHERE run_id IS NULL AND state = 'in_doubt'",
     ],
 }
 
