@@ -15,6 +15,8 @@ import pytest
 from sqlmodel import Session, select
 
 from batchgen.events import RunSummary
+from batchgen.metrics import samples_for
+from batchgen.notify import payload
 from batchgen.report import write_report
 from batchgen.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
@@ -140,6 +142,11 @@ async def test_a_job_found_submitting_after_a_crash_counts_as_possibly_charged(
     assert stats["runs_created"] == 2 and summary.exit_code == 4
     assert summary.possible_micro_usd == PRICE
     assert [j["key"] for j in summary.maybe_paid_twice] == [job.key]
+    assert "may have been paid twice" in payload(summary)["text"]
+    assert ("batchgen_possible_spend_usd", {"batch": "test-batch"}, PRICE / 1e6) in (
+        samples_for(summary, [])
+    )
+    assert summary.to_json()["maybe_paid_twice"][0]["possible_micro_usd"] == PRICE
 
     status = subprocess.run(
         [sys.executable, "-m", "batchgen", "status", "--db", str(db_path), "--json"],
