@@ -261,8 +261,8 @@ class _Run:
             else:
                 self.batch = find_batch(db, self.batch_name)
             assert self.batch.id is not None
+            again = _pay_again_ids(db, self.batch.id, pay_again)  # exit 2 before any write
             store.touch_batch(db, self.batch.id, self.clock.now())  # `resume` picks it
-            again = _pay_again_ids(db, self.batch.id, pay_again)
             if retry_failed or retry_in_doubt or again:
                 done = store.requeue(
                     db,
@@ -434,11 +434,19 @@ def find_batch(db: Engine, name: str | None) -> Batch:
 
 def _pay_again_ids(db: Engine, batch_id: int, keys: Sequence[str]) -> list[int]:
     """``retry --job KEY --pay-again``: the job ids, or exit 2 naming the key."""
+    fix = "give a job key or a longer prefix (batchgen export lists them)"
     try:
-        return list(batches.find_jobs(db, batch_id, keys).values()) if keys else []
+        found = batches.find_jobs(db, batch_id, keys) if keys else {}
     except LookupError as exc:
-        fix = "give a job key or a longer prefix (batchgen export lists them)"
         raise UsageError([Problem(file="--job", message=str(exc), fix=fix)]) from None
+    for key, (_, state) in found.items():
+        if state not in ("failed", "canceled", "in_doubt"):
+            message = (
+                f"job {key!r} is {state}: --pay-again submits failed, canceled or in-doubt jobs"
+            )
+            fix = "leave it out; a running job is polled, a succeeded one is done"
+            raise UsageError([Problem(file="--job", message=message, fix=fix)])
+    return [job_id for job_id, _ in found.values()]
 
 
 def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:

@@ -174,7 +174,15 @@ async def test_retry_failed_leaves_a_paid_run_alone_and_pay_again_pays_and_count
             options=options(sim.base_url),
             pay_again=[job_key[:10]],
         )
+        done = await arun_batch(
+            db_path,
+            api_key=DEFAULT_KEY,
+            batch="test-batch",
+            options=options(sim.base_url),
+            pay_again=[job_key],
+        )
         stats = sim.stats()
+    assert done.exit_code == 2 and "succeeded" in done.reason  # not paid for a third time
     assert stats["runs_created"] == 2
     assert paid.exit_code == 0 and paid.counts == {"succeeded": 2}
     assert paid.spend_micro_usd == 3 * PRICE  # both charges of the job, and the other
@@ -217,6 +225,8 @@ def test_retry_pay_again_on_the_command_line(tmp_path: Path) -> None:
     unknown = retry("--job", "ffffffffffff", "--pay-again")
     assert unknown.returncode == 2 and "ffffffffffff" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+    other = retry("--job", "", "--pay-again")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
     assert ledger_rows(db_path) == before
 
 

@@ -370,18 +370,22 @@ def batch_id_named(db: Engine, name: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def find_jobs(engine: Engine, batch_id: int, prefixes: Sequence[str]) -> dict[str, int]:
-    """Job key or unique key prefix -> job id; LookupError naming what does not match."""
-    found: dict[str, int] = {}
+def find_jobs(engine: Engine, batch_id: int, prefixes: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Job key or unique key prefix -> (job id, state); LookupError naming what does
+    not match."""
+    found: dict[str, tuple[int, str]] = {}
     with Session(engine) as s:
         for prefix in prefixes:
             rows = s.exec(
-                select(Job.id, Job.key)
-                .where(Job.batch_id == batch_id, col(Job.key).startswith(prefix.lower()))
+                select(Job.id, Job.state)
+                .where(
+                    Job.batch_id == batch_id,
+                    col(Job.key).startswith(prefix.strip().lower(), autoescape=True),
+                )
                 .limit(2)
             ).all()
-            if len(rows) != 1:
+            if len(rows) != 1 or not prefix.strip():
                 why = "no job" if not rows else "more than one job"
                 raise LookupError(f"{why} of this batch has a key starting with {prefix!r}")
-            found[prefix] = int(rows[0][0] or 0)
+            found[prefix] = (int(rows[0][0] or 0), str(rows[0][1]))
     return found
