@@ -120,10 +120,10 @@ def possible_jobs(db: Db, batch_id: int, *, limit: int = 100) -> list[PossibleJo
     """Jobs whose possible charges are not settled, in ``idx`` order."""
     rows = _query(
         db,
-        "SELECT j.key, j.idx, l.possible, l.runs FROM ("
-        "SELECT job_id, sum(CASE WHEN kind = 'possible' THEN amount_micro_usd ELSE 0 END) "
-        "AS possible, count(DISTINCT CASE WHEN kind = 'charge' THEN run_id END) AS runs "
-        "FROM {ledger} WHERE batch_id = ? GROUP BY job_id) AS l "
+        "SELECT j.key, j.idx, l.possible, (SELECT count(DISTINCT c.run_id) FROM {ledger} AS c "
+        "WHERE c.job_id = l.job_id AND c.kind = 'charge') FROM ("
+        "SELECT job_id, sum(amount_micro_usd) AS possible FROM {ledger} "
+        "WHERE batch_id = ? AND kind = 'possible' GROUP BY job_id) AS l "
         "JOIN job AS j ON j.id = l.job_id WHERE l.possible > 0 ORDER BY j.idx, j.id LIMIT ?",
         (batch_id, limit),
     )

@@ -146,7 +146,12 @@ class Charge(SQLModel, table=True):
     settled by a further ``possible`` row of the opposite amount, never by an update.
     """
 
-    __table_args__ = (Index("ix_charge_batch_job", "batch_id", "job_id"),)
+    __table_args__ = (
+        # covers the sums of `status` and the budget: no table row is read
+        Index("ix_charge_batch", "batch_id", "kind", "amount_micro_usd"),
+        # one job's runs and possible charges
+        Index("ix_charge_job", "job_id", "kind", "run_id", "amount_micro_usd"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     batch_id: int
@@ -249,7 +254,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "attempt INTEGER NOT NULL, idem_key VARCHAR, kind VARCHAR NOT NULL, "
         "amount_micro_usd INTEGER NOT NULL, key_fingerprint VARCHAR, at FLOAT NOT NULL, "
         "detail VARCHAR)",
-        "CREATE INDEX IF NOT EXISTS ix_charge_batch_job ON charge (batch_id, job_id)",
+        "CREATE INDEX ix_charge_batch ON charge (batch_id, kind, amount_micro_usd)",
+        "CREATE INDEX ix_charge_job ON charge (job_id, kind, run_id, amount_micro_usd)",
         "INSERT INTO charge (batch_id, job_id, run_id, attempt, idem_key, kind, "
         "amount_micro_usd, at, detail) "
         "SELECT batch_id, id, run_id, attempts, idem_key, 'charge', cost_micro_usd, "
