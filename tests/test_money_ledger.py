@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import Session, select
 
 from batchgen.events import RunSummary
@@ -126,6 +127,32 @@ async def test_a_canceled_job_holding_a_run_is_polled_and_queued_jobs_with_one_a
         assert sim.stats()["runs_created"] == 1
     assert again.exit_code == 0 and again.counts == {"succeeded": 1}
     assert again.spend_micro_usd == net(sim)
+
+
+@pytest.mark.parametrize(("budget", "runs", "code"), [(3.0, 3, 0), (2.5, 2, 4)])
+async def test_on_lost_resubmit_pays_again_and_the_ledger_counts_both_charges(
+    tmp_path: Path, budget: float, runs: int, code: int
+) -> None:
+    async with Simulator(SimConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+        sim.config.hold_polls = True
+        _, batch = make_batch(tmp_path / "s.db", prompts(2, resolution="720p"), tmp_path / "o")
+        task = asyncio.create_task(
+            arun_batch(
+                tmp_path / "s.db",
+                api_key=DEFAULT_KEY,
+                batch=batch.name,
+                options=options(sim.base_url, on_lost="resubmit", budget_usd=budget * PRICE / 1e6),
+            )
+        )
+        await until(lambda: sim.stats()["runs_created"] == 2)
+        gone = next(iter(sim.state.book.runs.values()))
+        gone.account = 99  # the service forgets it: 404 to our key
+        sim.config.hold_polls = False
+        summary = await asyncio.wait_for(task, 30)
+        stats = sim.stats()
+    assert stats["runs_created"] == runs and summary.exit_code == code
+    # before: the new attempt overwrote the lost run's cost; $0.48 reported, $0.73 charged
+    assert summary.spend_micro_usd == net(sim) == runs * PRICE <= budget * PRICE
 
 
 def _failed_with_a_lost_run(db_path: Path, out: Path) -> tuple[int, str]:
