@@ -34,8 +34,8 @@ from batchgen.errors import (
 )
 from batchgen.modelspec import load_model
 from batchgen.states import JobState
+from batchgen.store import charges, ledger
 from batchgen.store import jobs as store
-from batchgen.store import ledger
 from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import Job
 
@@ -185,6 +185,7 @@ class Submitter(EngineBase):
         )
         if recorded is None:
             log.error("job %s: run %s created but the job changed meanwhile", job.key, run.id)
+            charges.record(self.db, job, rows, self.clock.now())
             return
         act = ActiveRun(recorded, self._cls(recorded), submitted=mono)
         self._add_running(act, mono)
@@ -258,17 +259,18 @@ class Submitter(EngineBase):
         errors = job.errors + 1
         # Sent, no answer: it may have created and charged a run. Counted as charged.
         amount = self.budget.lost(job.id, job.estimate_micro_usd)
-        why = f"POST answer lost ({exc}): may have charged a run"
+        rows = [LedgerEntry("possible", amount, None, f"POST answer lost ({exc})")]
         moved = self._move(
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
-            ledger_rows=[LedgerEntry("possible", amount, None, why)],
+            ledger_rows=rows,
             errors=errors,
             last_error=str(exc),
             error_code=exc.code,
         )
         if moved is None:
+            charges.record(self.db, job, rows, self.clock.now())
             return
         self.in_doubt_seen.add(job.id)
         if self.cfg.in_doubt == "hold" or errors >= self.cfg.max_attempts:

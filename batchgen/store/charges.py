@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from batchgen.store.schema import Charge, Job
@@ -41,3 +42,11 @@ def add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float)
                 detail=e.detail,
             )
         )
+
+
+def record(engine: Engine, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
+    """Write ``entries`` on their own: money learnt when the job's move could not be
+    made (another process changed the job) is still money spent."""
+    with Session(engine) as s:
+        add_entries(s, job, entries, at)
+        s.commit()
