@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from batchgen.events import RunSummary
 from batchgen.polling import PollPolicy
@@ -300,3 +300,24 @@ def test_a_version_2_database_is_read_in_place_and_migrated_by_a_writer(tmp_path
     assert (money.spent, money.possible) == (PRICE, PRICE)
     with Session(db) as s:
         assert len(s.exec(select(Charge)).all()) == 2
+
+
+def test_run_after_cancel_polls_paid_runs_listed_or_not_and_keeps_doubt(tmp_path: Path) -> None:
+    db, batch = make_batch(tmp_path / "s.db", prompts(3, resolution="720p"), tmp_path / "o")
+    assert batch.id is not None
+    with Session(db, expire_on_commit=False) as s:
+        paid, doubt, queued = s.exec(select(Job).order_by(col(Job.idx))).all()
+    paid_moved = store.move(db, paid, JobState.SUBMITTING, attempts=1, idem_key="a")
+    assert paid_moved is not None
+    assert store.move(db, paid_moved, JobState.RUNNING, run_id="run_a") is not None
+    doubt_moved = store.move(db, doubt, JobState.SUBMITTING, attempts=1, idem_key="b")
+    assert doubt_moved is not None
+    assert store.move(db, doubt_moved, JobState.IN_DOUBT) is not None
+    store.cancel(db, batch.id, abandon=True, now=time.time())
+    with Session(db) as s:  # the manifest no longer lists the paid job
+        s.connection().exec_driver_sql("UPDATE job SET listed = 0 WHERE run_id = 'run_a'")
+        s.commit()
+    assert store.uncancel(db, batch.id, now=time.time()) == 3
+    with Session(db) as s:
+        states = {j.id: j.state for j in s.exec(select(Job)).all()}
+    assert [states[j.id] for j in (paid, doubt, queued)] == ["running", "in_doubt", "queued"]

@@ -301,7 +301,8 @@ def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
             select(Job).where(
                 Job.batch_id == batch_id,
                 Job.state == JobState.CANCELED.value,
-                col(Job.listed).is_(True),
+                # a paid run is fetched even if the manifest no longer lists its job
+                col(Job.listed).is_(True) | col(Job.run_id).is_not(None),
             )
         ).all()
         for job in rows:
