@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from batchgen.events import RunSummary
 from batchgen.polling import PollPolicy
+from batchgen.report import write_report
 from batchgen.retry import RetryPolicy
 from batchgen.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
@@ -285,6 +286,9 @@ def test_a_version_2_database_is_read_in_place_and_migrated_by_a_writer(tmp_path
     assert data["cost_usd"] == PRICE / 1e6  # the backfill, read without writing
     assert data["possible_usd"] == PRICE / 1e6
     assert db_path.read_bytes() == before  # a read-only command never migrates
+    html = write_report(open_db(db_path, readonly=True), 1, tmp_path / "r.html").read_text()
+    assert "may have been paid twice" in html
+    assert db_path.read_bytes() == before
     open_db(db_path).dispose()  # a writer migrates
     conn = sqlite3.connect(db_path)
     version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
