@@ -81,9 +81,6 @@ class Budget:
         self.possible += amount
         return amount
 
-    def add_possible(self, amount_micro_usd: int) -> None:
-        self.possible += amount_micro_usd
-
     def settle_possible(self, amount_micro_usd: int) -> None:
         """A resend proved the lost POST made the run now charged: not a second charge."""
         self.possible = max(0, self.possible - amount_micro_usd)

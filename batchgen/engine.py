@@ -86,7 +86,6 @@ class RunEngine(Submitter, Poller, Downloader):
     def _recover(self) -> None:
         now_wall = self.clock.now()
         for job in store.recover_submitting(self.db, self.batch_id, now=now_wall):
-            self.budget.add_possible(job.estimate_micro_usd)  # the ledger's possible row
             self._count(JobState.SUBMITTING, JobState.IN_DOUBT)
             self._emit(job, JobState.SUBMITTING, JobState.IN_DOUBT, "found submitting")
         mono = self.clock.monotonic()

@@ -22,7 +22,9 @@ from batchgen.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.reader import reading
 from batchgen.store.schema import Job, open_db
+from batchgen.store.status import batch_counts
 from tests.test_engine_helpers import MODEL, make_batch, prompts
 from tests.test_money_ledger import PRICE, ledger_rows, options
 
@@ -127,6 +129,10 @@ async def test_a_job_found_submitting_after_a_crash_counts_as_possibly_charged(
 ) -> None:
     db_path = tmp_path / "s.db"
     job, input_ = _crashed_mid_post(db_path, tmp_path / "o")
+    with reading(db_path) as conn:  # `status` right after the kill -9, before any run
+        counts = batch_counts(conn, 1)
+    assert counts.possible_micro_usd == PRICE
+    assert [j.key for j in counts.maybe_paid_twice] == [job.key]
     config = SimConfig(time_scale=0.002, rate=(20, 0.5), ignore_idempotency=True)
     async with Simulator(config) as sim:
         await _post(sim.base_url, input_, "crash-key-0")  # it did create a run

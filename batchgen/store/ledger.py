@@ -5,6 +5,9 @@ Spend is a sum over ledger rows: charges minus refunds, and apart from them the
 budget counts all three. Every read takes a sqlite3 connection (``status``) or a
 SQLAlchemy engine (the engine, the report), read through its DB-API connection.
 
+A job found ``submitting`` counts as a possible charge of its estimate (its POST is in
+flight, or the process that sent it died) until a run recovers it and writes its row.
+
 A database of schema version 2 (no ledger yet) opened by a read-only command is not
 migrated (never written): it is read as the migration would backfill it, from each
 job's run id and cost and its in-doubt state.
@@ -92,11 +95,25 @@ def _connection(db: Db) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+#: jobs found ``submitting``: their POST is in flight, or its process died; either way it
+#: may have charged a run, and their ``possible`` row comes only when a run recovers them
+_SUBMITTING = (
+    "(SELECT batch_id, id AS job_id, estimate_micro_usd AS amount_micro_usd FROM job "
+    "WHERE state = 'submitting')"
+)
+#: the schema-2 backfill counts them already
+_NONE = "(SELECT batch_id, id AS job_id, 0 AS amount_micro_usd FROM job WHERE 0)"
+
+
 def _query(db: Db, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """``sql`` with ``{ledger}`` standing for the ledger (or a schema-2 backfill of it)."""
+    """``sql`` with ``{ledger}`` standing for the ledger (or a schema-2 backfill of it)
+    and ``{submitting}`` for the possible charges of jobs found submitting."""
     with _connection(db) as conn:
-        source = "charge" if has_ledger(conn) else _LEGACY
-        return conn.execute(sql.format(ledger=source), params).fetchall()
+        if has_ledger(conn):
+            text = sql.format(ledger="charge", submitting=_SUBMITTING)
+        else:
+            text = sql.format(ledger=_LEGACY, submitting=_NONE)
+        return conn.execute(text, params).fetchall()
 
 
 _NET = (
@@ -106,13 +123,16 @@ _NET = (
 
 
 def totals(db: Db, batch_id: int) -> Totals:
+    """The batch's charges, refunds and possible charges (jobs found submitting too)."""
     sums = {"charge": 0, "refund": 0, "possible": 0}
     for kind, amount in _query(
         db,
-        "SELECT kind, sum(amount_micro_usd) FROM {ledger} WHERE batch_id = ? GROUP BY kind",
-        (batch_id,),
+        "SELECT kind, sum(amount_micro_usd) FROM {ledger} WHERE batch_id = ? GROUP BY kind "
+        "UNION ALL SELECT 'possible', sum(amount_micro_usd) FROM {submitting} "
+        "WHERE batch_id = ?",
+        (batch_id, batch_id),
     ):
-        sums[str(kind)] = int(amount or 0)
+        sums[str(kind)] += int(amount or 0)
     return Totals(sums["charge"], sums["refund"], max(0, sums["possible"]))
 
 
@@ -122,10 +142,12 @@ def possible_jobs(db: Db, batch_id: int, *, limit: int = 100) -> list[PossibleJo
         db,
         "SELECT j.key, j.idx, l.possible, (SELECT count(DISTINCT c.run_id) FROM {ledger} AS c "
         "WHERE c.job_id = l.job_id AND c.kind = 'charge') FROM ("
-        "SELECT job_id, sum(amount_micro_usd) AS possible FROM {ledger} "
-        "WHERE batch_id = ? AND kind = 'possible' GROUP BY job_id) AS l "
+        "SELECT job_id, sum(amount_micro_usd) AS possible FROM ("
+        "SELECT job_id, amount_micro_usd FROM {ledger} WHERE batch_id = ? AND kind = 'possible' "
+        "UNION ALL SELECT job_id, amount_micro_usd FROM {submitting} WHERE batch_id = ?) "
+        "GROUP BY job_id) AS l "
         "JOIN job AS j ON j.id = l.job_id WHERE l.possible > 0 ORDER BY j.idx, j.id LIMIT ?",
-        (batch_id, limit),
+        (batch_id, batch_id, limit),
     )
     return [PossibleJob(str(k), int(i), int(p), int(r)) for k, i, p, r in rows]
 
