@@ -8,6 +8,12 @@ everything spent and reserved, so the batch total cannot pass the limit unless o
 costs more than its reservation. To make that unlikely, reservations are scaled by the
 highest actual/estimate ratio seen so far (1.0 while answers match the price table).
 
+The budget is the batch's over its whole life: it starts from the ledger (charges minus
+refunds, plus *possible* charges: POSTs whose answer was lost may have created and
+charged a run). A lost answer turns its reservation into a possible charge
+(``possible``); a resend that shows the first POST made the run takes it back
+(``settle_possible``).
+
 All amounts are integer micro-USD, like the API's ``costUsd``.
 """
 
@@ -17,9 +23,14 @@ import math
 
 
 class Budget:
-    def __init__(self, limit_micro_usd: int | None, *, spent_micro_usd: int = 0) -> None:
+    def __init__(
+        self, limit_micro_usd: int | None, *, spent_micro_usd: int = 0, possible_micro_usd: int = 0
+    ) -> None:
         self.limit = limit_micro_usd
+        #: charged minus refunded (what the answers say)
         self.spent = spent_micro_usd
+        #: lost answers that may have charged a run
+        self.possible = possible_micro_usd
         self._reserved: dict[int, int] = {}
         self._ratio = 1.0
 
@@ -33,7 +44,8 @@ class Budget:
     def fits(self, estimate_micro_usd: int) -> bool:
         if self.limit is None:
             return True
-        return self.spent + self.reserved + self.reservation(estimate_micro_usd) <= self.limit
+        need = self.reservation(estimate_micro_usd)
+        return self.spent + self.possible + self.reserved + need <= self.limit
 
     def reserve(self, job_id: int, estimate_micro_usd: int) -> bool:
         """Hold the estimate for ``job_id``; False (and nothing held) if it does not fit."""
@@ -58,7 +70,22 @@ class Budget:
     def refund(self, amount_micro_usd: int) -> None:
         self.spent = max(0, self.spent - amount_micro_usd)
 
+    def lost(self, job_id: int, estimate_micro_usd: int) -> int:
+        """The POST's answer was lost: its reservation becomes a possible charge.
+
+        Returns the amount counted (what the ledger's ``possible`` row records).
+        """
+        amount = self._reserved.pop(job_id, None)
+        if amount is None:
+            amount = self.reservation(estimate_micro_usd)
+        self.possible += amount
+        return amount
+
+    def settle_possible(self, amount_micro_usd: int) -> None:
+        """A resend proved the lost POST made the run now charged: not a second charge."""
+        self.possible = max(0, self.possible - amount_micro_usd)
+
     def remaining(self) -> int | None:
         if self.limit is None:
             return None
-        return self.limit - self.spent - self.reserved
+        return self.limit - self.spent - self.possible - self.reserved

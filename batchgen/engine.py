@@ -132,7 +132,7 @@ class RunEngine(Submitter, Poller, Downloader):
         for job in rows:
             assert job.id is not None
             self._cursor = (job.idx, job.id)
-            if job.id in self._queued_ids:
+            if job.id in self._queued_ids or self._holds_paid_run(job):
                 continue
             self._swept = False
             self._queued_ids.add(job.id)

@@ -30,6 +30,7 @@ from batchgen.ratelimit import RequestLimiter
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
 from batchgen.store import jobs as store
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.failures import state_failure
 from batchgen.store.schema import Batch, Job
 
@@ -268,11 +269,25 @@ class EngineBase:
     # ------------------------------------------------------------ bookkeeping
 
     def _move(
-        self, job: Job, new: JobState, *, detail: dict[str, Any] | str | None = None, **fields: Any
+        self,
+        job: Job,
+        new: JobState,
+        *,
+        detail: dict[str, Any] | str | None = None,
+        ledger_rows: Sequence[LedgerEntry] = (),
+        **fields: Any,
     ) -> Job | None:
         old = JobState(job.state)
         try:
-            moved = store.move(self.db, job, new, at=self.clock.now(), detail=detail, **fields)
+            moved = store.move(
+                self.db,
+                job,
+                new,
+                at=self.clock.now(),
+                detail=detail,
+                ledger_rows=ledger_rows,
+                **fields,
+            )
         except Exception as exc:
             failure = state_failure(exc, self.db.url.database)
             if failure is None:

@@ -49,6 +49,11 @@ class RunSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)  # key, idx, error
     #: succeeded jobs whose files were missing or damaged on disk, fetched again
     repaired: int = 0
+    #: POSTs whose answer was lost and not shown to be replays: they may have charged
+    #: a run (counted against the budget, not in ``spend_micro_usd``)
+    possible_micro_usd: int = 0
+    #: the jobs behind ``possible_micro_usd``: key, idx, possible_usd, paid_runs
+    maybe_paid_twice: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,9 @@ class RunSummary:
             "finished_at": self.finished_at,
             "failures": self.failures,
             "repaired": self.repaired,
+            "possible_usd": self.possible_micro_usd / 1_000_000,
+            "possible_micro_usd": self.possible_micro_usd,
+            "maybe_paid_twice": self.maybe_paid_twice,
         }
 
 

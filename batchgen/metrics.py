@@ -35,6 +35,10 @@ Sample = tuple[str, Labels, float]
 FAMILIES: dict[str, tuple[str, str]] = {
     "batchgen_jobs": ("gauge", "Jobs of the batch by state when the run ended."),
     "batchgen_spend_usd": ("gauge", "Money spent on the batch so far, in USD."),
+    "batchgen_possible_spend_usd": (
+        "gauge",
+        "POSTs of the batch whose answer was lost and may have charged a run, in USD.",
+    ),
     "batchgen_requests_total": (
         "counter",
         'API requests of the last run by route and HTTP status ("network": no answer).',
@@ -114,11 +118,13 @@ def samples_for(summary: RunSummary, previous: list[Sample]) -> list[Sample]:
         for state in JobState:
             out.append(("batchgen_jobs", {**b, "state": state.value}, summary.counts.get(state, 0)))
         out.append(("batchgen_spend_usd", b, summary.spend_micro_usd / 1_000_000))
+        out.append(("batchgen_possible_spend_usd", b, summary.possible_micro_usd / 1_000_000))
     else:  # never reached the batch: do not pretend it has no jobs and no spend
         out += [
             s
             for s in previous
-            if s[0] in ("batchgen_jobs", "batchgen_spend_usd") and s[1].get("batch") == batch
+            if s[0] in ("batchgen_jobs", "batchgen_spend_usd", "batchgen_possible_spend_usd")
+            and s[1].get("batch") == batch
         ]
     for route, per_status in sorted(summary.requests.items()):
         for status, n in sorted(per_status.items()):

@@ -33,6 +33,11 @@ def payload(summary: RunSummary) -> dict[str, Any]:
         f"{done}/{jobs} succeeded, ${summary.spend_micro_usd / 1e6:.2f} spent, "
         f"{summary.wall_s:.0f} s; outputs in {summary.out_dir or '?'}"
     )
+    if summary.maybe_paid_twice:
+        text += (
+            f"; {len(summary.maybe_paid_twice)} job(s) may have been paid twice "
+            f"(up to ${summary.possible_micro_usd / 1e6:.2f} more)"
+        )
     body = {
         "event": "finished",
         "batch": summary.batch,
@@ -45,6 +50,8 @@ def payload(summary: RunSummary) -> dict[str, Any]:
         "in_doubt": summary.in_doubt,
         "failed": len(summary.failures),
         "spend_usd": summary.spend_micro_usd / 1_000_000,
+        "possible_usd": summary.possible_micro_usd / 1_000_000,
+        "maybe_paid_twice": summary.maybe_paid_twice,
         "out_dir": summary.out_dir,
         "wall_s": round(summary.wall_s, 3),
         "started_at": summary.started_at,

@@ -19,8 +19,7 @@ from batchgen.manifest import DEFAULT_SETTINGS
 from batchgen.modelspec import ModelSpec, load_model
 from batchgen.ratelimit import DEFAULT_RATE, settings_rate
 from batchgen.states import JobState
-from batchgen.store import batches
-from batchgen.store.jobs import spent_micro_usd
+from batchgen.store import batches, ledger
 
 if TYPE_CHECKING:
     from batchgen.manifest import ExpandedJob, LoadedManifest
@@ -215,7 +214,8 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         assert db is not None and batch_id is not None
         matched = total.jobs - stored.new
         stored.unlisted = batches.job_total(db, batch_id) - matched
-    spent = 0 if db is None or batch_id is None else spent_micro_usd(db, batch_id)
+    money = ledger.Totals() if db is None or batch_id is None else ledger.totals(db, batch_id)
+    spent = money.spent
 
     plan = Plan(
         batch=loaded.name,
@@ -246,8 +246,11 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
     if pricer.spec is None:
         plan.notes.append(f"no price table for model {loaded.model}: costs show as 0")
     # The budget caps the whole batch: what it spent already counts against it.
-    if budget_usd is not None and (spent + to_submit.estimate_micro_usd) / 1e6 > budget_usd:
+    counted = money.budgeted  # lost POST answers may have charged runs: counted too
+    if budget_usd is not None and (counted + to_submit.estimate_micro_usd) / 1e6 > budget_usd:
         already = f" plus ${spent / 1e6:,.2f} already spent" if spent else ""
+        if money.possible:
+            already += f" and ${money.possible / 1e6:,.2f} possibly charged (answers lost)"
         plan.budget_warning = (
             f"the estimate ${to_submit.estimate_usd:,.2f}{already} passes the budget "
             f"${budget_usd:,.2f}: the run will stop when the budget is spent "

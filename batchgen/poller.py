@@ -22,6 +22,8 @@ from batchgen.errors import (
 )
 from batchgen.polling import RunClass, api_duration
 from batchgen.states import JobState
+from batchgen.store import ledger
+from batchgen.store.charges import LedgerEntry
 
 log = logging.getLogger("batchgen.engine")
 
@@ -165,7 +167,10 @@ class Poller(EngineBase):
                 self._downloading[job.id] = act
         elif run.status == "failed":
             self._leave_running(act)
-            self.budget.refund(job.cost_micro_usd)
+            paid = ledger.run_net(self.db, job.id, job.run_id or run.id)
+            self.budget.refund(paid)
+            why = "run failed: refunded"
+            refund = [LedgerEntry("refund", paid, job.run_id, why)] if paid > 0 else []
             err: dict[str, Any] = {
                 "last_error": run.error or "run failed",
                 "error_code": run.error_code,
@@ -178,6 +183,7 @@ class Poller(EngineBase):
                     job,
                     JobState.QUEUED,
                     detail={"run_failed": run.id},
+                    ledger_rows=refund,
                     run_id=None,
                     idem_key=None,
                     errors=0,
@@ -186,14 +192,19 @@ class Poller(EngineBase):
                 if moved is not None and self._stop is None:
                     self._requeue(moved, 0.0)
             else:
-                self._move(job, JobState.FAILED, finished_at=self.clock.now(), **err)
+                self._move(
+                    job, JobState.FAILED, ledger_rows=refund, finished_at=self.clock.now(), **err
+                )
         else:
             self._schedule(act)
 
     def _lost(self, act: ActiveRun, exc: RunbaseError) -> None:
         job = act.job
         self._leave_running(act)
-        err = {"last_error": f"run {job.run_id} lost: {exc}", "error_code": exc.code}
+        err: dict[str, Any] = {
+            "last_error": f"run {job.run_id} lost: {exc}",
+            "error_code": exc.code,
+        }
         if self.cfg.on_lost == "resubmit" and job.attempts < self.cfg.max_attempts:
             moved = self._move(job, JobState.QUEUED, run_id=None, idem_key=None, **err)
             if moved is not None and self._stop is None:

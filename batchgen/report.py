@@ -33,6 +33,8 @@ from batchgen.posters import PosterMode, poster_for
 from batchgen.report_layout import axis_value, choose_layout, find_axes
 from batchgen.sidecar import atomic_write_text
 from batchgen.states import JobState
+from batchgen.store import ledger
+from batchgen.store.ledger import PossibleJob
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
 from batchgen.store.schema import Batch
 
@@ -76,6 +78,9 @@ class ReportData:
     spend_by: list[tuple[str, int]]
     spend_axis: str | None
     generated_at: float
+    #: lost POST answers that may have charged a run (the ledger's unsettled possibles)
+    possible_micro_usd: int = 0
+    maybe_paid_twice: list[PossibleJob] = field(default_factory=list)
 
 
 class _Links:
@@ -136,10 +141,13 @@ def gather(
     counts: Counter[str] = Counter()
     spend_by: Counter[str] = Counter()
     gen_times: list[float] = []
-    spend = 0
     start: float | None = None
     end: float | None = None
     active = False
+    # money from the ledger: every attempt's charge and refund, never a job field
+    paid = ledger.job_spend(db, batch_id)
+    money = ledger.totals(db, batch_id)
+    maybe = ledger.possible_jobs(db, batch_id) if money.possible else []
     for job in jobs:
         clip = _clip(job, links)
         clip.other_axes = {a: axis_value(job, a) for a in job.axes if a not in (row_axis, col_axis)}
@@ -149,9 +157,8 @@ def gather(
         grid_values[grid] = row_values[row] = col_values[col] = None
         cells.setdefault((grid, row, col), []).append(clip)
         counts[job.state] += 1
-        spend += job.cost_micro_usd
         if spend_axis:
-            spend_by[axis_value(job, spend_axis)] += job.cost_micro_usd
+            spend_by[axis_value(job, spend_axis)] += paid.get(job.id, 0)
         if clip.gen_s is not None:
             gen_times.append(clip.gen_s)
         if job.submitted_at is not None:
@@ -174,12 +181,14 @@ def gather(
         cells=cells,
         counts=dict(counts),
         jobs=len(jobs),
-        spend_micro_usd=spend,
+        spend_micro_usd=money.spent,
         wall_s=None if start is None or end is None else max(0.0, end - start),
         gen_times=gen_times,
         spend_by=list(spend_by.items()),
         spend_axis=spend_axis if jobs else None,
         generated_at=now,
+        possible_micro_usd=money.possible,
+        maybe_paid_twice=maybe,
     )
 
 

@@ -239,8 +239,23 @@ def _header(data: ReportData, generated: str) -> str:
         f'<div class="totals"><span class="chip">{data.jobs} jobs</span>{chips}</div>'
         f'<div class="totals"><span class="chip">spent {_e(_usd(data.spend_micro_usd))}</span>'
         f'<span class="chip">wall time {_e(_duration(data.wall_s))}</span></div>'
+        f"{_maybe_paid_twice(data)}"
         f'<div class="meta">{_e(layout)} · axes: {_e(", ".join(data.axes) or "none")}</div>'
         f'</div><div class="charts">{gen_chart}{spend_chart}</div></header>'
+    )
+
+
+def _maybe_paid_twice(data: ReportData) -> str:
+    """The jobs a lost POST answer may have charged twice, and what that may cost."""
+    if not data.maybe_paid_twice:
+        return ""
+    names = ", ".join(
+        f"#{j.idx} {j.key[:12]} ({_usd(j.possible_micro_usd)})" for j in data.maybe_paid_twice
+    )
+    return (
+        '<div class="totals maybe-paid-twice"><span class="chip">may have been paid twice: '
+        f"up to {_e(_usd(data.possible_micro_usd))} more</span> "
+        f'<span class="meta">POST answers lost: {_e(names)}</span></div>'
     )
 
 

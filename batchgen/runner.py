@@ -55,7 +55,7 @@ from batchgen.run_options import (
     number_problems,
 )
 from batchgen.run_signals import interrupt_on_signals
-from batchgen.store import batches
+from batchgen.store import batches, ledger
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, open_db
 from batchgen.watch import build_observers
@@ -74,12 +74,14 @@ def run_batch(
     retry_failed: bool = False,
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
+    pay_again: Sequence[str] = (),
 ) -> RunSummary:
     """Run (``manifest``) or resume (``batch``, None = most recent) a batch to its end.
 
     Returns the summary; its ``exit_code`` is what the CLI exits with (2 for a
     missing or malformed key, found before anything is written or sent). Every
-    observer gets ``finished(summary)`` whatever happened.
+    observer gets ``finished(summary)`` whatever happened. ``pay_again``: job keys (or
+    unique prefixes) submitted again although they hold a paid run (a new charge).
     """
     return asyncio.run(
         arun_batch(
@@ -92,6 +94,7 @@ def run_batch(
             retry_failed=retry_failed,
             retry_in_doubt=retry_in_doubt,
             clock=clock,
+            pay_again=pay_again,
         )
     )
 
@@ -107,6 +110,7 @@ async def arun_batch(
     retry_failed: bool = False,
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
+    pay_again: Sequence[str] = (),
 ) -> RunSummary:
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
@@ -127,7 +131,7 @@ async def arun_batch(
     # notification are written (systemctl stop) must not change the exit code they report
     with interrupt_on_signals(run, enabled=opts.handle_signals):
         code, reason = await _outcome(
-            run, problems, started, manifest, batch, retry_failed, retry_in_doubt
+            run, problems, started, manifest, batch, retry_failed, retry_in_doubt, pay_again
         )
         summary = run.summary(code, reason, started)
         run.finishing = True
@@ -143,6 +147,7 @@ async def _outcome(
     batch: str | None,
     retry_failed: bool,
     retry_in_doubt: bool,
+    pay_again: Sequence[str],
 ) -> tuple[ExitCode, str]:
     """The exit code and reason of the run, whatever it raised."""
     opts, clk = run.opts, run.clock
@@ -151,7 +156,7 @@ async def _outcome(
             raise UsageError(problems)
         run.key = check_api_key(run.key or None)
         check_base_url(opts)
-        return await run.execute(manifest, batch, retry_failed, retry_in_doubt)
+        return await run.execute(manifest, batch, retry_failed, retry_in_doubt, pay_again=pay_again)
     except StateWriteError as exc:
         record_traceback(run.observers, exc, clk.now())
         return exc.exit_code, one_line(str(exc))
@@ -239,7 +244,13 @@ class _Run:
             self.engine.stop("interrupted", reason, hard=hard)
 
     async def execute(
-        self, manifest: Path | None, batch: str | None, retry_failed: bool, retry_in_doubt: bool
+        self,
+        manifest: Path | None,
+        batch: str | None,
+        retry_failed: bool,
+        retry_in_doubt: bool,
+        *,
+        pay_again: Sequence[str] = (),
     ) -> tuple[ExitCode, str]:
         loaded = None
         if manifest is not None:
@@ -301,14 +312,16 @@ class _Run:
             else:
                 self.batch = find_batch(db, self.batch_name)
             assert self.batch.id is not None
+            again = _pay_again_ids(db, self.batch.id, pay_again)  # exit 2 before any write
             store.touch_batch(db, self.batch.id, self.clock.now())  # `resume` picks it
-            if retry_failed or retry_in_doubt:
+            if retry_failed or retry_in_doubt or again:
                 done = store.requeue(
                     db,
                     self.batch.id,
                     failed=retry_failed,
                     in_doubt=retry_in_doubt,
                     now=self.clock.now(),
+                    pay_again=again,
                 )
                 log.info("re-queued: %s", done)
                 if done.get("output_lost"):
@@ -361,9 +374,12 @@ class _Run:
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
         durations = DurationModel(opts.poll_policy)
         durations.seed(_history(self.db, batch.model))
+        # the batch's whole life, every invocation: charges - refunds + possible charges
+        money = ledger.totals(self.db, batch.id)
         budget = Budget(
             None if budget_usd is None else round(float(budget_usd) * 1_000_000),
-            spent_micro_usd=store.spent_micro_usd(self.db, batch.id),
+            spent_micro_usd=money.spent,
+            possible_micro_usd=money.possible,
         )
         observers = list(self.observers)
         if opts.report_path is not None:
@@ -458,13 +474,16 @@ class _Run:
 
     def summary(self, code: ExitCode, reason: str, started: float) -> RunSummary:
         counts: dict[str, int] = {}
-        spend = 0
+        spend = possible = 0
+        maybe_twice: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         in_doubt = repaired = 0
         if self.db is not None and self.batch is not None and self.batch.id is not None:
             try:
                 counts = {k: v for k, v in store.counts(self.db, self.batch.id).items() if v}
-                spend = store.spent_micro_usd(self.db, self.batch.id)
+                money = ledger.totals(self.db, self.batch.id)
+                spend, possible = money.spent, money.possible
+                maybe_twice = [p.to_json() for p in ledger.possible_jobs(self.db, self.batch.id)]
                 failures = [
                     {"key": f.key, "idx": f.idx, "error": f.error, "code": f.code}
                     for f in store.failures(self.db, self.batch.id)
@@ -492,12 +511,31 @@ class _Run:
             finished_at=finished,
             failures=failures,
             repaired=repaired,
+            possible_micro_usd=possible,
+            maybe_paid_twice=maybe_twice,
         )
 
 
 def find_batch(db: Engine, name: str | None) -> Batch:
     """The batch called ``name`` (None: the most recently run one)."""
     return batches.find_batch(db, name)
+
+
+def _pay_again_ids(db: Engine, batch_id: int, keys: Sequence[str]) -> list[int]:
+    """``retry --job KEY --pay-again``: the job ids, or exit 2 naming the key."""
+    fix = "give a job key or a longer prefix (batchgen export lists them)"
+    try:
+        found = batches.find_jobs(db, batch_id, keys) if keys else {}
+    except LookupError as exc:
+        raise UsageError([Problem(file="--job", message=str(exc), fix=fix)]) from None
+    for key, (_, state) in found.items():
+        if state not in ("failed", "canceled", "in_doubt"):
+            message = (
+                f"job {key!r} is {state}: --pay-again submits failed, canceled or in-doubt jobs"
+            )
+            fix = "leave it out; a running job is polled, a succeeded one is done"
+            raise UsageError([Problem(file="--job", message=message, fix=fix)])
+    return [job_id for job_id, _ in found.values()]
 
 
 def _history(db: Engine, model: str) -> Iterator[tuple[Any, float]]:

@@ -31,7 +31,8 @@ Q, S, D, R, DL, OK, F, C = (
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # queued -> failed: local checks fail (image changed on disk, budget can never fit)
-    Q: frozenset({S, C, F}),
+    # queued -> running: a queued job found holding a paid run is polled, never resent
+    Q: frozenset({S, C, F, R}),
     # submitting -> queued: definitely not sent / retry later; -> in_doubt: answer lost
     S: frozenset({R, Q, D, F, C}),
     # in_doubt -> submitting: resubmit with the same idempotency key
@@ -44,7 +45,9 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     OK: frozenset({DL}),
     # batchgen retry --failed; -> downloading: the run is paid, only its files are missing
     F: frozenset({Q, DL}),
-    C: frozenset({Q}),  # a later run of the manifest re-enables canceled jobs
+    # a later run of the manifest re-enables canceled jobs: one holding a paid run is
+    # polled again (-> running), one canceled in doubt is in doubt again
+    C: frozenset({Q, R, D}),
 }
 
 TERMINAL: frozenset[JobState] = frozenset({OK, F, C})

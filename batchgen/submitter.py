@@ -4,11 +4,23 @@ The order for one submission: reserve the estimate in the budget, commit ``submi
 with the attempt number and idempotency key, send, commit ``running`` with the run id
 and ``costUsd`` the moment the answer arrives. A resend of a job in doubt keeps its
 attempt and key; a new attempt (new key) is made only after a run failed or was lost.
+
+Money goes to the ledger with the transition that learns of it: a ``charge`` row with
+the run id, a ``possible`` row when the answer was lost (the reservation stays counted:
+the POST may have charged a run). When a resend with the same key answers with a run
+created before the resend (``createdAt`` before the midpoint between the moment the
+answer was lost and the moment the resend was sent, and at least 5 ms before the
+resend; so the two clocks may differ by up to half that gap), the lost POST made that
+run: the possible row is settled by an opposite one. A run created later means the
+service ignored the key: the possible charge stays, and the job is reported as "may
+have been paid twice".
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from typing import Any
 
 from batchgen.engine_base import ActiveRun, EngineBase, idem_key
 from batchgen.errors import (
@@ -21,10 +33,16 @@ from batchgen.errors import (
 )
 from batchgen.modelspec import load_model
 from batchgen.states import JobState
+from batchgen.store import charges, ledger
 from batchgen.store import jobs as store
+from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import Job
 
 log = logging.getLogger("batchgen.engine")
+
+#: ``createdAt`` comes in milliseconds: a run is only taken as older than the resend
+#: when it is older by more than that rounding
+CREATED_AT_PRECISION_S = 0.005
 
 
 class Submitter(EngineBase):
@@ -53,6 +71,20 @@ class Submitter(EngineBase):
         self._queued_ids.discard(job.id)
         self._submitting = job
         self._submit_task = self._spawn(self._submit(job, estimate))
+
+    def _holds_paid_run(self, job: Job) -> bool:
+        """A queued job that holds a paid run (left so by an older batchgen, say) is
+        polled, never submitted again: True when it was moved to ``running``."""
+        if job.run_id is None:
+            return False
+        assert job.id is not None
+        if not ledger.run_paid(self.db, job.id, job.run_id):
+            return False  # its run failed and was refunded: a new attempt may pay
+        moved = self._move(job, JobState.RUNNING, detail="holds a paid run: polled, not resent")
+        if moved is not None:
+            mono = self.clock.monotonic()
+            self._add_running(ActiveRun(moved, self._cls(moved), submitted=mono), mono)
+        return True
 
     def _next_job(self) -> Job | None:
         if self._resend:
@@ -106,6 +138,9 @@ class Submitter(EngineBase):
             self.budget.release(job.id)
             return
         job = moved
+        assert job.id is not None
+        possible, lost_at = ledger.possible_for_key(self.db, job.id, key)
+        sent_at = self.clock.now()
         try:
             run = await self.client.create_run(
                 self.batch.model, api_input, idempotency_key=key, priority=1
@@ -119,11 +154,27 @@ class Submitter(EngineBase):
             cost = estimate
         assert job.id is not None
         self.budget.settle(job.id, cost, estimate)
+        rows = [LedgerEntry("charge", cost, run.id)]
+        if possible > 0:
+            threshold = min((lost_at + sent_at) / 2, sent_at - CREATED_AT_PRECISION_S)
+            if _created_before(run.created_at, threshold):
+                why = f"settled: run {run.id} was made by the POST whose answer was lost"
+                rows.append(LedgerEntry("possible", -possible, run.id, why))
+                self.budget.settle_possible(possible)
+            else:
+                log.warning(
+                    "job %s: the resend made a new run %s (the service ignored the "
+                    "Idempotency-Key?): may have been paid twice, up to $%.3f more",
+                    job.key,
+                    run.id,
+                    possible / 1e6,
+                )
         mono = self.clock.monotonic()
         recorded = self._move(
             job,
             JobState.RUNNING,
             detail={"run_id": run.id, "cost_micro_usd": cost},
+            ledger_rows=rows,
             run_id=run.id,
             cost_micro_usd=cost,
             submitted_at=self.clock.now(),
@@ -133,6 +184,7 @@ class Submitter(EngineBase):
         )
         if recorded is None:
             log.error("job %s: run %s created but the job changed meanwhile", job.key, run.id)
+            charges.record(self.db, job, rows, self.clock.now())
             return
         act = ActiveRun(recorded, self._cls(recorded), submitted=mono)
         self._add_running(act, mono)
@@ -142,7 +194,7 @@ class Submitter(EngineBase):
     def _submit_failed(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None
         now_wall = self.clock.now()
-        err = {"last_error": str(exc), "error_code": exc.code}
+        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         if isinstance(exc, InvalidRequest):
             self.budget.release(job.id)
             self._move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
@@ -185,7 +237,7 @@ class Submitter(EngineBase):
             self._unreachable_since = now
         self._unreachable += 1
         self.budget.release(job.id)
-        err = {"last_error": str(exc), "error_code": exc.code}
+        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         lasted = now - self._unreachable_since
         if self._unreachable >= self.cfg.max_attempts and lasted >= self.cfg.unreachable_s:
             self._move(job, JobState.QUEUED, **err)
@@ -204,15 +256,20 @@ class Submitter(EngineBase):
     def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
         assert job.id is not None
         errors = job.errors + 1
+        # Sent, no answer: it may have created and charged a run. Counted as charged.
+        amount = self.budget.lost(job.id, job.estimate_micro_usd)
+        rows = [LedgerEntry("possible", amount, None, f"POST answer lost ({exc})")]
         moved = self._move(
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
+            ledger_rows=rows,
             errors=errors,
             last_error=str(exc),
             error_code=exc.code,
         )
         if moved is None:
+            charges.record(self.db, job, rows, self.clock.now())
             return
         self.in_doubt_seen.add(job.id)
         if self.cfg.in_doubt == "hold" or errors >= self.cfg.max_attempts:
@@ -220,3 +277,16 @@ class Submitter(EngineBase):
         else:
             self._queued_ids.add(job.id)
             self._defer(moved, self.clock.monotonic() + self.retry.delay(errors - 1))
+
+
+def _created_before(created_at: str | None, threshold: float) -> bool:
+    """Whether the API's ``createdAt`` is earlier than ``threshold`` (epoch seconds)."""
+    if not created_at:
+        return False
+    try:
+        created = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return created.timestamp() < threshold

@@ -22,7 +22,8 @@ from batchgen.manifest import Overrides, load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store import jobs as store
-from batchgen.store.schema import Job, open_db
+from batchgen.store.charges import LedgerEntry
+from batchgen.store.schema import SCHEMA_VERSION, Job, open_db
 
 
 def write_manifest(
@@ -83,15 +84,17 @@ def finish(db: Engine, job_id: int, state: JobState = JobState.SUCCEEDED) -> Non
         path += [JobState.FAILED]
     for new in path:
         fields: dict[str, Any] = {}
+        rows: list[LedgerEntry] = []
         if new == JobState.SUBMITTING:
             fields = {"attempts": 1, "idem_key": f"idem-{job_id}"}
         elif new == JobState.RUNNING:
             fields = {"run_id": f"run-{job_id}", "cost_micro_usd": 242_000}
+            rows = [LedgerEntry("charge", 242_000, f"run-{job_id}")]
         elif new == JobState.SUCCEEDED:
             fields = {"output_paths_json": json.dumps([f"{job_id}.mp4"])}
         elif new == JobState.FAILED:
             fields = {"last_error": "the model refused", "error_code": "model_error"}
-        moved = store.move(db, job, new, **fields)
+        moved = store.move(db, job, new, ledger_rows=rows, **fields)
         assert moved is not None
         job = moved
 
@@ -284,7 +287,7 @@ def test_an_old_database_gains_the_status_index_through_the_migration(tmp_path):
     version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
     conn.close()
     assert "ix_job_batch_status" in names
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION)
 
 
 def test_a_newer_or_foreign_database_is_refused_untouched(tmp_path):

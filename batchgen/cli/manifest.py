@@ -217,6 +217,8 @@ def _status_dict(batch: status_store.BatchInfo, counts: status_store.BatchCounts
         "unlisted": counts.unlisted,
         "cost_usd": _usd(counts.cost_micro_usd),
         "estimate_queued_usd": _usd(counts.estimate_queued_micro_usd),
+        "possible_usd": _usd(counts.possible_micro_usd),
+        "maybe_paid_twice": [j.to_json() for j in counts.maybe_paid_twice],
         "errors": [{"code": g.code, "error": g.error, "jobs": g.jobs} for g in counts.errors],
         "failures": [
             {"idx": f.idx, "key": f.key, "code": f.code, "error": f.error} for f in counts.failed
@@ -236,6 +238,16 @@ def _status_text(r: dict[str, Any]) -> str:
         f"${r['estimate_queued_usd']:,.2f} estimated for the queued jobs",
     ]
     name = r["batch"]
+    if r["maybe_paid_twice"]:
+        out.append(
+            f"may have been paid twice: up to ${r['possible_usd']:,.2f} more, POST answers "
+            "lost (counted against the budget):"
+        )
+        out += [
+            f"  #{j['idx']} {j['key'][:12]}  ${j['possible_usd']:,.2f}"
+            + ("" if j["paid_runs"] else " (no run known)")
+            for j in r["maybe_paid_twice"]
+        ]
     if r["in_doubt"]:
         out.append(
             f"in doubt  {r['in_doubt']:,} (a submission whose outcome is unknown): "

@@ -189,7 +189,20 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
             f"{where}exit {summary.exit_code}",
             file=sys.stderr,
         )
+        if summary.maybe_paid_twice:
+            print(f"batchgen: {maybe_paid_line(summary)}", file=sys.stderr)
     raise typer.Exit(summary.exit_code)
+
+
+def maybe_paid_line(summary: RunSummary) -> str:
+    """The jobs whose lost POST answers may have charged a second run, and how much."""
+    jobs = summary.maybe_paid_twice
+    names = ", ".join(f"#{j['idx']} {j['key'][:12]}" for j in jobs[:5])
+    more = f" and {len(jobs) - 5} more" if len(jobs) > 5 else ""
+    return (
+        f"may have been paid twice (POST answers lost): {len(jobs)} job(s), up to "
+        f"${summary.possible_micro_usd / 1e6:.2f} more than spent: {names}{more}"
+    )
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -353,6 +366,18 @@ def retry(
         bool,
         typer.Option("--in-doubt", help="Resend held in-doubt jobs (same idempotency key)."),
     ] = False,
+    job: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--job", help="With --pay-again: a job key or unique prefix (may be repeated)."
+        ),
+    ] = None,
+    pay_again: Annotated[
+        bool,
+        typer.Option(
+            "--pay-again", help="Submit the --job jobs again although their run was paid."
+        ),
+    ] = False,
     db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
@@ -374,14 +399,25 @@ def retry(
 
     With neither flag, both. A failed job whose run was paid but whose files could
     not be fetched is fetched again, not paid again; one whose paid run is gone
-    (output_lost) stays failed.
+    (output_lost) is left alone: `--job KEY --pay-again` submits it again (a new
+    charge, counted).
 
     Example: batchgen retry nightly-2024-05-01 --failed
     """
     from batchgen.runner import run_batch
 
+    if bool(job) != pay_again:
+        raise UsageError(
+            [
+                Problem(
+                    file="--pay-again" if pay_again else "--job",
+                    message="--job and --pay-again go together",
+                    fix="batchgen retry BATCH --job KEY --pay-again",
+                )
+            ]
+        )
     key = _key()
-    if not failed and not in_doubt:
+    if not failed and not in_doubt and not job:
         failed = in_doubt = True
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
@@ -396,6 +432,7 @@ def retry(
         options=options,
         retry_failed=failed,
         retry_in_doubt=in_doubt,
+        pay_again=job or [],
     )
     _finish(summary, json_out)
 

@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 from batchgen.errors import StateError
 from batchgen.modelspec import load_model
 from batchgen.store import status
-from batchgen.store.schema import Batch
+from batchgen.store.schema import Batch, Job
 
 # Re-exported: the counts live in the stdlib-only ``status`` module (fast `status`).
 from batchgen.store.status import KNOWN_SHOWN, BatchCounts, ErrorGroup, FailedJob
@@ -53,6 +53,7 @@ __all__ = [
     "batch_counts",
     "batch_id_named",
     "find_batch",
+    "find_jobs",
     "job_total",
     "list_batches",
     "lookup_states",
@@ -369,3 +370,24 @@ def batch_id_named(db: Engine, name: str) -> int | None:
         row = conn.exec_driver_sql("SELECT id FROM batch WHERE name = ?", (name,)).first()
         conn.rollback()
     return None if row is None else int(row[0])
+
+
+def find_jobs(engine: Engine, batch_id: int, prefixes: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Job key or unique key prefix -> (job id, state); LookupError naming what does
+    not match."""
+    found: dict[str, tuple[int, str]] = {}
+    with Session(engine) as s:
+        for prefix in prefixes:
+            rows = s.exec(
+                select(Job.id, Job.state)
+                .where(
+                    Job.batch_id == batch_id,
+                    col(Job.key).startswith(prefix.strip().lower(), autoescape=True),
+                )
+                .limit(2)
+            ).all()
+            if len(rows) != 1 or not prefix.strip():
+                why = "no job" if not rows else "more than one job"
+                raise LookupError(f"{why} of this batch has a key starting with {prefix!r}")
+            found[prefix] = (int(rows[0][0] or 0), str(rows[0][1]))
+    return found

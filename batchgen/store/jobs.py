@@ -25,6 +25,8 @@ from sqlalchemy import Engine, func, or_, union, update
 from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
+from batchgen.store import ledger
+from batchgen.store.charges import LedgerEntry, add_entries
 from batchgen.store.schema import Batch, Event, Job, transition
 
 #: states whose jobs the engine holds in memory (at most ``concurrency`` of them, plus
@@ -146,18 +148,23 @@ def move(
     *,
     at: float | None = None,
     detail: dict[str, Any] | str | None = None,
+    ledger_rows: Sequence[LedgerEntry] = (),
     **fields: Any,
 ) -> Job | None:
     """Move ``job`` to ``new`` if the stored row is still in ``job.state``; commit.
 
-    Returns the fresh detached row, or None when another process changed the job first.
+    ``ledger_rows`` are written in the same transaction (attempt and idempotency key
+    as the job holds them before ``fields`` change them). Returns the fresh detached
+    row, or None when another process changed the job first.
     """
+    now = time.time() if at is None else at
     with _session(engine) as s:
         fresh = s.get(Job, job.id)
         if fresh is None or fresh.state != job.state:
             s.rollback()
             return None
-        transition(s, fresh, new, at=at, detail=detail, **fields)
+        add_entries(s, fresh, ledger_rows, now)
+        transition(s, fresh, new, at=now, detail=detail, **fields)
         s.commit()
         return fresh
 
@@ -165,8 +172,9 @@ def move(
 def recover_submitting(engine: Engine, batch_id: int, *, now: float) -> list[Job]:
     """Jobs left in ``submitting`` by a process that died: they become ``in_doubt``.
 
-    Their POST may or may not have reached the service; only a resend with the same
-    idempotency key (or a person) can tell.
+    Their POST may or may not have reached the service (and charged a run); only a
+    resend with the same idempotency key (or a person) can tell. Until then the
+    estimate counts as a possible charge in the ledger.
     """
     with _session(engine) as s:
         rows = list(
@@ -175,6 +183,8 @@ def recover_submitting(engine: Engine, batch_id: int, *, now: float) -> list[Job
             ).all()
         )
         for job in rows:
+            why = "found submitting at startup: the POST may have charged a run"
+            add_entries(s, job, [LedgerEntry("possible", job.estimate_micro_usd, None, why)], now)
             transition(
                 s,
                 job,
@@ -187,21 +197,51 @@ def recover_submitting(engine: Engine, batch_id: int, *, now: float) -> list[Job
 
 
 def requeue(
-    engine: Engine, batch_id: int, *, failed: bool, in_doubt: bool, now: float
+    engine: Engine,
+    batch_id: int,
+    *,
+    failed: bool,
+    in_doubt: bool,
+    now: float,
+    pay_again: Sequence[int] = (),
 ) -> dict[str, int]:
     """``batchgen retry``: failed jobs back to work, held in-doubt jobs back to the queue.
 
     A failed job whose paid run only lacked its download goes back to ``downloading``
-    (never paid twice); any other failed job is queued with its transient error count
+    (never paid twice); a failed job that still holds a paid run (charged, never
+    refunded: its run was lost, say) is left alone (``paid``) unless its id is in
+    ``pay_again``; any other failed job is queued with its transient error count
     reset. An in-doubt job keeps its idempotency key, so it is resent with that key.
+    Jobs in ``pay_again`` (failed, canceled or in doubt; others are left as they are)
+    get a new attempt, new key: the new charge counts in the ledger next to the old one.
     """
-    done = {"failed": 0, "downloads": 0, "in_doubt": 0, "output_lost": 0}
+    done = {
+        "failed": 0,
+        "downloads": 0,
+        "in_doubt": 0,
+        "output_lost": 0,
+        "paid": 0,
+        "pay_again": 0,
+    }
+    again = set(pay_again)
     with _session(engine) as s:
+        if again:
+            for job in s.exec(select(Job).where(col(Job.id).in_(again))).all():
+                if JobState(job.state) in (JobState.FAILED, JobState.CANCELED, JobState.IN_DOUBT):
+                    transition(
+                        s, job, JobState.QUEUED, at=now, detail="retry --pay-again",
+                        errors=0, next_attempt_at=0.0, run_id=None, idem_key=None, listed=True,
+                    )  # fmt: skip
+                    done["pay_again"] += 1
         states = ([JobState.FAILED.value] if failed else []) + (
             [JobState.IN_DOUBT.value] if in_doubt else []
         )
         rows = s.exec(select(Job).where(Job.batch_id == batch_id, col(Job.state).in_(states))).all()
+        conn: Any = s.connection().connection.driver_connection
         for job in rows:
+            assert job.id is not None
+            if job.id in again:
+                continue
             if job.state == JobState.IN_DOUBT.value:
                 transition(s, job, JobState.QUEUED, at=now, detail="retry --in-doubt")
                 done["in_doubt"] += 1
@@ -210,6 +250,8 @@ def requeue(
                 done["downloads"] += 1
             elif job.error_code == OUTPUT_LOST:
                 done["output_lost"] += 1  # paid once already: never re-paid implicitly
+            elif job.run_id and ledger.run_paid(conn, job.id, job.run_id):
+                done["paid"] += 1  # its run is paid: only --pay-again submits it again
             else:
                 # A job whose run failed needs a new attempt (a new idempotency key); one
                 # that never got a run id keeps its key, in case a POST did create one.
@@ -255,7 +297,13 @@ def cancel(engine: Engine, batch_id: int, *, abandon: bool, now: float) -> dict[
 
 
 def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
-    """A new ``batchgen run`` of the manifest re-enables a canceled batch and its jobs."""
+    """A new ``batchgen run`` of the manifest re-enables a canceled batch and its jobs.
+
+    A job that holds a run id (abandoned while its paid run was generating) goes back
+    to ``running``: polled and downloaded, never submitted again. One canceled while
+    in doubt goes back to ``in_doubt`` (its possible charge stays counted). Only the
+    others are queued.
+    """
     with _session(engine) as s:
         s.exec(
             update(Batch)
@@ -266,13 +314,31 @@ def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
             select(Job).where(
                 Job.batch_id == batch_id,
                 Job.state == JobState.CANCELED.value,
-                col(Job.listed).is_(True),
+                # a paid run is fetched even if the manifest no longer lists its job
+                col(Job.listed).is_(True) | col(Job.run_id).is_not(None),
             )
         ).all()
         for job in rows:
-            transition(s, job, JobState.QUEUED, at=now, detail="run again after cancel")
+            if job.run_id:
+                new = JobState.RUNNING
+            elif job.idem_key and _was_in_doubt(s, job):
+                new = JobState.IN_DOUBT
+            else:
+                new = JobState.QUEUED
+            transition(s, job, new, at=now, detail="run again after cancel")
         s.commit()
         return len(rows)
+
+
+def _was_in_doubt(s: Session, job: Job) -> bool:
+    """Whether ``job`` was canceled from ``in_doubt`` (its last event says so)."""
+    last = s.exec(
+        select(Event.from_state)
+        .where(Event.job_id == job.id, Event.to_state == JobState.CANCELED.value)
+        .order_by(col(Event.id).desc())
+        .limit(1)
+    ).first()
+    return last == JobState.IN_DOUBT.value
 
 
 # ------------------------------------------------------------------ counting
@@ -296,12 +362,8 @@ def counts(engine: Engine, batch_id: int) -> dict[str, int]:
 
 
 def spent_micro_usd(engine: Engine, batch_id: int) -> int:
-    with engine.connect() as conn:
-        total = conn.execute(
-            select(func.coalesce(func.sum(Job.cost_micro_usd), 0)).where(Job.batch_id == batch_id)
-        ).scalar_one()
-        conn.rollback()
-    return int(total)
+    """Charged minus refunded over the batch's whole life (possible charges apart)."""
+    return ledger.totals(engine, batch_id).spent
 
 
 def in_doubt_since(engine: Engine, batch_id: int, since: float) -> int:

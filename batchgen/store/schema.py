@@ -46,6 +46,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Batch",
+    "Charge",
     "Event",
     "Job",
     "Meta",
@@ -136,6 +137,37 @@ class Event(SQLModel, table=True):
     detail: str | None = None
 
 
+class Charge(SQLModel, table=True):
+    """The spend ledger, append-only: one row per charge, refund or possible charge.
+
+    Spend is a sum over these rows, never a job field a retry replaces. ``kind``:
+    ``charge`` (a POST answered with ``costUsd``), ``refund`` (that run failed),
+    ``possible`` (a POST whose answer was lost, or found ``submitting`` after a crash:
+    it may have created and charged a run; its reserved estimate). A possible charge is
+    settled by a further ``possible`` row of the opposite amount, never by an update.
+    """
+
+    __table_args__ = (
+        # covers the sums of `status` and the budget: no table row is read
+        Index("ix_charge_batch", "batch_id", "kind", "amount_micro_usd"),
+        # one job's runs and possible charges
+        Index("ix_charge_job", "job_id", "kind", "run_id", "amount_micro_usd"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int
+    job_id: int
+    run_id: str | None = None
+    attempt: int = 0
+    idem_key: str | None = None
+    kind: str  # charge | refund | possible
+    amount_micro_usd: int
+    #: which API key paid (a fingerprint, never the key itself); None: the only key
+    key_fingerprint: str | None = None
+    at: float
+    detail: str | None = None
+
+
 def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE works.
     dbapi_conn.isolation_level = None
@@ -223,6 +255,31 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "CREATE INDEX IF NOT EXISTS ix_job_batch_status "
         "ON job (batch_id, state, listed, cost_micro_usd, estimate_micro_usd)"
+    ],
+    # The spend ledger. Backfilled from what version 2 kept: each job's current run id
+    # and cost (the costs of earlier attempts that a retry overwrote are lost), and a
+    # possible charge for every job left in doubt (one left submitting gets its row when
+    # the next run recovers it).
+    3: [
+        # a version-2 database has no ledger; one left by a failed attempt is rebuilt
+        "DROP TABLE IF EXISTS charge",
+        "CREATE TABLE charge (id INTEGER NOT NULL PRIMARY KEY, "
+        "batch_id INTEGER NOT NULL, job_id INTEGER NOT NULL, run_id VARCHAR, "
+        "attempt INTEGER NOT NULL, idem_key VARCHAR, kind VARCHAR NOT NULL, "
+        "amount_micro_usd INTEGER NOT NULL, key_fingerprint VARCHAR, at FLOAT NOT NULL, "
+        "detail VARCHAR)",
+        "CREATE INDEX ix_charge_batch ON charge (batch_id, kind, amount_micro_usd)",
+        "CREATE INDEX ix_charge_job ON charge (job_id, kind, run_id, amount_micro_usd)",
+        "INSERT INTO charge (batch_id, job_id, run_id, attempt, idem_key, kind, "
+        "amount_micro_usd, at, detail) "
+        "SELECT batch_id, id, run_id, attempts, idem_key, 'charge', cost_micro_usd, "
+        "coalesce(submitted_at, updated_at), 'migrated from schema 2' FROM job "
+        "WHERE run_id IS NOT NULL AND cost_micro_usd > 0",
+        "INSERT INTO charge (batch_id, job_id, run_id, attempt, idem_key, kind, "
+        "amount_micro_usd, at, detail) "
+        "SELECT batch_id, id, NULL, attempts, idem_key, 'possible', estimate_micro_usd, "
+        "updated_at, 'migrated from schema 2: POST answer unknown' FROM job "
+        "WHERE run_id IS NULL AND state = 'in_doubt'",
     ],
 }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from batchgen.errors import StateError
 from batchgen.states import JobState
+from batchgen.store import ledger
 
 #: batch names listed in the "no such batch" message
 KNOWN_SHOWN = 10
@@ -49,10 +50,13 @@ class FailedJob:
 class BatchCounts:
     by_state: dict[str, int]  # every state, listed or not
     unlisted: dict[str, int]  # the unlisted among them, by state (states with any only)
-    cost_micro_usd: int  # what the runs cost so far
+    cost_micro_usd: int  # what the runs cost so far: the ledger's charges - refunds
     estimate_queued_micro_usd: int  # the price of the listed queued jobs
     errors: list[ErrorGroup] = field(default_factory=list)
     failed: list[FailedJob] = field(default_factory=list)
+    #: lost POST answers that may have charged a run (the ledger's unsettled possibles)
+    possible_micro_usd: int = 0
+    maybe_paid_twice: list[ledger.PossibleJob] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -114,17 +118,19 @@ def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10)
     conn.execute("BEGIN")
     try:
         # One pass over the covering index ix_job_batch_status.
-        for state, listed, n, spent, priced in conn.execute(
-            "SELECT state, listed, count(*), sum(cost_micro_usd), sum(estimate_micro_usd) "
+        for state, listed, n, priced in conn.execute(
+            "SELECT state, listed, count(*), sum(estimate_micro_usd) "
             "FROM job WHERE batch_id = ? GROUP BY state, listed",
             (batch_id,),
         ):
             by_state[str(state)] = by_state.get(str(state), 0) + int(n)
-            cost += int(spent or 0)
             if not listed:
                 unlisted[str(state)] = int(n)
             elif state == JobState.QUEUED.value:
                 estimate += int(priced or 0)
+        money = ledger.totals(conn, batch_id)
+        cost = money.spent
+        maybe = ledger.possible_jobs(conn, batch_id, limit=failures) if money.possible else []
         if by_state[JobState.FAILED.value]:
             errors = [
                 ErrorGroup(code, error, int(n))
@@ -152,4 +158,6 @@ def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10)
         estimate_queued_micro_usd=estimate,
         errors=errors,
         failed=failed,
+        possible_micro_usd=money.possible,
+        maybe_paid_twice=maybe,
     )

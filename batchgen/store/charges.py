@@ -1,0 +1,52 @@
+"""Writing the spend ledger: the rows a job's transition adds, in its transaction.
+
+Reading it (sums, possible charges) is ``store.ledger``, with the standard library
+alone so that ``batchgen status`` starts fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from batchgen.store.schema import Charge, Job
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A ledger row to write with a job's transition (same transaction)."""
+
+    kind: str  # charge | refund | possible
+    amount_micro_usd: int
+    run_id: str | None = None
+    detail: str | None = None
+
+
+def add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
+    """Add ``entries`` for ``job`` (with its attempt and key as they are now) to ``s``."""
+    assert job.id is not None
+    for e in entries:
+        s.add(
+            Charge(
+                batch_id=job.batch_id,
+                job_id=job.id,
+                run_id=e.run_id,
+                attempt=job.attempts,
+                idem_key=job.idem_key,
+                kind=e.kind,
+                amount_micro_usd=e.amount_micro_usd,
+                at=at,
+                detail=e.detail,
+            )
+        )
+
+
+def record(engine: Engine, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
+    """Write ``entries`` on their own: money learnt when the job's move could not be
+    made (another process changed the job) is still money spent."""
+    with Session(engine) as s:
+        add_entries(s, job, entries, at)
+        s.commit()
