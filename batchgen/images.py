@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from batchgen.errors import Problem, UsageError
+from batchgen.safefile import FileRefused, open_regular, read_regular
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 FILE_PREFIX = "file:"
@@ -65,22 +67,20 @@ def is_remote(ref: str) -> bool:
 def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
     """Check a local image and hash it; ``ImageError`` says what is wrong and how to fix it."""
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(
-            f"image {path} does not exist",
-            "check the path (relative paths start at the manifest's folder)",
-        ) from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ImageError(f"image {path} cannot be read: {exc}", "check the path") from exc
-    if not path.is_file():
-        raise ImageError(f"image {path} is not a file", "name an image file, not a folder")
+        with open_regular(path, "image") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= max_bytes:
+                data = f.read(max_bytes + 1)
+                size = len(data)
+    except FileRefused as exc:
+        raise ImageError(str(exc), exc.fix) from None
+    except OSError as exc:
+        raise ImageError(f"image {path} cannot be read: {exc.strerror or exc}", "check it") from None
     if size > max_bytes:
         raise ImageError(
             f"image {path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit",
             "shrink or recompress it, or host it and give its https:// URL",
         )
-    data = path.read_bytes()
     mime = sniff(data[:16])
     if mime is None:
         raise ImageError(
@@ -153,33 +153,18 @@ def _inline(ref: str, base_dir: Path | None) -> str:
         return ref
     written, sha = parsed
     path = resolve(written, base_dir)
-    try:
-        stat = path.stat()
-    except (OSError, ValueError):
-        raise UsageError(
-            [Problem(str(path), "image vanished since the batch was planned", fix="put it back")]
-        ) from None
-    if stat.st_size > MAX_IMAGE_BYTES:
-        raise UsageError(
-            [Problem(str(path), "image grew over the size limit since the batch was planned")]
-        )
-    return _data_uri(str(path), sha)
-
-
-def _data_uri(path: str, sha: str) -> str:
     # Read once and check the very bytes that are sent; no cache, so an image edited in
     # place is always noticed (one POST at a time makes the re-read cheap).
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            [Problem(path, f"image cannot be read: {exc}", fix="put it back")]
-        ) from None
+        data = read_regular(path, "image", MAX_IMAGE_BYTES)
+    except FileRefused as exc:
+        message = "image vanished since the batch was planned" if exc.missing else str(exc)
+        raise UsageError([Problem(str(path), message, fix="put the original back")]) from None
     if hashlib.sha256(data).hexdigest() != sha:
         raise UsageError(
             [
                 Problem(
-                    path,
+                    str(path),
                     "image changed since the batch was planned (its bytes differ), "
                     "so this job would not get the image it was planned with",
                     fix="restore the original, or run the manifest again to plan new jobs",

@@ -28,10 +28,13 @@ from batchgen.manifest_spec import axis_labels, build_spec, too_many
 from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
 from batchgen.ratelimit import DEFAULT_RATE, rate_from_text
+from batchgen.safefile import FileRefused, read_regular
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
 DEFAULT_MAX_JOBS = 100_000
+#: the largest manifest read (long lists belong in values files, which may be larger)
+MAX_MANIFEST_BYTES = 1024 * 1024
 DEFAULT_SETTINGS: dict[str, Any] = {
     "rate": list(DEFAULT_RATE),
     # At 20 requests per 10 s a key can start about one run a second, and runs take
@@ -128,21 +131,7 @@ def load_manifest(
     path = Path(path).absolute()
     over = overrides or Overrides()
     run_date = date or dt.date.today()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        reason = (
-            "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc}"
-        )
-        raise UsageError(
-            [Problem(str(path), f"manifest {reason}", fix="check the path of the manifest")]
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(
-            [Problem(str(path), "manifest is not UTF-8 text", fix="save it as UTF-8")]
-        ) from None
+    raw, text = _read(path)
     data, pos, problems = load_yaml(path, text)
     ctx = Context(path, pos, problems)
     if problems and data is None:  # malformed: nothing more can be checked
@@ -156,9 +145,10 @@ def load_manifest(
     settings = _settings(manifest.limits, over, ctx)
     if spec_model is None:
         _fail(ctx)
-    resolver = Resolver(ctx, manifest, spec_model, partial=partial)
-    spec = build_spec(resolver, manifest)
     max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
+    resolver = Resolver(ctx, manifest, spec_model, partial=partial)
+    resolver.max_values = max_jobs
+    spec = build_spec(resolver, manifest)
     if not partial and spec.upper_bound() > max_jobs:
         too_many(ctx, spec, max_jobs)
     if ctx.problems:
@@ -179,6 +169,32 @@ def load_manifest(
         spec=spec,
         notes=resolver.notes,
     )
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The manifest's bytes and text; only a regular file of at most ``MAX_MANIFEST_BYTES``
+    of UTF-8 (a byte-order mark is dropped)."""
+    try:
+        raw = read_regular(path, "manifest", MAX_MANIFEST_BYTES)
+    except FileRefused as exc:
+        raise UsageError([Problem(str(path), str(exc), fix=exc.fix)]) from None
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(
+            [
+                Problem(
+                    str(path),
+                    f"manifest is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                    f"{exc.start:,}; is this a binary file?)",
+                    line,
+                    column,
+                    fix="save it as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def _fail(ctx: Context) -> NoReturn:

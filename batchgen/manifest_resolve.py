@@ -90,6 +90,9 @@ class Resolver:
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
         self.notes: list[str] = []  # warnings that are no problems
+        #: a values or rows file with more entries than this is refused while it is
+        #: read (the job limit: a longer axis could not pass it anyway)
+        self.max_values: int | None = None
 
     # ------------------------------------------------------------ values
 
@@ -315,7 +318,7 @@ class Resolver:
     def file_values(self, written: str, where: YamlPath) -> list[tuple[Any, Where]] | None:
         path = resolve(written, self.base_dir)
         try:
-            return [(text, (path, n)) for n, text in read_lines(path)]
+            return [(text, (path, n)) for n, text in read_lines(path, max_values=self.max_values)]
         except FileProblem as exc:
             self._file_problem(path, exc, where)
             return None
@@ -332,7 +335,7 @@ class Resolver:
         if isinstance(rows, str):
             path = resolve(rows, self.base_dir)
             try:
-                items = [(r.values, (path, r.line)) for r in read_rows(path)]
+                items = [(r.values, (path, r.line)) for r in read_rows(path, max_rows=self.max_values)]
             except FileProblem as exc:
                 self._file_problem(path, exc, ("rows",))
                 self.partial = True  # its columns are unknown: cross checks would guess

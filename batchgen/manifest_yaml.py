@@ -8,6 +8,14 @@ Two deliberate departures from YAML 1.1 as PyYAML implements it:
 - ``16:9`` stays the string ``"16:9"``. YAML 1.1 reads unquoted ``16:9`` as the
   base-60 integer 969, which is never what a manifest means.
 - A key written twice in one mapping is a problem, not a silent "last one wins".
+
+Bounded work whatever the text: before any node is composed, one pass over the
+parser's event stream (flat, no recursion) measures the nesting depth and the number
+of nodes *after alias expansion* (an anchored node's expanded size is remembered, so an
+alias costs one addition: a "billion laughs" alias bomb is counted, never built). Past
+``MAX_DEPTH`` or ``MAX_NODES`` the manifest is refused, naming the limit and the place.
+Control characters YAML does not allow are reported with their line and column.
+libyaml's parser is used when PyYAML has it (about 20 times faster).
 """
 
 from __future__ import annotations
@@ -25,11 +33,21 @@ from batchgen.errors import Problem
 
 YamlPath = tuple[str | int, ...]
 
+#: deepest nesting of lists and mappings a manifest may have
+MAX_DEPTH = 64
+#: most YAML nodes (values, lists, mappings) a manifest may have, aliases expanded
+MAX_NODES = 250_000
+
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 
 
-class _Loader(yaml.SafeLoader):
+# What YAML 1.1 allows in a stream (PyYAML's own reader check), as one search.
+_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeBase):  # type: ignore[valid-type,misc]
     """SafeLoader without the base-60 numbers (``16:9`` -> 969)."""
 
 
@@ -76,8 +94,28 @@ def load_yaml(path: Path, text: str) -> tuple[Any, Positions, list[Problem]]:
     """``text`` (the content of ``path``) as data, its positions, and what is wrong with it."""
     problems: list[Problem] = []
     pos = Positions()
-    loader = _Loader(text)
+    bad = _NOT_PRINTABLE.search(text)
+    if bad is not None:
+        line, column = _line_column(text, bad.start())
+        problems.append(
+            Problem(
+                str(path),
+                f"the manifest contains the control character U+{ord(bad.group()):04X}, "
+                "which YAML does not allow (is this a binary file?)",
+                line,
+                column,
+                "remove it, or write it as an escape inside double quotes, e.g. \"\\t\"",
+            )
+        )
+        return None, pos, problems
+    loader: _Loader | None = None
     try:
+        over = _over_limits(text)
+        if over is not None:
+            message, (line, column), fix = over
+            problems.append(Problem(str(path), message, line, column, fix))
+            return None, pos, problems
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return None, pos, problems
@@ -96,12 +134,65 @@ def load_yaml(path: Path, text: str) -> tuple[Any, Positions, list[Problem]]:
             )
         )
         return None, pos, problems
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         problems.append(Problem(file=str(path), message=f"malformed YAML: {exc}"))
         return None, pos, problems
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, pos, problems
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def _over_limits(text: str) -> tuple[str, tuple[int, int], str] | None:
+    """Check depth and expanded size on the event stream, before anything is built:
+    ``(message, (line, column), fix)`` of the first limit passed, else None."""
+    depth = 0
+    total = 0
+    starts: list[tuple[int, str | None]] = []  # (``total`` before, anchor) of open ones
+    anchors: dict[str, int] = {}  # anchor -> expanded node count of its node
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            total += anchors.get(event.anchor or "", 1)
+        elif isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent):
+            total += 1
+            if isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    anchors[event.anchor] = 1
+            else:
+                starts.append((total - 1, event.anchor))
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return (
+                        f"the manifest nests lists and mappings more than {MAX_DEPTH} "
+                        f"levels deep (the limit is {MAX_DEPTH})",
+                        _event_place(event),
+                        "a manifest needs a few levels; flatten it",
+                    )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            begun, anchor = starts.pop()
+            if anchor:
+                anchors[anchor] = total - begun
+        if total > MAX_NODES:
+            return (
+                f"the manifest has more than {MAX_NODES:,} YAML nodes (values, lists and "
+                f"mappings) once its aliases are expanded (the limit is {MAX_NODES:,}; "
+                "nested aliases multiply)",
+                _event_place(event),
+                "write long lists of values in a file ({file: values.txt}, or rows: "
+                "a .csv file) and do not nest aliases",
+            )
+    return None
+
+
+def _event_place(event: yaml.Event) -> tuple[int, int]:
+    mark = event.start_mark
+    return (mark.line + 1, mark.column + 1) if mark else (0, 0)
 
 
 def _mark(node: Node) -> tuple[int, int]:
