@@ -75,7 +75,9 @@ def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
     except FileRefused as exc:
         raise ImageError(str(exc), exc.fix) from None
     except OSError as exc:
-        raise ImageError(f"image {path} cannot be read: {exc.strerror or exc}", "check it") from None
+        raise ImageError(
+            f"image {path} cannot be read: {exc.strerror or exc}", "check it"
+        ) from None
     if size > max_bytes:
         raise ImageError(
             f"image {path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit",

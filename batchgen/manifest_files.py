@@ -50,18 +50,16 @@ def _lines(
     try:
         f = open_regular(path, "file")
     except FileRefused as exc:
-        raise FileProblem(str(exc), fix=exc.fix) from None
+        raise _refused(exc) from None
     with f:
         if max_bytes is not None and os.fstat(f.fileno()).st_size > max_bytes:
-            exc = too_big(path, "file", os.fstat(f.fileno()).st_size, max_bytes)
-            raise FileProblem(str(exc), fix=exc.fix)
+            raise _refused(too_big(path, "file", os.fstat(f.fileno()).st_size, max_bytes))
         number = total = 0
         while raw := _readline(f, path, max_line + 1):
             number += 1
             total += len(raw)
             if max_bytes is not None and total > max_bytes:  # it grew after the fstat
-                exc = too_big(path, "file", total, max_bytes)
-                raise FileProblem(str(exc), fix=exc.fix)
+                raise _refused(too_big(path, "file", total, max_bytes))
             if len(raw) > max_line:
                 raise FileProblem(
                     f"file {path}: a line longer than {max_line:,} bytes",
@@ -76,6 +74,10 @@ def _lines(
                 raise FileProblem(
                     f"file {path} is not UTF-8 text", line=number, fix="save it as UTF-8"
                 ) from None
+
+
+def _refused(exc: FileRefused) -> FileProblem:
+    return FileProblem(str(exc), fix=exc.fix)
 
 
 def _readline(f: BinaryIO, path: Path, limit: int) -> bytes:
@@ -95,7 +97,7 @@ def _too_many(path: Path, limit: int) -> FileProblem:
 def read_lines(path: Path, *, max_values: int | None = None) -> list[tuple[int, str]]:
     """``(line number, text)`` of every non-blank, non-comment line of a ``.txt`` file
     (at most ``MAX_VALUES_BYTES``; more than ``max_values`` lines is a problem)."""
-    out = []
+    out: list[tuple[int, str]] = []
     for number, line in _lines(path, max_bytes=MAX_VALUES_BYTES):
         text = line.strip()
         if text and not text.startswith("#"):

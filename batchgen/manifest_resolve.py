@@ -335,7 +335,9 @@ class Resolver:
         if isinstance(rows, str):
             path = resolve(rows, self.base_dir)
             try:
-                items = [(r.values, (path, r.line)) for r in read_rows(path, max_rows=self.max_values)]
+                items = [
+                    (r.values, (path, r.line)) for r in read_rows(path, max_rows=self.max_values)
+                ]
             except FileProblem as exc:
                 self._file_problem(path, exc, ("rows",))
                 self.partial = True  # its columns are unknown: cross checks would guess

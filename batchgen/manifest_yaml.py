@@ -43,7 +43,9 @@ _FLOAT = "tag:yaml.org,2002:float"
 
 
 # What YAML 1.1 allows in a stream (PyYAML's own reader check), as one search.
-_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NOT_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 _SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -104,7 +106,7 @@ def load_yaml(path: Path, text: str) -> tuple[Any, Positions, list[Problem]]:
                 "which YAML does not allow (is this a binary file?)",
                 line,
                 column,
-                "remove it, or write it as an escape inside double quotes, e.g. \"\\t\"",
+                'remove it, or write it as an escape inside double quotes, e.g. "\\t"',
             )
         )
         return None, pos, problems
