@@ -33,6 +33,9 @@ from batchgen.safefile import FileRefused, read_regular
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
 DEFAULT_MAX_JOBS = 100_000
+#: the highest job limit ``--max-jobs`` may set: counting the jobs of a manifest takes
+#: about 10 s per million, so a larger batch is better split into several manifests
+MAX_MAX_JOBS = 10_000_000
 #: the largest manifest read (long lists belong in values files, which may be larger)
 MAX_MANIFEST_BYTES = 1024 * 1024
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -131,6 +134,17 @@ def load_manifest(
     path = Path(path).absolute()
     over = overrides or Overrides()
     run_date = date or dt.date.today()
+    max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
+    if max_jobs > MAX_MAX_JOBS:
+        raise UsageError(
+            [
+                Problem(
+                    "<command line>",
+                    f"--max-jobs {max_jobs:,} is over the highest limit, {MAX_MAX_JOBS:,}",
+                    fix=f"split the batch into manifests of at most {MAX_MAX_JOBS:,} jobs",
+                )
+            ]
+        )
     raw, text = _read(path)
     data, pos, problems = load_yaml(path, text)
     ctx = Context(path, pos, problems)
@@ -145,7 +159,6 @@ def load_manifest(
     settings = _settings(manifest.limits, over, ctx)
     if spec_model is None:
         _fail(ctx)
-    max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
     resolver = Resolver(ctx, manifest, spec_model, partial=partial)
     resolver.max_values = max_jobs
     spec = build_spec(resolver, manifest)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -295,6 +296,12 @@ class Resolver:
             if name not in self.inputs and not self.variable_name(name, where):
                 continue
             items: list[tuple[Any, Where]] | None
+            size = math.prod(len(a.choices) for a in out)
+            if isinstance(values, FileRef) and self.max_values and size > self.max_values:
+                # The matrix is over the job limit already (reported by the loader):
+                # reading more files could only cost time.
+                self.unread.add(name)
+                continue
             if isinstance(values, FileRef):
                 items = self.file_values(values.file, (*where, "file"))
             else:

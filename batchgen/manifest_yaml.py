@@ -36,7 +36,7 @@ YamlPath = tuple[str | int, ...]
 #: deepest nesting of lists and mappings a manifest may have
 MAX_DEPTH = 64
 #: most YAML nodes (values, lists, mappings) a manifest may have, aliases expanded
-MAX_NODES = 250_000
+MAX_NODES = 100_000
 
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
@@ -157,24 +157,29 @@ def _over_limits(text: str) -> tuple[str, tuple[int, int], str] | None:
     total = 0
     starts: list[tuple[int, str | None]] = []  # (``total`` before, anchor) of open ones
     anchors: dict[str, int] = {}  # anchor -> expanded node count of its node
-    for event in yaml.parse(text, Loader=_Loader):
+    events = yaml.parse(text, Loader=_Loader)
+    while True:
+        try:
+            event = next(events, None)
+        except yaml.MarkedYAMLError as exc:
+            # libyaml's scanner reads ahead and stops at 1,000 levels on its own
+            if "nesting depth" not in str(exc.problem) or exc.problem_mark is None:
+                raise
+            return _too_deep((exc.problem_mark.line + 1, exc.problem_mark.column + 1))
+        if event is None:
+            return None
         if isinstance(event, yaml.AliasEvent):
             total += anchors.get(event.anchor or "", 1)
-        elif isinstance(event, yaml.ScalarEvent | yaml.CollectionStartEvent):
+        elif isinstance(event, yaml.ScalarEvent):
             total += 1
-            if isinstance(event, yaml.ScalarEvent):
-                if event.anchor:
-                    anchors[event.anchor] = 1
-            else:
-                starts.append((total - 1, event.anchor))
-                depth += 1
-                if depth > MAX_DEPTH:
-                    return (
-                        f"the manifest nests lists and mappings more than {MAX_DEPTH} "
-                        f"levels deep (the limit is {MAX_DEPTH})",
-                        _event_place(event),
-                        "a manifest needs a few levels; flatten it",
-                    )
+            if event.anchor:
+                anchors[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            total += 1
+            starts.append((total - 1, event.anchor))
+            depth += 1
+            if depth > MAX_DEPTH:
+                return _too_deep(_event_place(event))
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
             begun, anchor = starts.pop()
@@ -189,7 +194,15 @@ def _over_limits(text: str) -> tuple[str, tuple[int, int], str] | None:
                 "write long lists of values in a file ({file: values.txt}, or rows: "
                 "a .csv file) and do not nest aliases",
             )
-    return None
+
+
+def _too_deep(place: tuple[int, int]) -> tuple[str, tuple[int, int], str]:
+    return (
+        f"the manifest nests lists and mappings more than {MAX_DEPTH} levels deep "
+        f"(the limit is {MAX_DEPTH})",
+        place,
+        "a manifest needs a few levels; flatten it",
+    )
 
 
 def _event_place(event: yaml.Event) -> tuple[int, int]:
