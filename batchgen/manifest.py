@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
 from batchgen.ratelimit import DEFAULT_RATE, rate_from_text
 from batchgen.safefile import FileRefused, read_regular
+from batchgen.textsafe import printable
+
+#: what a batch name may not contain: path separators and control characters
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
@@ -155,6 +160,7 @@ def load_manifest(
         _fail(ctx)
     spec_model = _model(manifest, ctx)
     name = _dated(ctx, "name", manifest.name or path.stem, run_date, {})
+    _check_name(ctx, name, written=manifest.name is not None)
     out_text = _dated(ctx, "out_dir", manifest.out_dir, run_date, {"batch": name})
     settings = _settings(manifest.limits, over, ctx)
     if spec_model is None:
@@ -245,6 +251,29 @@ def _dated(ctx: Context, key: str, text: str, run_date: dt.date, extra: dict[str
             + " may appear, e.g. {date:%Y-%m-%d}; write {{ and }} for literal braces",
         )
         return text
+
+
+def _check_name(ctx: Context, name: str, *, written: bool) -> None:
+    """A batch name is one folder name (``videos/{batch}``) and is printed everywhere:
+    no separators, no control characters, not ``.`` or ``..``. Refused rather than
+    cleaned: renaming an existing batch's folder silently would orphan its videos."""
+    bad = _BAD_NAME.search(name)
+    if bad is None and name.strip() not in ("", ".", ".."):
+        return
+    if bad is None:
+        why = "is empty or a dot folder name"
+    elif bad.group() in "/\\":
+        why = f"contains {bad.group()!r} (a path separator)"
+    else:
+        why = f"contains the control character {printable(bad.group())}"
+    where = "name" if written else "the manifest's file name (the default batch name)"
+    ctx.add(
+        ("name",),
+        f"batch name {printable(repr(name))} {why}: it names the output folder "
+        "videos/{batch} and is printed in every message",
+        f"set {where} to a name without '/', '\\' or control characters, e.g. "
+        "name: animals-{date:%Y-%m-%d}",
+    )
 
 
 def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:

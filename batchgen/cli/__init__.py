@@ -7,6 +7,7 @@ import sys
 from batchgen.cli import manifest, report, run, sim  # noqa: F401  (they register commands)
 from batchgen.cli._app import app
 from batchgen.errors import BatchgenError
+from batchgen.textsafe import printable_lines
 
 __all__ = ["app", "main"]
 
@@ -15,5 +16,5 @@ def main() -> None:
     try:
         app()
     except BatchgenError as exc:
-        print(f"batchgen: {exc}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(str(exc))}", file=sys.stderr)
         sys.exit(int(exc.exit_code))

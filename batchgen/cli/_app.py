@@ -14,6 +14,7 @@ import typer
 from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable_lines
 
 app = typer.Typer(
     name="batchgen",
@@ -60,6 +61,24 @@ def _root(
         datefmt="%Y-%m-%dT%H:%M:%S%z",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        # the terminal's handler (basicConfig's), not a test harness's or a file's
+        if type(handler) is logging.StreamHandler and not isinstance(
+            handler.formatter, _PrintableFormatter
+        ):
+            handler.setFormatter(_PrintableFormatter(handler.formatter))
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with every control character escaped (batchgen.textsafe): a logged
+    batch name, prompt or API message cannot drive the terminal."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_lines(self.inner.format(record))
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:

@@ -18,6 +18,7 @@ from batchgen.states import JobState
 from batchgen.store import reader
 from batchgen.store import status as status_store
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.manifest import LoadedManifest
@@ -43,7 +44,7 @@ def _exit_on_error() -> Iterator[None]:
     try:
         yield
     except BatchgenError as exc:
-        print(f"batchgen: {exc}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(str(exc))}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
 
 
@@ -79,32 +80,33 @@ def validate(
     except UsageError as exc:
         if json_out:
             problems = [dataclasses.asdict(p) for p in exc.problems]
-            print(json.dumps({"ok": False, "problems": problems}, indent=2, ensure_ascii=False))
+            _print_json({"ok": False, "problems": problems})
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         n = len(exc.problems)
-        print(f"batchgen: {manifest}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        shown = printable(str(manifest))
+        print(f"batchgen: {shown}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
     if json_out:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "batch": loaded.name,
-                    "jobs": loaded.job_count,
-                    "collapsed": loaded.collapsed,
-                    "warnings": loaded.warnings,
-                },
-                indent=2,
-            )
+        _print_json(
+            {
+                "ok": True,
+                "batch": loaded.name,
+                "jobs": loaded.job_count,
+                "collapsed": loaded.collapsed,
+                "warnings": loaded.warnings,
+            }
         )
         return
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     collapsed = (
         f", {loaded.collapsed:,} identical combinations collapsed" if loaded.collapsed else ""
     )
-    print(f"{manifest}: valid, {loaded.job_count:,} jobs{collapsed} (batch {loaded.name})")
+    print(
+        f"{printable(str(manifest))}: valid, {loaded.job_count:,} jobs{collapsed} "
+        f"(batch {printable(loaded.name)})"
+    )
 
 
 @app.command()
@@ -154,7 +156,7 @@ def plan(
             if engine is not None:
                 engine.dispose()
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        _print_json(result.to_dict())
     else:
         print(render_plan(result))
 
@@ -183,9 +185,13 @@ def status(
         counts = status_store.batch_counts(conn, found.id, failures=failures)
     report = _status_dict(found, counts)
     if json_out:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        _print_json(report)
     else:
         print(_status_text(report))
+
+
+def _print_json(value: Any) -> None:
+    print(printable_json(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def _usd(micro: int) -> float:
@@ -240,7 +246,7 @@ def _status_text(r: dict[str, Any]) -> str:
         out.append("first failed jobs:")
         out += [f"  #{f['idx']} {f['key'][:12]}  {_error(f)}" for f in r["failures"]]
         out.append(f"retry them: batchgen retry {name} --failed")
-    return "\n".join(out)
+    return "\n".join(printable(line) for line in out)
 
 
 def _error(d: dict[str, Any]) -> str:

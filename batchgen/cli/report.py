@@ -17,6 +17,7 @@ import typer
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable, printable_lines
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -45,7 +46,7 @@ class ExportFormat(enum.StrEnum):
 
 
 def _fail(exc: BatchgenError) -> typer.Exit:
-    print(f"batchgen: {exc}", file=sys.stderr)
+    print(f"batchgen: {printable_lines(str(exc))}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
 
 
@@ -168,7 +169,7 @@ def export(
     except BatchgenError as exc:
         raise _fail(exc) from None
     where = "standard output" if out == "-" else out
-    print(f"batchgen: {n} job(s) of {found.name} written to {where}", file=sys.stderr)
+    print(f"batchgen: {n} job(s) of {printable(found.name)} written to {where}", file=sys.stderr)
 
 
 def _to_stdout(engine: Engine, batch_id: int, fmt: Format) -> int:
