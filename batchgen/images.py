@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,11 @@ from batchgen.errors import Problem, UsageError
 from batchgen.safefile import FileRefused, open_regular, read_regular
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: the largest request body ``batchgen sim`` takes; the API documents no limit, so a
+#: larger body is warned about (validate, plan) and named when refused (413), not refused
+REQUEST_BODY_LIMIT = 8 * 1024 * 1024
+#: the request's JSON around its images: model, prompt and the other inputs
+BODY_OVERHEAD = 2 * 1024
 FILE_PREFIX = "file:"
 _SHA_MARK = "#sha256="
 
@@ -90,6 +96,45 @@ def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
             "convert it to JPEG, PNG or WebP",
         )
     return LocalImage(path=path, sha256=hashlib.sha256(data).hexdigest(), mime=mime, size=size)
+
+
+def data_uri_length(size: int, mime: str) -> int:
+    """The length of the ``data:`` URI of an image of ``size`` bytes (base64: 4/3)."""
+    return len(f"data:{mime};base64,") + 4 * ((size + 2) // 3)
+
+
+def body_warning(
+    images: list[tuple[str, LocalImage]], *, limit: int = REQUEST_BODY_LIMIT
+) -> str | None:
+    """A warning when a job sending these local images inline gets a request body over
+    ``limit`` (``images``: the path as written, the checked image), else None."""
+    body = BODY_OVERHEAD + sum(data_uri_length(i.size, i.mime) + 3 for _w, i in images)
+    if body <= limit:
+        return None
+    names = ", ".join(f"{w} ({i.size / 1e6:.1f} MB)" for w, i in images)
+    return (
+        f"a job with the image {names} sends a request of about {body / 1e6:.1f} MB "
+        f"(local images go inline as base64, 4/3 of their size), over the "
+        f"{limit / 1e6:.1f} MB a server may take (batchgen sim answers 413 and the job "
+        "fails, uncharged): shrink the image, or host it and give its https:// URL "
+        "(or map its folder under images:)"
+    )
+
+
+def too_large_message(message: str, stored: dict[str, Any], sent: dict[str, Any]) -> str:
+    """The failure message of a request refused as too large (413), naming the local
+    images that made it so and the size of what was sent."""
+    body = len(json.dumps(sent, separators=(",", ":")))
+    urls = stored.get("image_urls")
+    refs = [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
+    local = [p[0] for u in refs if (p := parse_reference(u))]
+    if not local:
+        return f"{message} (request body {body / 1e6:.1f} MB)"
+    return (
+        f"{message}: the request body was {body / 1e6:.1f} MB because the image "
+        f"{', '.join(local)} goes inline as base64; shrink it, or host it and give its "
+        "https:// URL (or map its folder under images:)"
+    )
 
 
 def reference(written: str, sha256: str) -> str:

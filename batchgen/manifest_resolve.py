@@ -23,7 +23,16 @@ from jsonschema import Draft202012Validator
 
 from batchgen.errors import Problem
 from batchgen.expand import Axis, Choice
-from batchgen.images import ImageError, check_image, is_remote, public_url, reference, resolve
+from batchgen.images import (
+    ImageError,
+    LocalImage,
+    body_warning,
+    check_image,
+    is_remote,
+    public_url,
+    reference,
+    resolve,
+)
 from batchgen.manifest_files import FileProblem, read_lines, read_rows
 from batchgen.manifest_models import FileRef, Manifest
 from batchgen.manifest_yaml import Positions, YamlPath
@@ -88,6 +97,8 @@ class Resolver:
         self._checked: dict[tuple[str, str], bool] = {}
         self._validators: dict[str, Draft202012Validator] = {}
         self._images: dict[str, str | None] = {}
+        self._inline: dict[str, LocalImage] = {}  # local images sent as data: URIs
+        self._body_checked: set[tuple[str, ...]] = set()
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
         self.notes: list[str] = []  # warnings that are no problems
@@ -106,6 +117,8 @@ class Resolver:
                 )
                 return None
             ref = self.image(raw, where)
+            if ref is not None:
+                self._check_body([raw])
             return None if ref is None else ("image_urls", [ref], raw)
         prop = self.props[name]
         kind = prop.get("type")
@@ -117,6 +130,8 @@ class Resolver:
             refs = [self.image(i, where) for i in items] if name == "image_urls" else items
             if any(r is None for r in refs):
                 return None
+            if name == "image_urls":
+                self._check_body(items)
             value: Any = refs
             label = "+".join(items)
         elif kind == "string":
@@ -229,7 +244,21 @@ class Resolver:
             else:
                 url = public_url(written, self.base_dir, self.m.images)
                 self._images[written] = url or reference(written, found.sha256)
+                if url is None:
+                    self._inline[written] = found
         return self._images[written]
+
+    def _check_body(self, written: list[str]) -> None:
+        """Note (once per image list) a job whose inline images make its request body
+        larger than a server may take."""
+        key = tuple(written)
+        if key in self._body_checked:
+            return
+        self._body_checked.add(key)
+        inline = [(w, self._inline[w]) for w in written if w in self._inline]
+        warning = body_warning(inline) if inline else None
+        if warning is not None:
+            self.notes.append(warning)
 
     def choice(
         self,
