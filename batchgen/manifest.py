@@ -196,7 +196,10 @@ def _read(path: Path) -> tuple[bytes, str]:
     try:
         raw = read_regular(path, "manifest", MAX_MANIFEST_BYTES)
     except FileRefused as exc:
-        raise UsageError([Problem(str(path), str(exc), fix=exc.fix)]) from None
+        fix = exc.fix
+        if "over the limit" in exc.reason:
+            fix += "; long lists of values belong in files: {file: values.txt}, rows: a.csv"
+        raise UsageError([Problem(str(path), f"manifest {exc.reason}", fix=fix)]) from None
     try:
         return raw, raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

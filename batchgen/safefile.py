@@ -17,10 +17,14 @@ from typing import BinaryIO
 
 
 class FileRefused(ValueError):
-    """A named file that cannot be used; the message names it, ``fix`` says what to do."""
+    """A named file that cannot be used: ``"{what} {path} {reason}"``; ``fix`` says what
+    to do."""
 
-    def __init__(self, message: str, fix: str, *, missing: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, what: str, path: Path, reason: str, fix: str, *, missing: bool = False
+    ) -> None:
+        super().__init__(f"{what} {path} {reason}")
+        self.reason = reason
         self.fix = fix
         self.missing = missing  # there is no such file
 
@@ -47,22 +51,26 @@ def open_regular(path: Path, what: str) -> BinaryIO:
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise FileRefused(
-            f"{what} {path} does not exist",
+            what,
+            path,
+            "does not exist",
             "check the path (relative paths start at the manifest's folder)",
             missing=True,
         ) from None
     except IsADirectoryError:
         raise FileRefused(
-            f"{what} {path} is a folder, not a file", f"name a {what}, not a folder"
+            what, path, "is a folder, not a file", f"name a {what}, not a folder"
         ) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise FileRefused(f"{what} {path} cannot be read: {reason}", "check the path") from None
+        raise FileRefused(what, path, f"cannot be read: {reason}", "check the path") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise FileRefused(
-                f"{what} {path} is {_kind(mode)}, not a file",
+                what,
+                path,
+                f"is {_kind(mode)}, not a file",
                 f"name a regular {what}: pipes, devices and folders are not read",
             )
         os.set_blocking(fd, True)
@@ -74,7 +82,9 @@ def open_regular(path: Path, what: str) -> BinaryIO:
 
 def too_big(path: Path, what: str, size: int, limit: int) -> FileRefused:
     return FileRefused(
-        f"{what} {path} is {_size(size)}, over the limit of {_size(limit)}",
+        what,
+        path,
+        f"is {_size(size)}, over the limit of {_size(limit)}",
         f"make the {what} smaller (the limit is {_size(limit)})",
     )
 
@@ -89,7 +99,7 @@ def read_regular(path: Path, what: str, max_bytes: int) -> bytes:
             data = f.read(max_bytes + 1)
         except OSError as exc:
             raise FileRefused(
-                f"{what} {path} cannot be read: {exc.strerror or exc}", "check the file"
+                what, path, f"cannot be read: {exc.strerror or exc}", "check the file"
             ) from None
     if len(data) > max_bytes:  # it grew after the fstat
         raise too_big(path, what, len(data), max_bytes)
