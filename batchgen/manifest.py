@@ -25,7 +25,7 @@ from batchgen.expand import keys as expand_keys
 from batchgen.manifest_models import Limits, Manifest
 from batchgen.manifest_resolve import Context, Resolver, did_you_mean
 from batchgen.manifest_shape import check_shape
-from batchgen.manifest_spec import axis_labels, build_spec, too_many
+from batchgen.manifest_spec import axis_labels, build_spec, too_many, too_many_excludes
 from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
 from batchgen.ratelimit import DEFAULT_RATE, rate_from_text
@@ -170,6 +170,7 @@ def load_manifest(
     spec = build_spec(resolver, manifest)
     if not partial and spec.upper_bound() > max_jobs:
         too_many(ctx, spec, max_jobs)
+    too_many_excludes(ctx, spec)
     if ctx.problems:
         _fail(ctx)
     out_dir = Path(

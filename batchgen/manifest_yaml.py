@@ -214,6 +214,17 @@ def _mark(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def _construct(loader: _Loader, node: Node) -> Any:
+    """A node's value; a value YAML can write but Python cannot hold (an integer of
+    thousands of digits, the 13th month) is a problem at its place."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{str(node.value)[:40]!r} cannot be read: {exc}", node.start_mark
+        ) from None
+
+
 def _build(
     loader: _Loader,
     node: Node,
@@ -224,7 +235,7 @@ def _build(
 ) -> Any:
     pos.values[path] = _mark(node)
     if isinstance(node, ScalarNode):
-        return loader.construct_object(node, deep=True)
+        return _construct(loader, node)
     if isinstance(node, SequenceNode):
         return [
             _build(loader, child, (*path, i), pos, problems, file)
@@ -238,7 +249,7 @@ def _build(
         out: dict[Any, Any] = {}
         for i, (key_node, value_node) in enumerate(node.value):
             line, col = _mark(key_node)
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node)
             if not isinstance(key, Hashable) or isinstance(key, list | dict):
                 problems.append(
                     Problem(file, "a mapping key must be a plain word", line, col, "write a name")

@@ -228,3 +228,29 @@ def test_deeply_nested_json_rows_are_a_problem_not_a_crash(tmp_path: Path) -> No
     (tmp_path / "r.jsonl").write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     p = only(load_problems(_named(tmp_path, "rows", "r.jsonl")))
     assert p.line == 1 and "JSON" in p.message
+
+
+def test_many_exclude_rules_against_many_values_are_bounded(tmp_path: Path) -> None:
+    values = ", ".join(f"s{i}" for i in range(20_000))
+    rules = "".join(f"  - {{subject: s{i}x}}\n" for i in range(2_000))
+    path = write(tmp_path, GOOD.replace("[fox, heron]", f"[{values}]") + "exclude:\n" + rules)
+    code, err, seconds = validate(path)
+    assert code == 2 and "40,000,000 checks, over the limit of 1,000,000" in err
+    assert seconds < 2.0
+    fewer = "".join(f"  - {{subject: s{i}x}}\n" for i in range(40))  # 800,000 checks
+    path = write(tmp_path, GOOD.replace("[fox, heron]", f"[{values}]") + "exclude:\n" + fewer)
+    code, err, seconds = validate(path)
+    assert code == 0, err
+    assert seconds < 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [("repeat: " + "9" * 5000 + "\n", 1, 9), ("name: 2024-13-45\n", 1, 7)],
+)
+def test_values_python_cannot_hold_are_problems_at_their_place(
+    tmp_path: Path, text: str, line: int, column: int
+) -> None:
+    path = write(tmp_path, text)
+    p = only(load_problems(path))
+    assert (p.line, p.column) == (line, column) and "cannot be read" in p.message
