@@ -254,3 +254,17 @@ def test_values_python_cannot_hold_are_problems_at_their_place(
     path = write(tmp_path, text)
     p = only(load_problems(path))
     assert (p.line, p.column) == (line, column) and "cannot be read" in p.message
+
+
+def test_a_file_name_width_that_would_build_a_gigabyte_name_is_refused(tmp_path: Path) -> None:
+    found = problems(tmp_path, GOOD + 'filename: "{index:>999999999}"\n')
+    assert "over 120" in only(found).message
+    assert not problems_or_none(tmp_path, GOOD + 'filename: "{index:05d}-{subject:.40}"\n')
+
+
+def problems_or_none(folder: Path, text: str) -> list[Problem]:
+    try:
+        load_manifest(write(folder, text))
+    except UsageError as exc:
+        return exc.problems
+    return []
