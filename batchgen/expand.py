@@ -100,7 +100,7 @@ class Spec:
                 provided.update(_names(choice))
         self._base_mask = full
         # Names per choice and per axis, once: the loop below is rules x choices.
-        names_of = [[_names(c) for c in axis.choices] for axis in self.axes]
+        names_of = [[_names(c) for c in a.choices] if self.excludes else [] for a in self.axes]
         owns = [set().union(*names) for names in names_of]
         for i, rule in enumerate(self.excludes):
             bit = 1 << i
