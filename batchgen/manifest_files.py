@@ -25,6 +25,8 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".txt")
 MAX_VALUES_BYTES = 10 * 1024 * 1024
 #: values and rows files are read line by line: no line may be longer
 MAX_LINE_BYTES = 256 * 1024
+#: lines a rows file may have beyond two per allowed row (blank lines, comments)
+SPARE_LINES = 100_000
 
 
 class FileProblem(ValueError):
@@ -43,10 +45,15 @@ class Row:
 
 
 def _lines(
-    path: Path, *, max_bytes: int | None = None, max_line: int = MAX_LINE_BYTES
+    path: Path,
+    *,
+    max_bytes: int | None = None,
+    max_lines: int | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> Iterator[tuple[int, str]]:
     """``(line number, text with its line end)`` of every line, streamed: never more
-    than ``max_line`` bytes are held at once, and a file over ``max_bytes`` is refused."""
+    than ``max_line`` bytes are held at once, and a file over ``max_bytes`` bytes or
+    ``max_lines`` lines is refused."""
     try:
         f = open_regular(path, "file")
     except FileRefused as exc:
@@ -58,6 +65,12 @@ def _lines(
         while raw := _readline(f, path, max_line + 1):
             number += 1
             total += len(raw)
+            if max_lines is not None and number > max_lines:  # blank lines count too
+                raise FileProblem(
+                    f"file {path} has more than {max_lines:,} lines",
+                    line=number,
+                    fix="remove the blank lines, or split the file",
+                )
             if max_bytes is not None and total > max_bytes:  # it grew after the fstat
                 raise _refused(too_big(path, "file", total, max_bytes))
             if len(raw) > max_line:
@@ -119,16 +132,19 @@ def read_rows(path: Path, *, max_rows: int | None = None) -> list[Row]:
             "or .txt (one prompt per line)",
         )
     rows: list[Row] = []
+    # Blank and comment lines cost time too: a file of a billion empty lines is no
+    # table. Rows may spread over several lines (quoted CSV cells) and leave some blank.
+    lines = _lines(path, max_lines=None if max_rows is None else 2 * max_rows + SPARE_LINES)
     if suffix == ".txt":
         found: Iterator[Row] = (
             Row(n, {"prompt": text.strip()})
-            for n, text in _lines(path)
+            for n, text in lines
             if text.strip() and not text.strip().startswith("#")
         )
     elif suffix == ".csv":
-        found = _csv_rows(_lines(path))
+        found = _csv_rows(lines)
     else:
-        found = _jsonl_rows(_lines(path))
+        found = _jsonl_rows(lines)
     for row in found:
         if max_rows is not None and len(rows) >= max_rows:
             raise _too_many(path, max_rows)

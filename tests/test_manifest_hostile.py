@@ -268,3 +268,12 @@ def problems_or_none(folder: Path, text: str) -> list[Problem]:
     except UsageError as exc:
         return exc.problems
     return []
+
+
+def test_a_rows_file_of_endless_blank_lines_is_refused_early(tmp_path: Path) -> None:
+    (tmp_path / "r.txt").write_bytes(b"a cat\n" + b"\n" * 3_000_000)  # 3 MB, no more rows
+    start = time.perf_counter()
+    with pytest.raises(UsageError) as info:
+        load_manifest(_named(tmp_path, "rows", "r.txt"), overrides=Overrides(max_jobs=1000))
+    assert time.perf_counter() - start < 2.0
+    assert "more than 102,000 lines" in only(info.value.problems).message
