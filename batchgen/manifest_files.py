@@ -111,7 +111,8 @@ def read_lines(path: Path, *, max_values: int | None = None) -> list[tuple[int, 
     """``(line number, text)`` of every non-blank, non-comment line of a ``.txt`` file
     (at most ``MAX_VALUES_BYTES``; more than ``max_values`` lines is a problem)."""
     out: list[tuple[int, str]] = []
-    for number, line in _lines(path, max_bytes=MAX_VALUES_BYTES):
+    max_lines = None if max_values is None else 2 * max_values + SPARE_LINES
+    for number, line in _lines(path, max_bytes=MAX_VALUES_BYTES, max_lines=max_lines):
         text = line.strip()
         if text and not text.startswith("#"):
             if max_values is not None and len(out) >= max_values:

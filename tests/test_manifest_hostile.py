@@ -277,3 +277,11 @@ def test_a_rows_file_of_endless_blank_lines_is_refused_early(tmp_path: Path) -> 
         load_manifest(_named(tmp_path, "rows", "r.txt"), overrides=Overrides(max_jobs=1000))
     assert time.perf_counter() - start < 2.0
     assert "more than 102,000 lines" in only(info.value.problems).message
+
+
+def test_a_values_file_of_blank_lines_is_refused_early(tmp_path: Path) -> None:
+    (tmp_path / "v.txt").write_bytes(b"fox\n" + b"\n" * (10 * 1024 * 1024 - 10))
+    start = time.perf_counter()
+    found = load_problems(_named(tmp_path, "values", "v.txt"))
+    assert time.perf_counter() - start < 2.0
+    assert "more than 300,000 lines" in only(found).message
