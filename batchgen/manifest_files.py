@@ -25,6 +25,8 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".txt")
 MAX_VALUES_BYTES = 10 * 1024 * 1024
 #: values and rows files are read line by line: no line may be longer
 MAX_LINE_BYTES = 256 * 1024
+#: a ``rows:`` file is streamed, but its rows are kept: at most this many bytes
+MAX_ROWS_BYTES = 256 * 1024 * 1024
 #: lines a rows file may have beyond two per allowed row (blank lines, comments)
 SPARE_LINES = 100_000
 
@@ -135,7 +137,8 @@ def read_rows(path: Path, *, max_rows: int | None = None) -> list[Row]:
     rows: list[Row] = []
     # Blank and comment lines cost time too: a file of a billion empty lines is no
     # table. Rows may spread over several lines (quoted CSV cells) and leave some blank.
-    lines = _lines(path, max_lines=None if max_rows is None else 2 * max_rows + SPARE_LINES)
+    max_lines = None if max_rows is None else 2 * max_rows + SPARE_LINES
+    lines = _lines(path, max_bytes=MAX_ROWS_BYTES, max_lines=max_lines)
     if suffix == ".txt":
         found: Iterator[Row] = (
             Row(n, {"prompt": text.strip()})

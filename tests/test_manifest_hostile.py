@@ -285,3 +285,10 @@ def test_a_values_file_of_blank_lines_is_refused_early(tmp_path: Path) -> None:
     found = load_problems(_named(tmp_path, "values", "v.txt"))
     assert time.perf_counter() - start < 2.0
     assert "more than 300,000 lines" in only(found).message
+
+
+def test_a_rows_file_over_its_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    with (tmp_path / "r.csv").open("wb") as f:
+        f.truncate(300 * 1024 * 1024)  # sparse
+    p = only(load_problems(_named(tmp_path, "rows", "r.csv")))
+    assert "over the limit of 256 MiB" in p.message
