@@ -13,6 +13,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from batchgen.textsafe import printable
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -38,14 +40,16 @@ class Problem:
     fix: str | None = None
 
     def __str__(self) -> str:
-        where = self.file
+        # Names and values quoted in a problem come from files: no control character
+        # of theirs reaches a terminal or a log line (batchgen.textsafe).
+        where = printable(self.file)
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        text = f"{where}: {self.message}"
+        text = f"{where}: {printable(self.message)}"
         if self.fix:
-            text += f"\n  fix: {self.fix}"
+            text += f"\n  fix: {printable(self.fix)}"
         return text
 
 

@@ -99,20 +99,22 @@ class Spec:
                 choice.mask = full
                 provided.update(_names(choice))
         self._base_mask = full
+        # Names per choice and per axis, once: the loop below is rules x choices.
+        names_of = [[_names(c) for c in a.choices] if self.excludes else [] for a in self.axes]
+        owns = [set().union(*names) for names in names_of]
         for i, rule in enumerate(self.excludes):
             bit = 1 << i
             for name, allowed in rule.items():
                 if name not in provided and self._base_value(name) not in allowed:
                     self._base_mask &= ~bit
-            for axis in self.axes:
+            for axis, own, names_list in zip(self.axes, owns, names_of, strict=True):
                 # A name this axis sets in some choices only (an empty CSV cell) has the
                 # base value in the others.
-                own = {n for c in axis.choices for n in _names(c)}
-                for choice in axis.choices:
-                    names = _names(choice)
-                    for name, allowed in rule.items():
-                        if name not in own:
-                            continue
+                relevant = [(n, allowed) for n, allowed in rule.items() if n in own]
+                if not relevant:
+                    continue
+                for choice, names in zip(axis.choices, names_list, strict=True):
+                    for name, allowed in relevant:
                         value = _choice_value(choice, name) if name in names else None
                         if value is None:
                             value = self._base_value(name)

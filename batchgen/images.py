@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from batchgen.errors import Problem, UsageError
+from batchgen.safefile import FileRefused, open_regular, read_regular
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: the largest request body ``batchgen sim`` takes; the API documents no limit, so a
+#: larger body is warned about (validate, plan) and named when refused (413), not refused
+REQUEST_BODY_LIMIT = 8 * 1024 * 1024
+#: the request's JSON around its images: model, prompt and the other inputs
+BODY_OVERHEAD = 2 * 1024
 FILE_PREFIX = "file:"
 _SHA_MARK = "#sha256="
 
@@ -65,22 +73,22 @@ def is_remote(ref: str) -> bool:
 def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
     """Check a local image and hash it; ``ImageError`` says what is wrong and how to fix it."""
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+        with open_regular(path, "image") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= max_bytes:
+                data = f.read(max_bytes + 1)
+                size = len(data)
+    except FileRefused as exc:
+        raise ImageError(str(exc), exc.fix) from None
+    except OSError as exc:
         raise ImageError(
-            f"image {path} does not exist",
-            "check the path (relative paths start at the manifest's folder)",
+            f"image {path} cannot be read: {exc.strerror or exc}", "check it"
         ) from None
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        raise ImageError(f"image {path} cannot be read: {exc}", "check the path") from exc
-    if not path.is_file():
-        raise ImageError(f"image {path} is not a file", "name an image file, not a folder")
     if size > max_bytes:
         raise ImageError(
             f"image {path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit",
             "shrink or recompress it, or host it and give its https:// URL",
         )
-    data = path.read_bytes()
     mime = sniff(data[:16])
     if mime is None:
         raise ImageError(
@@ -88,6 +96,45 @@ def check_image(path: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> LocalImage:
             "convert it to JPEG, PNG or WebP",
         )
     return LocalImage(path=path, sha256=hashlib.sha256(data).hexdigest(), mime=mime, size=size)
+
+
+def data_uri_length(size: int, mime: str) -> int:
+    """The length of the ``data:`` URI of an image of ``size`` bytes (base64: 4/3)."""
+    return len(f"data:{mime};base64,") + 4 * ((size + 2) // 3)
+
+
+def body_warning(
+    images: list[tuple[str, LocalImage]], *, limit: int = REQUEST_BODY_LIMIT
+) -> str | None:
+    """A warning when a job sending these local images inline gets a request body over
+    ``limit`` (``images``: the path as written, the checked image), else None."""
+    body = BODY_OVERHEAD + sum(data_uri_length(i.size, i.mime) + 3 for _w, i in images)
+    if body <= limit:
+        return None
+    names = ", ".join(f"{w} ({i.size / 1e6:.1f} MB)" for w, i in images)
+    return (
+        f"a job with the image {names} sends a request of about {body / 1e6:.1f} MB "
+        f"(local images go inline as base64, 4/3 of their size), over the "
+        f"{limit / 1e6:.1f} MB a server may take (batchgen sim answers 413 and the job "
+        "fails, uncharged): shrink the image, or host it and give its https:// URL "
+        "(or map its folder under images:)"
+    )
+
+
+def too_large_message(message: str, stored: dict[str, Any], sent: dict[str, Any]) -> str:
+    """The failure message of a request refused as too large (413), naming the local
+    images that made it so and the size of what was sent."""
+    body = len(json.dumps(sent, separators=(",", ":")))
+    urls = stored.get("image_urls")
+    refs = [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
+    local = [p[0] for u in refs if (p := parse_reference(u))]
+    if not local:
+        return f"{message} (request body {body / 1e6:.1f} MB)"
+    return (
+        f"{message}: the request body was {body / 1e6:.1f} MB because the image "
+        f"{', '.join(local)} goes inline as base64; shrink it, or host it and give its "
+        "https:// URL (or map its folder under images:)"
+    )
 
 
 def reference(written: str, sha256: str) -> str:
@@ -153,33 +200,18 @@ def _inline(ref: str, base_dir: Path | None) -> str:
         return ref
     written, sha = parsed
     path = resolve(written, base_dir)
-    try:
-        stat = path.stat()
-    except (OSError, ValueError):
-        raise UsageError(
-            [Problem(str(path), "image vanished since the batch was planned", fix="put it back")]
-        ) from None
-    if stat.st_size > MAX_IMAGE_BYTES:
-        raise UsageError(
-            [Problem(str(path), "image grew over the size limit since the batch was planned")]
-        )
-    return _data_uri(str(path), sha)
-
-
-def _data_uri(path: str, sha: str) -> str:
     # Read once and check the very bytes that are sent; no cache, so an image edited in
     # place is always noticed (one POST at a time makes the re-read cheap).
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            [Problem(path, f"image cannot be read: {exc}", fix="put it back")]
-        ) from None
+        data = read_regular(path, "image", MAX_IMAGE_BYTES)
+    except FileRefused as exc:
+        message = "image vanished since the batch was planned" if exc.missing else str(exc)
+        raise UsageError([Problem(str(path), message, fix="put the original back")]) from None
     if hashlib.sha256(data).hexdigest() != sha:
         raise UsageError(
             [
                 Problem(
-                    path,
+                    str(path),
                     "image changed since the batch was planned (its bytes differ), "
                     "so this job would not get the image it was planned with",
                     fix="restore the original, or run the manifest again to plan new jobs",

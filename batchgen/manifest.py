@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,14 +25,24 @@ from batchgen.expand import keys as expand_keys
 from batchgen.manifest_models import Limits, Manifest
 from batchgen.manifest_resolve import Context, Resolver, did_you_mean
 from batchgen.manifest_shape import check_shape
-from batchgen.manifest_spec import axis_labels, build_spec, too_many
+from batchgen.manifest_spec import axis_labels, build_spec, too_many, too_many_excludes
 from batchgen.manifest_yaml import load_yaml
 from batchgen.modelspec import known_models, load_model
 from batchgen.ratelimit import DEFAULT_RATE, rate_from_text
+from batchgen.safefile import FileRefused, read_regular
+from batchgen.textsafe import printable
+
+#: what a batch name may not contain: path separators and control characters
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
 DEFAULT_MAX_JOBS = 100_000
+#: the highest job limit ``--max-jobs`` may set: counting the jobs of a manifest takes
+#: about 10 s per million, so a larger batch is better split into several manifests
+MAX_MAX_JOBS = 10_000_000
+#: the largest manifest read (long lists belong in values files, which may be larger)
+MAX_MANIFEST_BYTES = 1024 * 1024
 DEFAULT_SETTINGS: dict[str, Any] = {
     "rate": list(DEFAULT_RATE),
     # At 20 requests per 10 s a key can start about one run a second, and runs take
@@ -129,21 +140,18 @@ def load_manifest(
     path = Path(path).absolute()
     over = overrides or Overrides()
     run_date = date or dt.date.today()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        reason = (
-            "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc}"
+    max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
+    if max_jobs > MAX_MAX_JOBS:
+        raise UsageError(
+            [
+                Problem(
+                    "<command line>",
+                    f"--max-jobs {max_jobs:,} is over the highest limit, {MAX_MAX_JOBS:,}",
+                    fix=f"split the batch into manifests of at most {MAX_MAX_JOBS:,} jobs",
+                )
+            ]
         )
-        raise UsageError(
-            [Problem(str(path), f"manifest {reason}", fix="check the path of the manifest")]
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(
-            [Problem(str(path), "manifest is not UTF-8 text", fix="save it as UTF-8")]
-        ) from None
+    raw, text = _read(path)
     data, pos, problems = load_yaml(path, text)
     ctx = Context(path, pos, problems)
     if problems and data is None:  # malformed: nothing more can be checked
@@ -153,15 +161,17 @@ def load_manifest(
         _fail(ctx)
     spec_model = _model(manifest, ctx)
     name = _dated(ctx, "name", manifest.name or path.stem, run_date, {})
+    _check_name(ctx, name, written=manifest.name is not None)
     out_text = _dated(ctx, "out_dir", manifest.out_dir, run_date, {"batch": name})
     settings = _settings(manifest.limits, over, ctx)
     if spec_model is None:
         _fail(ctx)
     resolver = Resolver(ctx, manifest, spec_model, partial=partial)
+    resolver.max_values = max_jobs
     spec = build_spec(resolver, manifest)
-    max_jobs = over.max_jobs if over.max_jobs is not None else DEFAULT_MAX_JOBS
     if not partial and spec.upper_bound() > max_jobs:
         too_many(ctx, spec, max_jobs)
+    too_many_excludes(ctx, spec)
     if ctx.problems:
         _fail(ctx)
     out_dir = Path(
@@ -191,6 +201,35 @@ def named_files(path: Path | str, run_date: str | None = None) -> tuple[Path, ..
         return load_manifest(Path(path), date=date).sources
     except (UsageError, OSError, ValueError):
         return ()
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The manifest's bytes and text; only a regular file of at most ``MAX_MANIFEST_BYTES``
+    of UTF-8 (a byte-order mark is dropped)."""
+    try:
+        raw = read_regular(path, "manifest", MAX_MANIFEST_BYTES)
+    except FileRefused as exc:
+        fix = exc.fix
+        if "over the limit" in exc.reason:
+            fix += "; long lists of values belong in files: {file: values.txt}, rows: a.csv"
+        raise UsageError([Problem(str(path), f"manifest {exc.reason}", fix=fix)]) from None
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(
+            [
+                Problem(
+                    str(path),
+                    f"manifest is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                    f"{exc.start:,}; is this a binary file?)",
+                    line,
+                    column,
+                    fix="save it as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def _fail(ctx: Context) -> NoReturn:
@@ -228,6 +267,29 @@ def _dated(ctx: Context, key: str, text: str, run_date: dt.date, extra: dict[str
             + " may appear, e.g. {date:%Y-%m-%d}; write {{ and }} for literal braces",
         )
         return text
+
+
+def _check_name(ctx: Context, name: str, *, written: bool) -> None:
+    """A batch name is one folder name (``videos/{batch}``) and is printed everywhere:
+    no separators, no control characters, not ``.`` or ``..``. Refused rather than
+    cleaned: renaming an existing batch's folder silently would orphan its videos."""
+    bad = _BAD_NAME.search(name)
+    if bad is None and name.strip() not in ("", ".", ".."):
+        return
+    if bad is None:
+        why = "is empty or a dot folder name"
+    elif bad.group() in "/\\":
+        why = f"contains {bad.group()!r} (a path separator)"
+    else:
+        why = f"contains the control character {printable(bad.group())}"
+    where = "name" if written else "the manifest's file name (the default batch name)"
+    ctx.add(
+        ("name",),
+        f"batch name {printable(repr(name))} {why}: it names the output folder "
+        "videos/{batch} and is printed in every message",
+        f"set {where} to a name without '/', '\\' or control characters, e.g. "
+        "name: animals-{date:%Y-%m-%d}",
+    )
 
 
 def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:

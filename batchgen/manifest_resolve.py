@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -22,7 +23,16 @@ from jsonschema import Draft202012Validator
 
 from batchgen.errors import Problem
 from batchgen.expand import Axis, Choice
-from batchgen.images import ImageError, check_image, is_remote, public_url, reference, resolve
+from batchgen.images import (
+    ImageError,
+    LocalImage,
+    body_warning,
+    check_image,
+    is_remote,
+    public_url,
+    reference,
+    resolve,
+)
 from batchgen.manifest_files import FileProblem, read_lines, read_rows
 from batchgen.manifest_models import FileRef, Manifest
 from batchgen.manifest_yaml import Positions, YamlPath
@@ -87,10 +97,15 @@ class Resolver:
         self._checked: dict[tuple[str, str], bool] = {}
         self._validators: dict[str, Draft202012Validator] = {}
         self._images: dict[str, str | None] = {}
+        self._inline: dict[str, LocalImage] = {}  # local images sent as data: URIs
+        self._body_checked: set[tuple[str, ...]] = set()
         self.templates: list[tuple[str, Where, str]] = []  # (template, where, scope)
         self.included: dict[int, Choice] = {}  # manifest index -> include
         self.notes: list[str] = []  # warnings that are no problems
         self.sources: list[Path] = []  # files the manifest names (no output may replace them)
+        #: a values or rows file with more entries than this is refused while it is
+        #: read (the job limit: a longer axis could not pass it anyway)
+        self.max_values: int | None = None
 
     # ------------------------------------------------------------ values
 
@@ -103,6 +118,8 @@ class Resolver:
                 )
                 return None
             ref = self.image(raw, where)
+            if ref is not None:
+                self._check_body([raw])
             return None if ref is None else ("image_urls", [ref], raw)
         prop = self.props[name]
         kind = prop.get("type")
@@ -114,6 +131,8 @@ class Resolver:
             refs = [self.image(i, where) for i in items] if name == "image_urls" else items
             if any(r is None for r in refs):
                 return None
+            if name == "image_urls":
+                self._check_body(items)
             value: Any = refs
             label = "+".join(items)
         elif kind == "string":
@@ -227,7 +246,21 @@ class Resolver:
             else:
                 url = public_url(written, self.base_dir, self.m.images)
                 self._images[written] = url or reference(written, found.sha256)
+                if url is None:
+                    self._inline[written] = found
         return self._images[written]
+
+    def _check_body(self, written: list[str]) -> None:
+        """Note (once per image list) a job whose inline images make its request body
+        larger than a server may take."""
+        key = tuple(written)
+        if key in self._body_checked:
+            return
+        self._body_checked.add(key)
+        inline = [(w, self._inline[w]) for w in written if w in self._inline]
+        warning = body_warning(inline) if inline else None
+        if warning is not None:
+            self.notes.append(warning)
 
     def choice(
         self,
@@ -294,6 +327,12 @@ class Resolver:
             if name not in self.inputs and not self.variable_name(name, where):
                 continue
             items: list[tuple[Any, Where]] | None
+            size = math.prod(len(a.choices) for a in out)
+            if isinstance(values, FileRef) and self.max_values and size > self.max_values:
+                # The matrix is over the job limit already (reported by the loader):
+                # reading more files could only cost time.
+                self.unread.add(name)
+                continue
             if isinstance(values, FileRef):
                 items = self.file_values(values.file, (*where, "file"))
             else:
@@ -318,7 +357,7 @@ class Resolver:
         path = resolve(written, self.base_dir)
         self.sources.append(path)
         try:
-            return [(text, (path, n)) for n, text in read_lines(path)]
+            return [(text, (path, n)) for n, text in read_lines(path, max_values=self.max_values)]
         except FileProblem as exc:
             self._file_problem(path, exc, where)
             return None
@@ -336,7 +375,9 @@ class Resolver:
             path = resolve(rows, self.base_dir)
             self.sources.append(path)
             try:
-                items = [(r.values, (path, r.line)) for r in read_rows(path)]
+                items = [
+                    (r.values, (path, r.line)) for r in read_rows(path, max_rows=self.max_values)
+                ]
             except FileProblem as exc:
                 self._file_problem(path, exc, ("rows",))
                 self.partial = True  # its columns are unknown: cross checks would guess

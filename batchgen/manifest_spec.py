@@ -158,6 +158,23 @@ def _note_idle_columns(r: Resolver, m: Manifest, axes: list[Axis], used: set[str
                 )
 
 
+#: exclude rules x axis values: each rule is checked against each value once, before the
+#: expansion; past this a manifest would take seconds to minutes to check
+MAX_EXCLUDE_CHECKS = 1_000_000
+
+
+def too_many_excludes(ctx: Context, spec: Spec) -> None:
+    values = sum(len(a.choices) for a in spec.axes)
+    if len(spec.excludes) * values > MAX_EXCLUDE_CHECKS:
+        ctx.add(
+            ("exclude",),
+            f"{len(spec.excludes):,} exclude rules x {values:,} axis values make "
+            f"{len(spec.excludes) * values:,} checks, over the limit of {MAX_EXCLUDE_CHECKS:,}",
+            "merge exclude rules (a rule's value may be a list: {subject: [a, b, c]}), "
+            "or drop the values from the axes instead of excluding them",
+        )
+
+
 def too_many(ctx: Context, spec: Spec, max_jobs: int) -> None:
     sizes = " x ".join(f"{len(a.choices)} {a.name}" for a in spec.axes) or "1"
     extra = f" + {len(spec.includes)} includes" if spec.includes else ""

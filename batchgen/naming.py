@@ -82,6 +82,12 @@ def template_fields(template: str) -> list[str]:
                 f"{{{name}}} are not supported",
                 field=name,
             )
+        if spec and any(int(n) > MAX_STEM_BYTES for n in re.findall(r"\d+", spec)):
+            raise TemplateError(
+                f"file name template {template!r}: the width or precision in "
+                f"{{{name}:{spec}}} is over {MAX_STEM_BYTES}, the longest file name stem",
+                field=name,
+            )
         if conversion not in (None, "s", "r", "a"):
             raise TemplateError(
                 f"file name template {template!r}: unknown conversion !{conversion}", field=name

@@ -20,6 +20,7 @@ from batchgen.modelspec import ModelSpec, load_model
 from batchgen.ratelimit import DEFAULT_RATE, settings_rate
 from batchgen.states import JobState
 from batchgen.store import batches, ledger
+from batchgen.textsafe import printable
 
 if TYPE_CHECKING:
     from batchgen.manifest import ExpandedJob, LoadedManifest
@@ -352,4 +353,4 @@ def render_plan(plan: Plan) -> str:
         out.append(f"note: {n}")
     if plan.budget_warning:
         out.append(f"warning: {plan.budget_warning}")
-    return "\n".join(out)
+    return "\n".join(printable(line) for line in out)

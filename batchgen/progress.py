@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -21,12 +20,13 @@ from typing import Literal, TextIO
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.textsafe import printable
 
 ProgressMode = Literal["auto", "rich", "plain", "off"]
 _ORDER = ("queued", "submitting", "in_doubt", "running", "downloading", "succeeded", "failed")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class RequestTally:
@@ -99,7 +99,7 @@ class Snapshot:
         )
         if self.note:
             text += f" | {self.note}"
-        return _CONTROL.sub("?", text)
+        return printable(text)
 
 
 def _duration(seconds: float | None) -> str:
@@ -158,7 +158,8 @@ class RichProgress:
     @staticmethod
     def _render(snap: Snapshot) -> Table:
 
-        table = Table(title=f"batchgen · {_CONTROL.sub('?', snap.batch)}", show_header=False)
+        # Text, not markup: a "[bold]" in a batch name is shown, not obeyed.
+        table = Table(title=Text(f"batchgen · {printable(snap.batch)}"), show_header=False)
         table.add_column(justify="right", style="bold")
         table.add_column()
         total = sum(snap.counts.values()) or 1
@@ -180,7 +181,7 @@ class RichProgress:
         table.add_row("elapsed", _duration(snap.elapsed_s))
         table.add_row("eta", _duration(snap.eta_s))
         if snap.note:
-            table.add_row("note", _CONTROL.sub("?", snap.note))
+            table.add_row("note", Text(printable(snap.note)))
         return table
 
 

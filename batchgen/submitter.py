@@ -31,6 +31,7 @@ from batchgen.errors import (
     TransportError,
     UsageError,
 )
+from batchgen.images import too_large_message
 from batchgen.modelspec import load_model
 from batchgen.states import JobState
 from batchgen.store import charges, ledger
@@ -146,6 +147,9 @@ class Submitter(EngineBase):
                 self.batch.model, api_input, idempotency_key=key, priority=1
             )
         except RunbaseError as exc:
+            if isinstance(exc, InvalidRequest) and exc.status == 413:  # name the image
+                message = too_large_message(exc.message, store.job_input(job), api_input)
+                exc = InvalidRequest(message, code=exc.code, status=413)
             self._submit_failed(job, exc)
             return
         self._unreachable = 0

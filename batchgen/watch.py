@@ -26,6 +26,7 @@ from batchgen.errors import Problem, UsageError
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
 from batchgen.redact import notify_url_shown
 from batchgen.sidecar import atomic_write_text, scrub
+from batchgen.textsafe import printable_json
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ class JsonLog:
     def _write(self, record: dict[str, Any]) -> None:
         if self._fd is None:
             return
-        line = json.dumps(scrub(record), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = printable_json(json.dumps(scrub(record), ensure_ascii=False, separators=(",", ":")))
+        line += "\n"
         try:
             os.write(self._fd, line.encode("utf-8"))
         except OSError as exc:

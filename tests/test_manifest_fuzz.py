@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from batchgen.cli import app
 from batchgen.errors import UsageError
 from batchgen.manifest import load_manifest
 
@@ -93,3 +97,122 @@ def test_loading_any_values_file_never_crashes(kind: str, lines: list[str], as_a
             assert exc.problems and all(p.message for p in exc.problems)
             return
         assert sum(1 for _ in loaded.jobs()) == loaded.job_count
+
+
+# ------------------------------------------------------------------ any bytes, via the CLI
+#
+# What a user can hand `batchgen validate` and `batchgen plan`: mutations of the example
+# manifests (their values files and images beside them), random bytes, random YAML
+# with deep nesting and nested aliases. Whatever it is, the answer is exit 0 or exit 2
+# with a message, never another code, an exception or a traceback.
+
+_EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
+_SEEDS = sorted(p.name for p in _EXAMPLES.glob("*.yaml"))
+_runner = CliRunner()
+_copy: list[Path] = []
+
+
+def _examples_copy() -> Path:
+    """The manifests folder copied once to a temporary folder (mutants are written there)."""
+    if not _copy:
+        folder = Path(tempfile.mkdtemp(prefix="batchgen-fuzz-")) / "manifests"
+        shutil.copytree(_EXAMPLES, folder)
+        _copy.append(folder)
+    return _copy[0]
+
+
+def _answer(path: Path) -> None:
+    db = path.parent / "fuzz-none.db"  # never created: plan reads a database only if it exists
+    for args in (["validate", str(path)], ["plan", str(path), "--db", str(db)]):
+        result = _runner.invoke(app, args, env={"BATCHGEN_DB": None})
+        assert result.exit_code in (0, 2), (args, result.exit_code, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            result.exception
+        )
+        assert "Traceback" not in result.output
+        if result.exit_code == 2:
+            assert result.output.strip()
+        assert not db.exists()
+
+
+@st.composite
+def _mutant(draw: st.DrawFn) -> bytes:
+    data = bytearray((_EXAMPLES / draw(st.sampled_from(_SEEDS))).read_bytes())
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "duplicate", "truncate"]))
+        if kind == "flip" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(
+                st.binary(max_size=8)
+                | st.sampled_from(
+                    [b"\x00", b"\x1b[31m", b"\xff\xfe", b"&a ", b"*a", b"<<: *a\n", b": ", b"- ",
+                     b"[", b"{", b"\n  ", b"\t", b'"', b"!!python/object:os.system ",
+                     b"\xef\xbb\xbf", b"{date:%Y}", b"../", b"/dev/zero", b"9" * 30, b".inf",
+                     b"~"]
+                )
+            )  # fmt: skip
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 40))]
+        elif kind == "duplicate":
+            data[at:at] = data[at : at + draw(st.integers(1, 80))]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_mutant())
+def test_mutated_example_manifests_exit_0_or_2(content: bytes) -> None:
+    path = _examples_copy() / "fuzz-mutant.yaml"
+    path.write_bytes(content)
+    _answer(path)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=300) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "replace")))
+def test_random_bytes_exit_0_or_2(content: bytes) -> None:
+    path = _examples_copy() / "fuzz-bytes.yaml"
+    path.write_bytes(content)
+    _answer(path)
+
+
+@st.composite
+def _hostile_yaml(draw: st.DrawFn) -> str:
+    """Nesting past the limit or near it, aliases nested into a bomb or not, in the
+    places a manifest reads."""
+    depth = draw(st.integers(1, 200))
+    fanout = draw(st.integers(1, 12))
+    levels = draw(st.integers(1, 7))
+    lines = ['defaults: {prompt: "a {subject}"}', 'a0: &a0 ["x", 1, "16:9"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fanout) + "]")
+    where = draw(st.sampled_from(["matrix: {subject: %s}", "rows: %s", "include: %s", "x: %s"]))
+    body = draw(
+        st.sampled_from(
+            [f"*a{levels - 1}", "[" * depth + "fox" + "]" * depth,
+             "{k: " * depth + "v" + "}" * depth, f"[*a{levels - 1}, fox]",
+             f"{{<<: *a{levels - 1}}}"]
+        )
+    )  # fmt: skip
+    lines.append(where % body)
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_hostile_yaml())
+def test_deep_nesting_and_alias_bombs_exit_0_or_2_quickly(text: str) -> None:
+    path = _examples_copy() / "fuzz-hostile.yaml"
+    path.write_text(text, encoding="utf-8")
+    start = time.perf_counter()
+    _answer(path)
+    assert time.perf_counter() - start < 4.0  # validate and plan together
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=6))
+def test_random_yaml_structures_exit_0_or_2_through_the_cli(data: dict[str, Any]) -> None:
+    path = _examples_copy() / "fuzz-shaped.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    _answer(path)

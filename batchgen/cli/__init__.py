@@ -12,6 +12,7 @@ from batchgen.cli._app import Command, app, used_db
 from batchgen.errors import BatchgenError, ExitCode
 from batchgen.redact import redact_text
 from batchgen.store.failures import state_failure
+from batchgen.textsafe import printable_lines
 
 __all__ = ["app", "main"]
 
@@ -24,7 +25,7 @@ def main() -> None:
     try:
         app()
     except BatchgenError as exc:
-        print(f"batchgen: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
     except Exception as exc:  # never a traceback on the terminal (it is there with -v)
         # a state database that cannot be used is the database's: exit 2 (or 75)
@@ -33,5 +34,5 @@ def main() -> None:
         text = " ".join(str(failure or f"internal error ({type(exc).__name__}: {exc})").split())
         logging.getLogger("batchgen").debug("the command failed", exc_info=exc)
         hint = "" if failure is not None else " (run with -v for the details)"
-        print(f"batchgen: {redact_text(text)}{hint}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(redact_text(text))}{hint}", file=sys.stderr)
         sys.exit(int(code))

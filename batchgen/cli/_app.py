@@ -17,6 +17,7 @@ from batchgen.errors import UsageError
 from batchgen.ratelimit import rate_from_text
 from batchgen.redact import RedactingFormatter
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable_lines
 
 app = typer.Typer(
     name="batchgen",
@@ -166,7 +167,11 @@ def _root(
     # every line (tracebacks too) hides URL passwords and key-like strings
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+        _PrintableFormatter(
+            RedactingFormatter(
+                "%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+            )
+        )
     )
     logging.basicConfig(level=max(logging.DEBUG, min(logging.CRITICAL, level)), handlers=[handler])
 
@@ -185,6 +190,18 @@ def finite_option(param: typer.CallbackParam, value: float | None) -> float | No
     if problem is not None:
         raise typer.BadParameter(problem)
     return value
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with every control character escaped (batchgen.textsafe): a logged
+    batch name, prompt or API message cannot drive the terminal."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_lines(self.inner.format(record))
 
 
 def parse_rate(text: str | None) -> tuple[int, float] | None:

@@ -26,6 +26,7 @@ from batchgen.states import JobState
 from batchgen.store import reader
 from batchgen.store import status as status_store
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.manifest import LoadedManifest
@@ -51,7 +52,7 @@ def _exit_on_error() -> Iterator[None]:
     try:
         yield
     except BatchgenError as exc:
-        print(f"batchgen: {mask_urls_in(str(exc))}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(mask_urls_in(str(exc)))}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
 
 
@@ -87,32 +88,33 @@ def validate(
     except UsageError as exc:
         if json_out:
             problems = [mask_urls_deep(dataclasses.asdict(p)) for p in exc.problems]
-            print(json.dumps({"ok": False, "problems": problems}, indent=2, ensure_ascii=False))
+            _print_json({"ok": False, "problems": problems})
         for problem in exc.problems:
             print(f"error: {mask_urls_in(str(problem))}", file=sys.stderr)
         n = len(exc.problems)
-        print(f"batchgen: {manifest}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        shown = printable(str(manifest))
+        print(f"batchgen: {shown}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
     if json_out:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "batch": loaded.name,
-                    "jobs": loaded.job_count,
-                    "collapsed": loaded.collapsed,
-                    "warnings": mask_urls_deep(loaded.warnings),
-                },
-                indent=2,
-            )
+        _print_json(
+            {
+                "ok": True,
+                "batch": loaded.name,
+                "jobs": loaded.job_count,
+                "collapsed": loaded.collapsed,
+                "warnings": mask_urls_deep(loaded.warnings),
+            }
         )
         return
     for warning in loaded.warnings:
-        print(f"warning: {mask_urls_in(warning)}", file=sys.stderr)
+        print(f"warning: {printable(mask_urls_in(warning))}", file=sys.stderr)
     collapsed = (
         f", {loaded.collapsed:,} identical combinations collapsed" if loaded.collapsed else ""
     )
-    print(f"{manifest}: valid, {loaded.job_count:,} jobs{collapsed} (batch {loaded.name})")
+    print(
+        f"{printable(str(manifest))}: valid, {loaded.job_count:,} jobs{collapsed} "
+        f"(batch {printable(loaded.name)})"
+    )
 
 
 @app.command()
@@ -166,7 +168,7 @@ def plan(
                 engine.dispose()
     # the inputs as shown: an image URL's password masked (batchgen.redact)
     if json_out:
-        print(json.dumps(mask_urls_deep(result.to_dict()), indent=2, ensure_ascii=False))
+        _print_json(mask_urls_deep(result.to_dict()))
     else:
         print(mask_urls_in(render_plan(result)))
 
@@ -195,9 +197,13 @@ def status(
         counts = status_store.batch_counts(conn, found.id, failures=failures)
     report = mask_urls_deep(_status_dict(found, counts))
     if json_out:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        _print_json(report)
     else:
         print(_status_text(report))
+
+
+def _print_json(value: Any) -> None:
+    print(printable_json(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def _usd(micro: int) -> float:
@@ -273,7 +279,7 @@ def _status_text(r: dict[str, Any]) -> str:
                 f"`retry --failed` leaves them; `batchgen retry {name} --job KEY --pay-again` "
                 "pays for a new run"
             )
-    return "\n".join(out)
+    return "\n".join(printable(line) for line in out)
 
 
 def _error(d: dict[str, Any]) -> str:

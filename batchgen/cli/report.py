@@ -19,6 +19,7 @@ from batchgen.errors import BatchgenError, Problem, UsageError
 from batchgen.outputs import Protected, check_outputs
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable, printable_lines
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -48,7 +49,7 @@ class ExportFormat(enum.StrEnum):
 
 
 def _fail(exc: BatchgenError) -> typer.Exit:
-    print(f"batchgen: {redact_text(str(exc))}", file=sys.stderr)
+    print(f"batchgen: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
 
 
@@ -187,7 +188,7 @@ def export(
     except BatchgenError as exc:
         raise _fail(exc) from None
     where = "standard output" if out == "-" else out
-    print(f"batchgen: {n} job(s) of {found.name} written to {where}", file=sys.stderr)
+    print(f"batchgen: {n} job(s) of {printable(found.name)} written to {where}", file=sys.stderr)
 
 
 def _to_stdout(engine: Engine, batch_id: int, fmt: Format) -> int:

@@ -24,6 +24,7 @@ from batchgen.cli._app import (
 from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.events import RunSummary
@@ -170,12 +171,15 @@ def _key() -> str | None:
 
 def _finish(summary: RunSummary, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+        print(printable_json(json.dumps(summary.to_json(), indent=2, sort_keys=True)))
     if summary.exit_code == ExitCode.USAGE:
-        print(f"batchgen: {redact_text(summary.reason)}", file=sys.stderr)
+        print(f"batchgen: {printable_lines(redact_text(summary.reason))}", file=sys.stderr)
     elif not as_json and not summary.out_dir:  # never reached its batch (database locked)
         print(
-            f"batchgen: {summary.batch}: {redact_text(summary.reason)}; exit {summary.exit_code}",
+            printable(
+                f"batchgen: {summary.batch}: {redact_text(summary.reason)}; "
+                f"exit {summary.exit_code}"
+            ),
             file=sys.stderr,
         )
     elif not as_json:
@@ -184,9 +188,12 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
         if summary.repaired:
             where = f"{summary.repaired} missing or damaged video(s) fetched again; {where}"
         print(
-            f"batchgen: {summary.batch}: {redact_text(summary.reason)} ({counts or 'no jobs'}); "
-            f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
-            f"{where}exit {summary.exit_code}",
+            printable(
+                f"batchgen: {summary.batch}: {redact_text(summary.reason)} "
+                f"({counts or 'no jobs'}); "
+                f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
+                f"{where}exit {summary.exit_code}"
+            ),
             file=sys.stderr,
         )
         if summary.maybe_paid_twice:
@@ -476,13 +483,13 @@ def cancel(
         print(json.dumps({"batch": found.name, "canceled": done, "counts": counts}, indent=2))
         return
     print(
-        f"batchgen: {found.name}: canceled {sum(done.values())} job(s); now "
+        f"batchgen: {printable(found.name)}: canceled {sum(done.values())} job(s); now "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         file=sys.stderr,
     )
     if not abandon and (counts.get("running") or counts.get("downloading")):
         print(
             "batchgen: paid runs are still fetched by the running `batchgen run`, "
-            f"or run `batchgen resume {found.name}`",
+            f"or run `batchgen resume {printable(found.name)}`",
             file=sys.stderr,
         )
