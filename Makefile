@@ -40,7 +40,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.run_all
 
 schema: $(RUN_STAMP)
-	$(BIN)/python -m batchgen.schema_gen
+	$(BIN)/python -m batchgen.manifest.schema_gen
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-out

@@ -16,7 +16,7 @@ the plan, the report and the export show it; the database keeps what is sent).
 ``RedactingFormatter`` applies ``mask_urls_in`` (and hides Runbase keys) to every log
 line, tracebacks included, so a message that quotes a URL cannot leak it through the
 log either. The JSON writers (log file, summary, sidecars, notification body) go
-through ``batchgen.sidecar.scrub``, which calls ``mask_urls_in`` too.
+through ``batchgen.files.sidecar.scrub``, which calls ``mask_urls_in`` too.
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ from typing import Any
 import aiohttp
 from sqlmodel import Session
 
-from batchgen.budget import Budget
-from batchgen.client import RunbaseClient
-from batchgen.collector import make_collect
-from batchgen.engine import EngineConfig, RunEngine
+from batchgen.engine.budget import Budget
+from batchgen.engine.collect import make_collect
+from batchgen.engine.dispatcher import EngineConfig, RunEngine
+from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.modelspec import load_model
-from batchgen.polling import DurationModel, PollPolicy
-from batchgen.ratelimit import RequestLimiter
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.client import RunbaseClient
+from batchgen.runbase.models import load_model
+from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job, open_db

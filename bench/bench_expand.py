@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchgen.manifest import Overrides, load_manifest
+from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
 

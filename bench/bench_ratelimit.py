@@ -18,8 +18,8 @@ import time
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from batchgen.client import RunbaseClient
-from batchgen.ratelimit import RequestLimiter
+from batchgen.runbase.client import RunbaseClient
+from batchgen.runbase.ratelimit import RequestLimiter
 
 KEY = "sk-bench-0123456789abcdef"
 

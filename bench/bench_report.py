@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchgen.report import write_report
+from batchgen.report.page import write_report
 from tests.test_report_helpers import big_batch
 
 CHROMIUM = Path("/usr/bin/chromium")

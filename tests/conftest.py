@@ -22,3 +22,14 @@ os.environ.update(LC_ALL="C.UTF-8", PYTHONUTF8="1")
 @pytest.fixture
 def api_key() -> str:
     return "sk-test-0123456789abcdef"
+
+
+_TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (its folder), so `pytest -m unit` runs one tier."""
+    for item in items:
+        tier = next((t for t in _TIERS if t in item.path.parts), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))

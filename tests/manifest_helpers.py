@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 from batchgen.errors import Problem, UsageError
-from batchgen.manifest import LoadedManifest, Overrides, load_manifest
+from batchgen.manifest.loader import LoadedManifest, Overrides, load_manifest
 
 
 def write(folder: Path, text: str, name: str = "m.yaml") -> Path:

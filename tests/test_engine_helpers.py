@@ -16,12 +16,12 @@ import aiohttp
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from batchgen.budget import Budget
-from batchgen.client import RunbaseClient
-from batchgen.engine import EngineConfig, Outcome, RunEngine
-from batchgen.polling import DurationModel, PollPolicy
-from batchgen.ratelimit import RequestLimiter
+from batchgen.engine.budget import Budget
+from batchgen.engine.dispatcher import EngineConfig, Outcome, RunEngine
+from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.client import RunbaseClient
+from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job, open_db

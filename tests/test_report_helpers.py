@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from batchgen.polling import PollPolicy
-from batchgen.runner import RunOptions, arun_batch
+from batchgen.engine.schedule import PollPolicy
+from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Batch, Job
 from tests.test_engine_helpers import make_batch

@@ -14,8 +14,8 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.errors import UsageError
-from batchgen.ratelimit import rate_from_text
 from batchgen.redact import RedactingFormatter
+from batchgen.runbase.ratelimit import rate_from_text
 from batchgen.store.reader import DEFAULT_DB
 from batchgen.textsafe import printable_lines
 

@@ -29,7 +29,7 @@ from batchgen.store.reader import DEFAULT_DB
 from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
-    from batchgen.manifest import LoadedManifest
+    from batchgen.manifest.loader import LoadedManifest
 
 # The manifest code (pydantic, jsonschema) and the store's engine (SQLAlchemy) are
 # imported by the commands that need them: `batchgen status` reads with the standard
@@ -59,7 +59,7 @@ def _exit_on_error() -> Iterator[None]:
 def _load(
     manifest: Path, date: str | None, max_jobs: int | None, **overrides: Any
 ) -> LoadedManifest:
-    from batchgen.manifest import Overrides, load_manifest
+    from batchgen.manifest.loader import Overrides, load_manifest
 
     return load_manifest(
         manifest,
@@ -160,7 +160,7 @@ def plan(
         # Read-only, and only if it exists: plan must never create or change a file.
         engine = open_db(db, readonly=True) if db.exists() else None
         try:
-            from batchgen.plan import build_plan, render_plan
+            from batchgen.report.plan import build_plan, render_plan
 
             result = build_plan(loaded, engine)
         finally:

@@ -1,6 +1,6 @@
 """Commands: report (the HTML contact sheet) and export (CSV / JSON lines).
 
-Parsing only; the work is in batchgen.report and batchgen.export. Both only read the
+Parsing only; the work is in batchgen.report.page and batchgen.report.export. Both only read the
 state database and need no API key.
 """
 
@@ -16,7 +16,7 @@ import typer
 
 from batchgen.cli._app import DbOption, app
 from batchgen.errors import BatchgenError, Problem, UsageError
-from batchgen.outputs import Protected, check_outputs
+from batchgen.files.outputs import Protected, check_outputs
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
 from batchgen.textsafe import printable, printable_lines
@@ -24,7 +24,7 @@ from batchgen.textsafe import printable, printable_lines
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from batchgen.export import Format
+    from batchgen.report.export import Format
     from batchgen.store.schema import Batch
 
 # The store and the export (SQLAlchemy) are imported inside the commands, so that
@@ -67,7 +67,7 @@ def _protected(db: Path, batch: Batch, out: Path) -> Protected:
     ``out`` can be one)."""
     if not os.path.lexists(out):
         return Protected.of(db, batch.manifest_path)
-    from batchgen.manifest import named_files
+    from batchgen.manifest.loader import named_files
 
     return Protected.of(db, batch.manifest_path, named_files(batch.manifest_path, batch.run_date))
 
@@ -139,7 +139,7 @@ def report(
         _check_out(target, "report.html")
         check_outputs([("--out", target)], _protected(db, found, target))
         try:
-            from batchgen.report import write_report  # PyAV: only when a report is made
+            from batchgen.report.page import write_report  # PyAV: only when a report is made
 
             path = write_report(
                 engine, found.id, target, rows=rows, cols=cols, posters=posters.value
@@ -168,7 +168,7 @@ def export(
 
     Example: batchgen export nightly-2024-05-01 --format csv --out jobs.csv
     """
-    from batchgen.export import export_to_file
+    from batchgen.report.export import export_to_file
     from batchgen.store.batches import find_batch
     from batchgen.store.schema import open_db
 
@@ -194,7 +194,7 @@ def export(
 def _to_stdout(engine: Engine, batch_id: int, fmt: Format) -> int:
     """Write to standard output; a reader that stops early (``| head``) ends the
     command quietly with 141, as SIGPIPE ends any Unix tool."""
-    from batchgen.export import write_export
+    from batchgen.report.export import write_export
 
     try:
         n = write_export(engine, batch_id, fmt, sys.stdout)

@@ -1,4 +1,4 @@
-"""Commands: run, resume, retry, cancel. Parsing only; the work is in batchgen.runner."""
+"""Commands: run, resume, retry, cancel. Parsing only; the work is in batchgen.run.runner."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.events import RunSummary
-    from batchgen.runner import RunOptions
+    from batchgen.run.runner import RunOptions
 
-# batchgen.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
+# batchgen.run.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
 # a batch, and the store (SQLAlchemy) inside `cancel`, so that `batchgen status`,
 # `plan` and `--help` start fast.
 
@@ -254,7 +254,7 @@ def run(
 
     Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
     """
-    from batchgen.runner import RunOptions, run_batch
+    from batchgen.run.runner import RunOptions, run_batch
 
     key = _key()
     problems: list[Problem] = []
@@ -301,7 +301,7 @@ def _resume_options(
     verify: bool = False,
     allow_insecure: bool = False,
 ) -> RunOptions:
-    from batchgen.runner import RunOptions
+    from batchgen.run.runner import RunOptions
 
     problems: list[Problem] = []
     return RunOptions(
@@ -353,7 +353,7 @@ def resume(
 
     Example: batchgen resume nightly-2024-05-01
     """
-    from batchgen.runner import run_batch
+    from batchgen.run.runner import run_batch
 
     key = _key()
     options = _resume_options(
@@ -411,7 +411,7 @@ def retry(
 
     Example: batchgen retry nightly-2024-05-01 --failed
     """
-    from batchgen.runner import run_batch
+    from batchgen.run.runner import run_batch
 
     if bool(job) != pay_again:
         raise UsageError(

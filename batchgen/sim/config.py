@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from batchgen.modelspec import DEFAULT_MODEL, load_model
+from batchgen.runbase.models import DEFAULT_MODEL, load_model
 
 #: The key the simulator accepts when no key is configured. Not a secret: it only
 #: ever opens a local simulator.

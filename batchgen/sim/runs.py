@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchgen.clock import iso_utc
-from batchgen.modelspec import ModelSpec
+from batchgen.runbase.models import ModelSpec
 from batchgen.sim.config import SimConfig
 
 #: spread of the generation time around the typical one (log-normal sigma)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batchgen.modelspec import ModelSpec, load_model
+from batchgen.runbase.models import ModelSpec, load_model
 from batchgen.sim.accounts import Account, KeyRing, SlidingWindow
 from batchgen.sim.config import SimConfig
 from batchgen.sim.runs import RunBook, SimRun, Timing, view

@@ -1,7 +1,7 @@
 """Real, playable H.264 MP4 clips drawn from the prompt, at the asked size.
 
 The frame has the pixel size the asked resolution and aspect ratio stand for
-(``batchgen.media.frame_size``: 1280x720 for 720p 16:9, 1080x1920 for 1080p 9:16);
+(``batchgen.files.media.frame_size``: 1280x720 for 720p 16:9, 1080x1920 for 1080p 9:16);
 the clip lasts the asked duration at one frame per second and a low bitrate, so
 even 10 s at 1080p encodes in tens of milliseconds and weighs a few hundred kB.
 ``tiny`` clips (``SimConfig.tiny_videos``, for fast tests) keep the aspect ratio on
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import av
 
-from batchgen.media import frame_size as asked_size
+from batchgen.files.media import frame_size as asked_size
 
 FPS = 1
 TINY_FPS = 4

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
 
 from batchgen.errors import StateError
-from batchgen.modelspec import load_model
+from batchgen.runbase.models import load_model
 from batchgen.store import status
 from batchgen.store.schema import Batch, Job
 
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from batchgen.manifest import ExpandedJob, LoadedManifest
+    from batchgen.manifest.loader import ExpandedJob, LoadedManifest
 
 #: rows per write transaction. Keys arrive in random order, so every chunk dirties pages
 #: all over the unique (batch_id, key) index and each commit writes them to the WAL

@@ -1,0 +1,1 @@
+"""The run engine: submit, poll, collect, the poll schedule and the budget."""

@@ -1,0 +1,1 @@
+"""Files on disk: downloads, the decoder check, sidecars, output-path safety."""

@@ -1,0 +1,1 @@
+"""Manifests: read, shape-check, resolve, expand, images, names, schema generation."""

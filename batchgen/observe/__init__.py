@@ -1,0 +1,1 @@
+"""What a run tells the outside: log, summary, metrics, notifications, progress."""

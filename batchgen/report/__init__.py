@@ -1,0 +1,1 @@
+"""Reading a batch back: the HTML report, charts, posters, export and plan."""

@@ -1,0 +1,1 @@
+"""The Runbase API: the HTTP client, its answers, the per-key limiter, the model specs."""

@@ -1,0 +1,63 @@
+"""`batchgen status` must start fast on a big database: the CLI imports neither
+SQLAlchemy nor SQLModel nor pydantic until a command that needs them runs, and
+`status` reads with the standard library's sqlite3 alone. (Typer itself coerces the
+arguments of any command with pydantic, so a command that runs has it.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from batchgen.manifest.loader import load_manifest
+from batchgen.store import batches
+from batchgen.store.schema import open_db
+from tests.integration.test_batches import write_manifest
+
+HEAVY = ("sqlalchemy", "sqlmodel", "pydantic")
+
+
+def imported_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The heavy top-level packages in ``sys.modules`` after ``code``, in a fresh process."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    modules = json.loads(done.stdout.splitlines()[-1])
+    return sorted({m.split(".")[0] for m in modules} & set(heavy))
+
+
+def test_importing_the_cli_imports_no_sqlalchemy_sqlmodel_or_pydantic():
+    assert imported_after("import batchgen.cli") == []
+
+
+def test_the_status_reader_imports_no_sqlalchemy():
+    assert imported_after("from batchgen.store import reader, status") == []
+
+
+def test_the_schema_still_brings_sqlalchemy_and_the_lazy_package_names_work():
+    """The probe itself can fail: the store package's names still resolve (lazily)."""
+    code = "from batchgen.store import Batch, open_db\nassert Batch.__tablename__ == 'batch'"
+    assert imported_after(code) == ["pydantic", "sqlalchemy", "sqlmodel"]
+
+
+def test_the_status_command_runs_without_sqlalchemy(tmp_path):
+    db_path = tmp_path / "state.db"
+    db = open_db(db_path)
+    batches.sync_batch(db, load_manifest(write_manifest(tmp_path, ["fox", "owl"])))
+    db.dispose()
+    report = tmp_path / "status.json"
+    code = (
+        "import contextlib, sys\n"
+        "from batchgen.cli import main\n"
+        f"sys.argv = ['batchgen', 'status', '--db', {str(db_path)!r}, '--json']\n"
+        f"with open({str(report)!r}, 'w') as out, contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+    )
+    assert imported_after(code, heavy=("sqlalchemy", "sqlmodel")) == []
+    shown = json.loads(report.read_text())
+    assert (shown["batch"], shown["jobs"], shown["by_state"]["queued"]) == ("sweep", 4, 4)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("state.db")) == [
+        "state.db"
+    ]
