@@ -1,4 +1,4 @@
-"""Downloading: bring a succeeded run's files home, with its own concurrency.
+"""Collecting: bring a succeeded run's files home, with its own concurrency.
 
 Downloads never go through the API limiter; only the refresh of expired URLs (one
 GET of the run) does. A job becomes ``succeeded`` only after every file is in place.
@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.engine.state import ActiveRun, Collector, EngineBase
+from batchgen.engine.state import ActiveRun, ApiClient, CollectStep, EngineState
 from batchgen.errors import AuthError, Forbidden, RunbaseError, RunNotFound
 from batchgen.files import download, media, sidecar
 from batchgen.manifest import naming
@@ -28,17 +28,29 @@ from batchgen.store.schema import Batch, Job
 log = logging.getLogger("batchgen.engine")
 
 
-class Downloader(EngineBase):
-    def _launch_downloads(self, now: float) -> None:
-        if self._leaving:
+class Collector:
+    """Owns ``EngineState.downloads``: brings home the runs the poller left in
+    ``EngineState.downloading``, at most ``download_concurrency`` at a time."""
+
+    def __init__(self, state: EngineState, client: ApiClient, collect: CollectStep) -> None:
+        self.state = state
+        #: only for a refresh of expired URLs (one GET of the run)
+        self.client = client
+        #: fetches, checks and writes one job's files (``make_collect`` in the product)
+        self.collect = collect
+
+    def launch_downloads(self, now: float) -> None:
+        st = self.state
+        if st.leaving:
             return
-        for job_id, act in self._downloading.items():
-            if len(self._downloads) >= self.cfg.download_concurrency:
+        for job_id, act in st.downloading.items():
+            if len(st.downloads) >= st.cfg.download_concurrency:
                 return
-            if job_id not in self._downloads and act.next_download <= now:
-                self._downloads[job_id] = self._spawn(self._download(act))
+            if job_id not in st.downloads and act.next_download <= now:
+                st.downloads[job_id] = st.spawn(self._download(act))
 
     async def _download(self, act: ActiveRun) -> None:
+        st = self.state
         job = act.job
         assert job.id is not None and job.run_id is not None
         run_id = job.run_id
@@ -52,14 +64,14 @@ class Downloader(EngineBase):
             urls = act.urls or await refresh()
             fields = await self.collect(job, urls, refresh)
         except (AuthError, Forbidden) as exc:
-            self.stop("account", f"account: {exc}", hard=True)
+            st.stop("account", f"account: {exc}", hard=True)
             return
         except RunNotFound as exc:
-            self._downloading.pop(job.id, None)
-            self._move(
+            st.downloading.pop(job.id, None)
+            st.move(
                 job,
                 JobState.FAILED,
-                finished_at=self.clock.now(),
+                finished_at=st.clock.now(),
                 last_error=(
                     f"run {run_id} (paid) is gone (404 {exc.code or 'run_not_found'}): "
                     "its video cannot be fetched again; only "
@@ -72,28 +84,28 @@ class Downloader(EngineBase):
         # later. Anything else is an error batchgen does not know: it stops the run (70).
         except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:
             act.dl_errors += 1
-            if act.dl_errors >= self.cfg.max_attempts:
-                self._downloading.pop(job.id, None)
+            if act.dl_errors >= st.cfg.max_attempts:
+                st.downloading.pop(job.id, None)
                 discard = getattr(self.collect, "discard", None)
                 if discard is not None:
                     discard(job)
-                self._move(
+                st.move(
                     job,
                     JobState.FAILED,
-                    finished_at=self.clock.now(),
+                    finished_at=st.clock.now(),
                     last_error=f"download failed: {exc}",
                     error_code=store.DOWNLOAD_FAILED,
                 )
             else:
                 act.urls = []
-                act.next_download = self.clock.monotonic() + self.retry.delay(act.dl_errors)
+                act.next_download = st.clock.monotonic() + st.retry.delay(act.dl_errors)
                 log.warning("job #%d: download failed (%s); again later", job.idx, exc)
             return
         finally:
-            self._downloads.pop(job.id, None)
-            self._wake.set()
-        self._downloading.pop(job.id, None)
-        self._move(job, JobState.SUCCEEDED, finished_at=self.clock.now(), **fields)
+            st.downloads.pop(job.id, None)
+            st.wake.set()
+        st.downloading.pop(job.id, None)
+        st.move(job, JobState.SUCCEEDED, finished_at=st.clock.now(), **fields)
 
 
 def make_collect(
@@ -206,7 +218,7 @@ class FileCollector:
 
     def __init__(
         self,
-        collect: Collector,
+        collect: CollectStep,
         discard: Callable[[Job], None],
     ) -> None:
         self._collect = collect

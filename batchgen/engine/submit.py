@@ -22,7 +22,8 @@ import datetime as dt
 import logging
 from typing import Any
 
-from batchgen.engine.state import ActiveRun, EngineBase, idem_key
+from batchgen.engine.poll import Poller
+from batchgen.engine.state import ActiveRun, ApiClient, EngineState, Materializer, idem_key
 from batchgen.errors import (
     InvalidRequest,
     RateLimited,
@@ -46,88 +47,113 @@ log = logging.getLogger("batchgen.engine")
 CREATED_AT_PRECISION_S = 0.005
 
 
-class Submitter(EngineBase):
-    def _maybe_submit(self) -> None:
-        if self._submit_task is not None or self._stop is not None or self._leaving:
+class Submitter:
+    """Owns the one POST in flight (``EngineState.submit_task``): takes the next job from
+    the queue, commits its intent, sends it, and hands the run to the poller."""
+
+    def __init__(
+        self,
+        state: EngineState,
+        client: ApiClient,
+        materialize: Materializer,
+        poller: Poller,
+    ) -> None:
+        self.state = state
+        self.client = client
+        self.materialize = materialize
+        #: takes every run a POST created (and the answer of a replayed finished run)
+        self.poller = poller
+        #: POSTs in a row that could not even connect: the service is unreachable
+        self._unreachable = 0
+        self._unreachable_since = 0.0
+
+    def maybe_submit(self) -> None:
+        st = self.state
+        if st.submit_task is not None or st.stop_kind is not None or st.leaving:
             return
-        if self.active >= self.cfg.concurrency:
+        if st.active >= st.cfg.concurrency:
             return
-        job = self._resend[0] if self._resend else (self._ready[0] if self._ready else None)
+        job = st.resend[0] if st.resend else (st.ready[0] if st.ready else None)
         if job is None:
             return
         assert job.id is not None
         estimate = self._estimate(job)
-        if not self.budget.reserve(job.id, estimate):
-            self._budget_blocked = True
-            if self.active == 0:
-                remaining = (self.budget.remaining() or 0) / 1e6
-                self.stop(
+        if not st.budget.reserve(job.id, estimate):
+            st.budget_blocked = True
+            if st.active == 0:
+                remaining = (st.budget.remaining() or 0) / 1e6
+                st.stop(
                     "budget",
                     f"budget: next job needs ${estimate / 1e6:.3f}, ${remaining:.3f} left",
                 )
             return
-        self._budget_blocked = False
+        st.budget_blocked = False
         self._next_job()
         # Out of the queue now; a requeue after a failed POST puts it back.
-        self._queued_ids.discard(job.id)
-        self._submitting = job
-        self._submit_task = self._spawn(self._submit(job, estimate))
+        st.queued_ids.discard(job.id)
+        st.submitting = job
+        st.submit_task = st.spawn(self._submit(job, estimate))
 
-    def _holds_paid_run(self, job: Job) -> bool:
+    def holds_paid_run(self, job: Job) -> bool:
         """A queued job that holds a paid run (left so by an older batchgen, say) is
         polled, never submitted again: True when it was moved to ``running``."""
+        st = self.state
         if job.run_id is None:
             return False
         assert job.id is not None
-        if not ledger.run_paid(self.db, job.id, job.run_id):
+        if not ledger.run_paid(st.db, job.id, job.run_id):
             return False  # its run failed and was refunded: a new attempt may pay
-        moved = self._move(job, JobState.RUNNING, detail="holds a paid run: polled, not resent")
+        moved = st.move(job, JobState.RUNNING, detail="holds a paid run: polled, not resent")
         if moved is not None:
-            mono = self.clock.monotonic()
-            self._add_running(ActiveRun(moved, self._cls(moved), submitted=mono), mono)
+            mono = st.clock.monotonic()
+            self.poller.add_running(ActiveRun(moved, st.run_class(moved), submitted=mono))
         return True
 
     def _next_job(self) -> Job | None:
-        if self._resend:
-            return self._resend.popleft()
-        if self._ready:
-            return self._ready.popleft()
+        st = self.state
+        if st.resend:
+            return st.resend.popleft()
+        if st.ready:
+            return st.ready.popleft()
         return None
 
     def _estimate(self, job: Job) -> int:
+        st = self.state
         if job.estimate_micro_usd:
             return job.estimate_micro_usd
         try:
-            return load_model(self.batch.model).price_micro_usd(store.job_input(job))
+            return load_model(st.batch.model).price_micro_usd(store.job_input(job))
         except (KeyError, ValueError):
             return 0
 
     async def _submit(self, job: Job, estimate: int) -> None:
+        st = self.state
         assert job.id is not None
         try:
             await self._submit_inner(job, estimate)
         finally:
-            self._submitting = None
-            self._submit_task = None
-            self._wake.set()
+            st.submitting = None
+            st.submit_task = None
+            st.wake.set()
 
     async def _submit_inner(self, job: Job, estimate: int) -> None:
+        st = self.state
         assert job.id is not None
-        now_wall = self.clock.now()
+        now_wall = st.clock.now()
         if job.idem_key and not job.run_id:
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
         else:
             attempt = job.attempts + 1
-            key = idem_key(job.key, attempt, self.batch.name)
+            key = idem_key(job.key, attempt, st.batch.name)
         try:
             api_input = self.materialize(store.job_input(job))
         except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
-            self.budget.release(job.id)
-            self._move(
+            st.budget.release(job.id)
+            st.move(
                 job, JobState.FAILED, last_error=str(exc), error_code="input", finished_at=now_wall
             )
             return
-        moved = self._move(
+        moved = st.move(
             job,
             JobState.SUBMITTING,
             detail={"attempt": attempt, "idem_key": key},
@@ -136,15 +162,15 @@ class Submitter(EngineBase):
             estimate_micro_usd=estimate,
         )
         if moved is None:
-            self.budget.release(job.id)
+            st.budget.release(job.id)
             return
         job = moved
         assert job.id is not None
-        possible, lost_at = ledger.possible_for_key(self.db, job.id, key)
-        sent_at = self.clock.now()
+        possible, lost_at = ledger.possible_for_key(st.db, job.id, key)
+        sent_at = st.clock.now()
         try:
             run = await self.client.create_run(
-                self.batch.model, api_input, idempotency_key=key, priority=1
+                st.batch.model, api_input, idempotency_key=key, priority=1
             )
         except RunbaseError as exc:
             if isinstance(exc, InvalidRequest) and exc.status == 413:  # name the image
@@ -157,14 +183,14 @@ class Submitter(EngineBase):
         if cost is None:
             cost = estimate
         assert job.id is not None
-        self.budget.settle(job.id, cost, estimate)
+        st.budget.settle(job.id, cost, estimate)
         rows = [LedgerEntry("charge", cost, run.id)]
         if possible > 0:
             threshold = min((lost_at + sent_at) / 2, sent_at - CREATED_AT_PRECISION_S)
             if _created_before(run.created_at, threshold):
                 why = f"settled: run {run.id} was made by the POST whose answer was lost"
                 rows.append(LedgerEntry("possible", -possible, run.id, why))
-                self.budget.settle_possible(possible)
+                st.budget.settle_possible(possible)
             else:
                 log.warning(
                     "job %s: the resend made a new run %s (the service ignored the "
@@ -173,40 +199,41 @@ class Submitter(EngineBase):
                     run.id,
                     possible / 1e6,
                 )
-        mono = self.clock.monotonic()
-        recorded = self._move(
+        mono = st.clock.monotonic()
+        recorded = st.move(
             job,
             JobState.RUNNING,
             detail={"run_id": run.id, "cost_micro_usd": cost},
             ledger_rows=rows,
             run_id=run.id,
             cost_micro_usd=cost,
-            submitted_at=self.clock.now(),
+            submitted_at=st.clock.now(),
             errors=0,
             last_error=None,
             error_code=None,
         )
         if recorded is None:
             log.error("job %s: run %s created but the job changed meanwhile", job.key, run.id)
-            charges.record(self.db, job, rows, self.clock.now())
+            charges.record(st.db, job, rows, st.clock.now())
             return
-        act = ActiveRun(recorded, self._cls(recorded), submitted=mono)
-        self._add_running(act, mono)
+        act = ActiveRun(recorded, st.run_class(recorded), submitted=mono)
+        self.poller.add_running(act)
         if run.status in ("succeeded", "failed"):  # an idempotent replay of a finished run
-            self._on_run(act, run)
+            self.poller.on_run(act, run)
 
     def _submit_failed(self, job: Job, exc: RunbaseError) -> None:
+        st = self.state
         assert job.id is not None
-        now_wall = self.clock.now()
+        now_wall = st.clock.now()
         err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         if isinstance(exc, InvalidRequest):
-            self.budget.release(job.id)
-            self._move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
+            st.budget.release(job.id)
+            st.move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
         elif exc.stops_batch or exc.stops_submitting:
             # Answered with a refusal: nothing was created. Back in the queue for later.
-            self.budget.release(job.id)
-            self._move(job, JobState.QUEUED, **err)
-            self.stop("account", f"account: {exc}", hard=exc.stops_batch)
+            st.budget.release(job.id)
+            st.move(job, JobState.QUEUED, **err)
+            st.stop("account", f"account: {exc}", hard=exc.stops_batch)
         elif isinstance(exc, TransportError) and exc.sent:
             self._unreachable = 0
             self._in_doubt(job, exc)
@@ -217,53 +244,55 @@ class Submitter(EngineBase):
             # A 429 storm, or a 5xx (a run may exist: its reservation stays held).
             # Again later with the same key.
             if not isinstance(exc, ServerError):
-                self.budget.release(job.id)
+                st.budget.release(job.id)
             counts = not isinstance(exc, RateLimited)  # a 429 storm is not the job's fault
             errors = job.errors + (1 if counts else 0)
-            if errors >= self.cfg.max_attempts:
-                self.budget.release(job.id)
-                self._move(job, JobState.FAILED, finished_at=now_wall, errors=errors, **err)
+            if errors >= st.cfg.max_attempts:
+                st.budget.release(job.id)
+                st.move(job, JobState.FAILED, finished_at=now_wall, errors=errors, **err)
                 return
-            delay = self.retry.delay(errors - 1 if counts else 0)
-            moved = self._move(
+            delay = st.retry.delay(errors - 1 if counts else 0)
+            moved = st.move(
                 job, JobState.QUEUED, errors=errors, next_attempt_at=now_wall + delay, **err
             )
             if moved is not None:
-                self._requeue(moved, delay)
+                st.requeue(moved, delay)
 
     def _refused(self, job: Job, exc: RunbaseError) -> None:
         """Could not even connect (refused, DNS): nothing was sent, and it is not this
         job's fault, so it costs no attempt. If it lasts, the service (or our network) is
         down: stop, resumable, rather than fail every job of the batch in turn."""
+        st = self.state
         assert job.id is not None
-        now = self.clock.monotonic()
+        now = st.clock.monotonic()
         if self._unreachable == 0:
             self._unreachable_since = now
         self._unreachable += 1
-        self.budget.release(job.id)
+        st.budget.release(job.id)
         err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
         lasted = now - self._unreachable_since
-        if self._unreachable >= self.cfg.max_attempts and lasted >= self.cfg.unreachable_s:
-            self._move(job, JobState.QUEUED, **err)
-            self.stop(
+        if self._unreachable >= st.cfg.max_attempts and lasted >= st.cfg.unreachable_s:
+            st.move(job, JobState.QUEUED, **err)
+            st.stop(
                 "interrupted",
                 f"cannot reach the API for {lasted:.0f}s ({exc}); nothing was sent: "
                 "resume when it is reachable",
                 hard=True,
             )
             return
-        delay = self.retry.delay(min(self._unreachable - 1, 8))
-        moved = self._move(job, JobState.QUEUED, next_attempt_at=self.clock.now() + delay, **err)
+        delay = st.retry.delay(min(self._unreachable - 1, 8))
+        moved = st.move(job, JobState.QUEUED, next_attempt_at=st.clock.now() + delay, **err)
         if moved is not None:
-            self._requeue(moved, delay)
+            st.requeue(moved, delay)
 
     def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
+        st = self.state
         assert job.id is not None
         errors = job.errors + 1
         # Sent, no answer: it may have created and charged a run. Counted as charged.
-        amount = self.budget.lost(job.id, job.estimate_micro_usd)
+        amount = st.budget.lost(job.id, job.estimate_micro_usd)
         rows = [LedgerEntry("possible", amount, None, f"POST answer lost ({exc})")]
-        moved = self._move(
+        moved = st.move(
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
@@ -273,14 +302,14 @@ class Submitter(EngineBase):
             error_code=exc.code,
         )
         if moved is None:
-            charges.record(self.db, job, rows, self.clock.now())
+            charges.record(st.db, job, rows, st.clock.now())
             return
-        self.in_doubt_seen.add(job.id)
-        if self.cfg.in_doubt == "hold" or errors >= self.cfg.max_attempts:
-            self._held[job.id] = moved
+        st.in_doubt_seen.add(job.id)
+        if st.cfg.in_doubt == "hold" or errors >= st.cfg.max_attempts:
+            st.held[job.id] = moved
         else:
-            self._queued_ids.add(job.id)
-            self._defer(moved, self.clock.monotonic() + self.retry.delay(errors - 1))
+            st.queued_ids.add(job.id)
+            st.defer(moved, st.clock.monotonic() + st.retry.delay(errors - 1))
 
 
 def _created_before(created_at: str | None, threshold: float) -> bool:

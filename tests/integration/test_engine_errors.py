@@ -414,7 +414,8 @@ async def test_a_big_batch_is_paged_never_loaded_whole(tmp_path):
 
             for _ in range(20):
                 await asyncio.sleep(0.05)
-                held.append(len(engine._ready) + len(engine._later) + len(engine._queued_ids))
+                st = engine.state
+                held.append(len(st.ready) + len(st.later) + len(st.queued_ids))
             await wait_for(lambda: engine.counts.get("succeeded", 0) >= 4)
             engine.stop("interrupted", "enough")
 
