@@ -7,22 +7,16 @@ alone so that ``batchgen status`` starts fast.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from batchgen.store.interface import LedgerEntry
 from batchgen.store.schema import Charge, Job
 
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """A ledger row to write with a job's transition (same transaction)."""
-
-    kind: str  # charge | refund | possible
-    amount_micro_usd: int
-    run_id: str | None = None
-    detail: str | None = None
+# LedgerEntry is defined with the store interface (no SQLAlchemy); it is named here too
+# until the engine imports it from ``store.interface``.
+__all__ = ["LedgerEntry", "add_entries", "record"]
 
 
 def add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:

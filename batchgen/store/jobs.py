@@ -26,7 +26,8 @@ from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
 from batchgen.store import ledger
-from batchgen.store.charges import LedgerEntry, add_entries
+from batchgen.store.charges import add_entries
+from batchgen.store.interface import LedgerEntry
 from batchgen.store.schema import Batch, Event, Job, transition
 
 #: states whose jobs the engine holds in memory (at most ``concurrency`` of them, plus
