@@ -43,6 +43,7 @@ from batchgen.store.ledger import PossibleJob, Totals
 
 __all__ = [
     "ACTIVE",
+    "CHANGEABLE",
     "DOWNLOAD_FAILED",
     "OUTPUT_LOST",
     "BatchFlags",
@@ -55,6 +56,7 @@ __all__ = [
     "PossibleJob",
     "RunTimes",
     "Totals",
+    "check_changes",
 ]
 
 #: states whose jobs the engine holds in memory (``load_active`` returns them)
@@ -149,6 +151,13 @@ class JobChanges(TypedDict, total=False):
 
 #: the names a move accepts (checked at run time too: a typo is a bug, not a no-op)
 CHANGEABLE: frozenset[str] = frozenset(JobChanges.__annotations__)
+
+
+def check_changes(changes: Mapping[str, Any]) -> None:
+    """``TypeError`` for a field a move may not set (a bug in the caller)."""
+    unknown = sorted(set(changes) - CHANGEABLE)
+    if unknown:
+        raise TypeError(f"a move cannot set {', '.join(unknown)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +263,8 @@ class JobStore(Protocol):
         ``changes``, write one event (``detail``) and the ``ledger`` rows, all at once.
 
         Returns the job as stored after the move, or None (nothing written) when it is
-        no longer in ``job.state``. ``IllegalTransition`` for a move the table forbids,
-        ``LookupError`` for a job that does not exist.
+        no longer in ``job.state`` (or no longer stored). ``IllegalTransition`` for a
+        move the table forbids, ``TypeError`` for a field not in ``JobChanges``.
         """
         ...
 
