@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session, col, select
 
-from batchgen.errors import IllegalTransition
+from batchgen.errors import IllegalTransition, StateError
 from batchgen.states import JobState
 from batchgen.store.interface import BatchFlags, JobRecord, JobStore, LedgerEntry, RunTimes
 from batchgen.store.memory import InMemoryStore
@@ -484,3 +484,21 @@ async def test_sqlite_write_cancelled_while_blocked_still_lands(sqlite_kit: Sqli
     await sqlite_kit.store.aclose()  # drains: the cancelled write finishes
     assert sqlite_kit.stored(job.id).state is S
     assert sqlite_kit.events(job.id) == [(Q, S)]
+
+
+async def test_sqlite_write_failures_come_out_as_ours(sqlite_kit: SqliteKit) -> None:
+    b = sqlite_kit.add_batch()
+    job = sqlite_kit.add_job(b, 0)
+
+    def read_only(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA query_only = 1")
+
+    # new connections refuse writes, as a 0444 file would (SQLITE_READONLY)
+    event.listen(sqlite_kit.db, "connect", read_only)
+    sqlite_kit.db.dispose()
+    with pytest.raises(StateError, match=r"state database .*state\.db: cannot use it"):
+        await sqlite_kit.store.move(job, S, at=T0)
+    # the writer thread survives a failed write
+    event.remove(sqlite_kit.db, "connect", read_only)
+    sqlite_kit.db.dispose()
+    assert await sqlite_kit.store.move(job, S, at=T0) is not None
