@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from batchgen.store.interface import LedgerEntry
+from batchgen.store.records import LedgerEntry
 from batchgen.store.schema import Charge, Job
 
-# LedgerEntry is defined with the store interface (no SQLAlchemy); it is named here too
-# until the engine imports it from ``store.interface``.
+# LedgerEntry is defined with the store's records (no SQLAlchemy); it is named here too
+# until the engine imports it from ``store.records``.
 __all__ = ["LedgerEntry", "add_entries", "record"]
 
 

@@ -24,16 +24,16 @@ from sqlalchemy import Engine, func, or_, union, update
 from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
-from batchgen.store import interface, ledger
+from batchgen.store import ledger, records
 from batchgen.store.charges import add_entries
-from batchgen.store.interface import LedgerEntry
+from batchgen.store.records import LedgerEntry
 from batchgen.store.schema import Batch, Event, Job, transition
 
-# One definition each, with the store interface; named here for today's callers.
-ACTIVE = interface.ACTIVE
-DOWNLOAD_FAILED = interface.DOWNLOAD_FAILED
-OUTPUT_LOST = interface.OUTPUT_LOST
-Failure = interface.Failure
+# One definition each, with the store's records; named here for today's callers.
+ACTIVE = records.ACTIVE
+DOWNLOAD_FAILED = records.DOWNLOAD_FAILED
+OUTPUT_LOST = records.OUTPUT_LOST
+Failure = records.Failure
 
 
 def _session(engine: Engine) -> Session:

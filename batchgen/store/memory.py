@@ -20,18 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Unpack
 
 from batchgen.states import JobState, check_transition
-from batchgen.store.interface import (
+from batchgen.store.interface import JobStore
+from batchgen.store.ledger import PossibleJob, Totals
+from batchgen.store.records import (
     ACTIVE,
     BatchFlags,
     BatchRecord,
     Failure,
     JobChanges,
     JobRecord,
-    JobStore,
     LedgerEntry,
-    PossibleJob,
     RunTimes,
-    Totals,
     check_changes,
 )
 

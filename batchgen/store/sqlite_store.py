@@ -32,17 +32,16 @@ from batchgen.states import JobState
 from batchgen.store import charges, jobs
 from batchgen.store import ledger as sums
 from batchgen.store.failures import state_failure
-from batchgen.store.interface import (
+from batchgen.store.interface import JobStore
+from batchgen.store.ledger import PossibleJob, Totals
+from batchgen.store.records import (
     BatchFlags,
     BatchRecord,
     Failure,
     JobChanges,
     JobRecord,
-    JobStore,
     LedgerEntry,
-    PossibleJob,
     RunTimes,
-    Totals,
     check_changes,
 )
 from batchgen.store.schema import Batch, Job, open_db

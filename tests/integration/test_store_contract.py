@@ -25,8 +25,9 @@ from sqlmodel import Session, col, select
 
 from batchgen.errors import IllegalTransition, StateError
 from batchgen.states import JobState
-from batchgen.store.interface import BatchFlags, JobRecord, JobStore, LedgerEntry, RunTimes
+from batchgen.store.interface import JobStore
 from batchgen.store.memory import InMemoryStore
+from batchgen.store.records import BatchFlags, JobRecord, LedgerEntry, RunTimes
 from batchgen.store.schema import Batch, Charge, Event, Job, open_db
 from batchgen.store.sqlite_store import SqliteStore, job_record
 
