@@ -68,8 +68,6 @@ class InMemoryStore(JobStore):
         self.ledger: list[LedgerRow] = []
         self._ids = itertools.count(1)
         self._closed = False
-        #: writes made, in order (what the FIFO and drain tests look at)
-        self.writes = 0
 
     # ------------------------------------------------------------ setting up
 
@@ -100,11 +98,9 @@ class InMemoryStore(JobStore):
     # ------------------------------------------------------------ plumbing
 
     async def _enter(self, write: bool) -> None:
+        # Nothing here suspends: a call runs to its end before another one starts.
         if self._closed:
             raise RuntimeError("the store is closed")
-        if write:
-            self.writes += 1
-        # No await before the work: a call is never interleaved with another one.
 
     async def aclose(self) -> None:
         self._closed = True

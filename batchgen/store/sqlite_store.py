@@ -172,8 +172,11 @@ class SqliteStore(JobStore):
         # the future (which would drop a write still waiting in the queue).
         done: Future[T] = self._writer.submit(self._call, fn)
         waited = asyncio.wrap_future(done)
-        waited.add_done_callback(_retrieve)
-        return await asyncio.shield(waited)
+        try:
+            return await asyncio.shield(waited)
+        except asyncio.CancelledError:
+            waited.add_done_callback(_said_after_cancel)
+            raise
 
     async def _read(self, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -281,8 +284,8 @@ class SqliteStore(JobStore):
         return await self._read(lambda: sums.possible_for_key(self._db, job_id, idem_key))
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Read the outcome of a write whose caller was cancelled, so that its error is
-    logged here rather than as "exception was never retrieved"."""
+def _said_after_cancel(fut: asyncio.Future[Any]) -> None:
+    """The outcome of a write whose caller was cancelled: nobody else will read it, and
+    its failure (a paid run that could not be recorded, say) must not go unsaid."""
     if not fut.cancelled() and fut.exception() is not None:
-        log.debug("a store write failed after its caller left", exc_info=fut.exception())
+        log.error("%s", fut.exception())

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from batchgen.errors import IllegalTransition, StateError
 from batchgen.states import JobState
+from batchgen.store import jobs as job_sql
 from batchgen.store.interface import JobStore
 from batchgen.store.memory import InMemoryStore
 from batchgen.store.records import BatchFlags, JobRecord, LedgerEntry, RunTimes
@@ -503,3 +504,33 @@ async def test_sqlite_write_failures_come_out_as_ours(sqlite_kit: SqliteKit) -> 
     event.remove(sqlite_kit.db, "connect", read_only)
     sqlite_kit.db.dispose()
     assert await sqlite_kit.store.move(job, S, at=T0) is not None
+
+
+async def test_sqlite_failure_of_a_write_whose_caller_left_is_logged(
+    sqlite_kit: SqliteKit, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = sqlite_kit.add_batch()
+    job = sqlite_kit.add_job(b, 0)
+    gate = threading.Event()
+    real_move = job_sql.move
+
+    def held_move(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(10)  # the caller is cancelled while the write is under way
+        return real_move(*args, **kwargs)
+
+    def read_only(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA query_only = 1")
+
+    monkeypatch.setattr(job_sql, "move", held_move)
+    event.listen(sqlite_kit.db, "connect", read_only)
+    sqlite_kit.db.dispose()
+    task = asyncio.create_task(sqlite_kit.store.move(job, S, at=T0, run_id="r-paid"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    with caplog.at_level("ERROR", logger="batchgen.store.sqlite_store"):
+        await sqlite_kit.store.aclose()
+        await asyncio.sleep(0)  # the done callback runs on the loop
+    assert any("cannot use it" in r.getMessage() for r in caplog.records)
