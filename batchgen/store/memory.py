@@ -236,16 +236,14 @@ class InMemoryStore(JobStore):
     async def recent_durations(self, model: str, *, limit: int = 500) -> list[RunTimes]:
         await self._enter(False)
         ids = {b.id for b in self.batches.values() if b.model == model}
-        done = [
-            j
+        runs = [
+            (j.finished_at, RunTimes(j.input, j.run_created_at, j.run_completed_at))
             for j in self.jobs.values()
             if j.batch_id in ids and j.run_created_at is not None and j.run_completed_at is not None
         ]
         # latest finished first; never finished last (as SQL sorts NULL in DESC)
-        done.sort(key=lambda j: (j.finished_at is None, -(j.finished_at or 0.0)))
-        return [RunTimes(j.input, j.run_created_at or "", j.run_completed_at or "") for j in done][
-            :limit
-        ]
+        runs.sort(key=lambda r: (r[0] is None, -(r[0] or 0.0)))
+        return [times for _, times in runs[:limit]]
 
     def _possible_by_job(self, batch_id: int) -> dict[int, int]:
         """job id -> net possible amount, the estimate of a job found submitting included."""

@@ -371,6 +371,18 @@ async def test_in_doubt_since_counts_entered_left_and_held(kit: Kit) -> None:
     assert await kit.store.in_doubt_since(b, T0 + 2) == 3
 
 
+async def test_recent_durations_are_the_models_latest_finished_runs(kit: Kit) -> None:
+    veo, other = kit.add_batch("a", "veo"), kit.add_batch("b", "kling")
+    times = {"run_created_at": "c", "run_completed_at": "d"}
+    kit.add_job(veo, 0, state=OK, finished_at=T0, **times)
+    kit.add_job(veo, 1, state=OK, finished_at=T0 + 9, **times)
+    kit.add_job(veo, 2, state=R, run_id="r", run_created_at="c")  # not finished
+    kit.add_job(other, 3, state=OK, finished_at=T0 + 5, **times)
+    runs = await kit.store.recent_durations("veo")
+    assert [r.input for r in runs] == [{"prompt": "p1"}, {"prompt": "p0"}]
+    assert await kit.store.recent_durations("veo", limit=1) == runs[:1]
+
+
 async def test_batch_flags_and_touch(kit: Kit) -> None:
     b = kit.add_batch("nightly", "veo")
     batch = await kit.store.batch(b)
