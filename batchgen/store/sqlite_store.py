@@ -11,9 +11,11 @@ A write is handed to the thread the moment it is called and awaited through
 back a write that was asked for, and the thread finishes it anyway. ``aclose`` drains
 the queue, so the runner's summary counts every write made.
 
-Reads run in a second thread (WAL lets them proceed beside a write); they see every
-write already awaited. Errors of either come out as ``StateWriteError`` (75) or
-``StateError`` (2), as ``store.failures`` maps them.
+Reads run in the same thread, in the same queue: every transaction of this engine
+starts with ``BEGIN IMMEDIATE`` (``schema.open_db``), so a reader thread would only
+queue on SQLite's busy handler (sleeps of milliseconds) behind our own writer; in the
+queue a read also sees every write asked for before it. Errors of either come out as
+``StateWriteError`` (75) or ``StateError`` (2), as ``store.failures`` maps them.
 """
 
 from __future__ import annotations
@@ -140,8 +142,7 @@ class SqliteStore(JobStore):
         self._path = db.url.database
         #: dispose of the engine on ``aclose`` (it was opened by ``open``)
         self._owns = owns
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store-w")
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store-r")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self._closed = False
 
     @classmethod
@@ -154,7 +155,7 @@ class SqliteStore(JobStore):
         """The SQLAlchemy engine, for the code that does not go through the store yet."""
         return self._db
 
-    # ------------------------------------------------------------ the two threads
+    # ------------------------------------------------------------ the one thread
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -170,7 +171,7 @@ class SqliteStore(JobStore):
             raise RuntimeError("the store is closed")
         # Queued now, in call order; the shield keeps a cancelled caller from cancelling
         # the future (which would drop a write still waiting in the queue).
-        done: Future[T] = self._writer.submit(self._call, fn)
+        done: Future[T] = self._thread.submit(self._call, fn)
         waited = asyncio.wrap_future(done)
         try:
             return await asyncio.shield(waited)
@@ -181,16 +182,16 @@ class SqliteStore(JobStore):
     async def _read(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise RuntimeError("the store is closed")
-        return await asyncio.wrap_future(self._reader.submit(self._call, fn))
+        # Not shielded: a read whose caller left may be dropped from the queue.
+        return await asyncio.wrap_future(self._thread.submit(self._call, fn))
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         # Every write called before this is in the queue ahead of the sentinel.
-        await asyncio.wrap_future(self._writer.submit(lambda: None))
-        self._writer.shutdown(wait=False)
-        self._reader.shutdown(wait=False)
+        await asyncio.wrap_future(self._thread.submit(lambda: None))
+        self._thread.shutdown(wait=False)
         if self._owns:
             self._db.dispose()
 
