@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
 from batchgen.store import ledger, records
-from batchgen.store.charges import add_entries
+from batchgen.store.charges import JobRef, add_entries
 from batchgen.store.records import LedgerEntry
 from batchgen.store.schema import Batch, Event, Job, transition
 
@@ -133,7 +133,7 @@ def recent_durations(engine: Engine, model: str, *, limit: int = 500) -> list[tu
 
 def move(
     engine: Engine,
-    job: Job,
+    job: JobRef,
     new: JobState,
     *,
     at: float | None = None,

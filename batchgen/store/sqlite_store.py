@@ -108,21 +108,6 @@ def batch_record(row: Batch) -> BatchRecord:
     )
 
 
-def _row_ref(job: JobRecord) -> Job:
-    """A detached ``Job`` carrying what ``jobs.move`` and ``charges.record`` read of the
-    caller's copy (id, state, attempt, key): the stored row itself is re-read."""
-    return Job(
-        id=job.id,
-        batch_id=job.batch_id,
-        key=job.key,
-        idx=job.idx,
-        input_json="{}",
-        state=job.state.value,
-        attempts=job.attempts,
-        idem_key=job.idem_key,
-    )
-
-
 def _columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     """A move's changes as job-table columns (tuples of names become JSON text)."""
     out: dict[str, Any] = {}
@@ -240,10 +225,10 @@ class SqliteStore(JobStore):
         check_changes(changes)
         fields = _columns(changes)
         text = detail if detail is None or isinstance(detail, str) else dict(detail)
-        ref, rows = _row_ref(job), tuple(ledger)
+        rows = tuple(ledger)
 
         def write() -> Job | None:
-            return jobs.move(self._db, ref, new, at=at, detail=text, ledger_rows=rows, **fields)
+            return jobs.move(self._db, job, new, at=at, detail=text, ledger_rows=rows, **fields)
 
         moved = await self._write(write)
         return None if moved is None else job_record(moved)
@@ -251,8 +236,8 @@ class SqliteStore(JobStore):
     async def record_ledger(
         self, job: JobRecord, entries: Sequence[LedgerEntry], *, at: float
     ) -> None:
-        ref, rows = _row_ref(job), tuple(entries)
-        await self._write(lambda: charges.record(self._db, ref, rows, at))
+        rows = tuple(entries)
+        await self._write(lambda: charges.record(self._db, job, rows, at))
 
     # ------------------------------------------------------------ reading
 
