@@ -26,7 +26,7 @@ from batchgen.store import batches
 from batchgen.store.schema import Job, open_db
 from tests.integration.test_batches import write_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_local_images_are_stored_as_references_and_sent_inline(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import jsonschema
 
 from batchgen.manifest.schema_gen import SCHEMA_PATH, main, manifest_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_checked_in_schema_is_up_to_date() -> None:

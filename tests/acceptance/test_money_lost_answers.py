@@ -55,20 +55,31 @@ def check_money(summary: RunSummary, stats: dict[str, Any], jobs: int, budget: i
 async def test_the_budget_holds_when_the_service_ignores_the_idempotency_key(
     tmp_path: Path, seed: int
 ) -> None:
-    config = SimConfig(
-        time_scale=0.002, rate=(20, 0.5), ignore_idempotency=True, drop_rate=0.2, seed=seed
-    )
-    async with Simulator(config) as sim:
-        _, batch = make_batch(tmp_path / "s.db", prompts(JOBS, resolution="720p"), tmp_path / "o")
-        summary = await arun_batch(
-            tmp_path / "s.db",
-            api_key=DEFAULT_KEY,
-            batch=batch.name,
-            options=options(sim.base_url, budget_usd=BUDGET_USD),
+    # Which POSTs the simulator drops depends on the order requests arrive in, which a
+    # loaded machine changes: the money checks hold on every try, and tries continue (new
+    # seeds) until one lost a POST answer after the run was created, the case judged here.
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        config = SimConfig(
+            time_scale=0.002,
+            rate=(20, 0.5),
+            ignore_idempotency=True,
+            drop_rate=0.2,
+            seed=seed + 100 * attempt,
         )
-        stats = sim.stats()
+        async with Simulator(config) as sim:
+            _, batch = make_batch(folder / "s.db", prompts(JOBS, resolution="720p"), folder / "o")
+            summary = await arun_batch(
+                folder / "s.db",
+                api_key=DEFAULT_KEY,
+                batch=batch.name,
+                options=options(sim.base_url, budget_usd=BUDGET_USD),
+            )
+            stats = sim.stats()
+        check_money(summary, stats, JOBS, round(BUDGET_USD * 1e6))
+        if stats["dropped_after_create"] > 0:
+            break
     assert stats["dropped_after_create"] > 0  # the ambiguous case happened
-    check_money(summary, stats, JOBS, round(BUDGET_USD * 1e6))
     # before: 33 runs, $7.99 charged against $7.50, $7.26 reported, exit 0
     assert summary.possible_micro_usd > 0 and summary.maybe_paid_twice
 

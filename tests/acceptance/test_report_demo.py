@@ -13,7 +13,7 @@ from pathlib import Path
 
 from batchgen.files.media import probe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _demo(out: Path) -> subprocess.CompletedProcess[str]:

@@ -172,7 +172,7 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder, tmp
     warm = tmp_path / "warm.db"
     shutil.copy(db_path, warm)
     before = files(shared_folder)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     status = subprocess.run(
         [sys.executable, "-c", _READ_AS_NOBODY, str(warm), str(db_path), str(NOBODY)],
         capture_output=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 from batchgen.manifest.expand import canonical_json, job_key
 from tests.manifest_helpers import load, write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SWEEP = """
 defaults: {prompt: "a {subject} in {style}", resolution: 720p}

@@ -15,7 +15,7 @@ from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.runbase.models import load_model
 from tests.manifest_helpers import load, png, write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
 
 

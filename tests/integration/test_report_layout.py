@@ -19,7 +19,7 @@ from batchgen.store.batches import sync_batch
 from batchgen.store.reports import JobRow
 from batchgen.store.schema import open_db
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rows_of(manifest: Path) -> list[JobRow]:

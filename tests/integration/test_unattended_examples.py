@@ -25,7 +25,7 @@ from tests.acceptance.test_unattended_dates import MANIFEST, batches
 from tests.integration.test_watch import parse_prom, value
 from tests.test_engine_helpers import bid, make_batch, prompts
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HOOK = "https://hooks.example.com/batchgen"
 N = 4  # jobs in MANIFEST
 
