@@ -38,6 +38,7 @@ from typing import Any
 
 import aiohttp
 
+from batchgen.errors import BatchgenError
 from batchgen.files import media
 from batchgen.files.media import Expectation, MediaError, MediaInfo
 from batchgen.files.sidecar import fsync_dir
@@ -52,8 +53,11 @@ _EXPIRED = (403, 404, 410)
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
-class DownloadError(Exception):
-    """A file could not be brought home after every allowed try."""
+class DownloadError(BatchgenError):
+    """A file could not be brought home after every allowed try (the engine may try
+    the job's download again later)."""
+
+    retryable = True
 
     def __init__(self, message: str, *, index: int, status: int | None = None) -> None:
         super().__init__(message)
