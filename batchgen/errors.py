@@ -251,6 +251,9 @@ class TransportError(RunbaseError):
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message, code="network")
         self.sent = sent
+        #: the name of the network library's exception, and its (scrubbed) text
+        self.kind = ""
+        self.detail = ""
 
 
 # ---------------------------------------------------------------- output files
