@@ -17,7 +17,8 @@ The rules, by stage (n = the failures counted so far, this one included):
 
 - any stage: 401 stops the batch (with a key pool: sets the key aside); a class flagged
   ``stops_submitting`` (402, 403, 429 USAGE_EXCEEDED) stops submitting, and a poll or a
-  download that met it is tried again after the backoff.
+  download that met it is tried again after the backoff, until n reaches
+  ``max_attempts``: then the batch stops (a key that cannot read its runs never will).
 - submit: a 400-class answer fails the job; a POST sent without an answer is in doubt
   (``--in-doubt``: resent with the same key after the backoff, or held; held too once
   n reaches ``max_attempts``); a connection refused before anything was sent costs the
@@ -171,6 +172,10 @@ def decide(error: BaseException, attempt: Attempt, stage: Stage, policy: RetryPo
             # One answer everywhere: a refusal of the account stops new POSTs; paid runs
             # are still polled and fetched, their request again after the backoff.
             n = attempt.failures + 1
+            if stage is not Stage.SUBMIT and n >= policy.max_attempts:
+                # A refusal that lasts on GETs (ip_not_allowed) would poll until
+                # --max-runtime: the key cannot read its paid runs, so the batch stops.
+                return Decision(Action.STOP_BATCH, counted=True)
             delay = 0.0 if stage is Stage.SUBMIT else policy.delay(n - 1)
             return Decision(Action.STOP_SUBMITTING, delay, counted=stage is not Stage.SUBMIT)
     if stage is Stage.SUBMIT:

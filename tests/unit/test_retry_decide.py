@@ -131,6 +131,15 @@ FILE_TABLE: list[tuple[str, BaseException, Attempt, Decision]] = [
 # fmt: on
 
 
+@pytest.mark.parametrize("stage", [P, D])
+@pytest.mark.parametrize("code", [(402, "insufficient_balance"), (403, "ip_not_allowed")])
+def test_a_refusal_that_lasts_on_gets_stops_the_batch(stage: Stage, code: tuple[int, str]) -> None:
+    error = api(*code, method="GET")()
+    assert decide(error, Attempt(failures=3), stage, POLICY).action is STOP_SUB
+    assert decide(error, Attempt(failures=4), stage, POLICY) == d(STOP, counted=True)
+    assert decide(error, Attempt(failures=4), S, POLICY) == d(STOP_SUB)
+
+
 @pytest.mark.parametrize(
     ("error", "attempt", "want"),
     [pytest.param(e, a, w, id=name) for name, e, a, w in FILE_TABLE],
