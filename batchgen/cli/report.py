@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from batchgen.cli._app import DbOption, app
-from batchgen.errors import BatchgenError, Problem, UsageError
+from batchgen.errors import CommandError, Problem, UsageError
 from batchgen.files.outputs import Protected, check_outputs
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
@@ -48,7 +48,7 @@ class ExportFormat(enum.StrEnum):
     jsonl = "jsonl"
 
 
-def _fail(exc: BatchgenError) -> typer.Exit:
+def _fail(exc: CommandError) -> typer.Exit:
     print(f"batchgen: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
 
@@ -146,7 +146,7 @@ def report(
             )
         except OSError as exc:
             raise _unwritable(target, exc) from None
-    except BatchgenError as exc:
+    except CommandError as exc:
         raise _fail(exc) from None
     print(path.resolve())
 
@@ -185,7 +185,7 @@ def export(
                 n = export_to_file(engine, found.id, fmt.value, Path(out))
             except OSError as exc:
                 raise _unwritable(Path(out), exc) from None
-    except BatchgenError as exc:
+    except CommandError as exc:
         raise _fail(exc) from None
     where = "standard output" if out == "-" else out
     print(f"batchgen: {n} job(s) of {printable(found.name)} written to {where}", file=sys.stderr)

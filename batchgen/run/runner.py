@@ -32,7 +32,7 @@ from batchgen.engine.budget import Budget
 from batchgen.engine.collect import make_collect
 from batchgen.engine.dispatcher import EngineConfig, RunEngine
 from batchgen.engine.schedule import DurationModel, api_duration, run_class
-from batchgen.errors import BatchgenError, ExitCode, Problem, StateWriteError, UsageError
+from batchgen.errors import CommandError, ExitCode, Problem, StateWriteError, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.files import on_disk, outputs
 from batchgen.manifest import images
@@ -161,7 +161,7 @@ async def _outcome(
     except StateWriteError as exc:
         record_traceback(run.observers, exc, clk.now())
         return exc.exit_code, one_line(str(exc))
-    except BatchgenError as exc:
+    except CommandError as exc:
         return exc.exit_code, redact_text(str(exc))
     except Exception as exc:  # an error batchgen does not know: 70 (or the database's)
         record_traceback(run.observers, exc, clk.now())
