@@ -35,12 +35,10 @@ creates to the poller (a reference given at construction); nothing else calls ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import heapq
 import logging
 from collections.abc import Callable, Sequence
-
-from sqlalchemy import Engine
 
 from batchgen.clock import Clock, SystemClock
 from batchgen.engine.budget import Budget
@@ -64,8 +62,8 @@ from batchgen.events import Observer
 from batchgen.retry import RetryPolicy
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
-from batchgen.store import jobs as store
-from batchgen.store.schema import Batch
+from batchgen.store.interface import JobStore
+from batchgen.store.records import BatchRecord
 
 __all__ = ["EngineConfig", "Outcome", "RunEngine", "idem_key"]
 
@@ -78,8 +76,8 @@ class RunEngine:
 
     def __init__(
         self,
-        db: Engine,
-        batch: Batch,
+        store: JobStore,
+        batch: BatchRecord,
         *,
         client: ApiClient,
         limiter: RequestLimiter,
@@ -93,19 +91,24 @@ class RunEngine:
         observers: Sequence[Observer] = (),
         on_tick: Callable[[RunEngine], None] | None = None,
     ) -> None:
-        assert batch.id is not None
         cfg = config or EngineConfig()
+        # decide() reads the user's choices from the policy: the engine's settings win
+        policy = dataclasses.replace(
+            retry or RetryPolicy(),
+            max_attempts=cfg.max_attempts,
+            in_doubt=cfg.in_doubt,
+            on_lost=cfg.on_lost,
+            unreachable_s=cfg.unreachable_s,
+        )
         self.state = st = EngineState(
-            db=db,
+            store=store,
             batch=batch,
-            batch_id=batch.id,
             cfg=cfg,
             budget=budget or Budget(None),
             durations=durations or DurationModel(),
-            retry=retry or RetryPolicy(max_attempts=cfg.max_attempts),
+            retry=policy,
             clock=clock or SystemClock(),
             observers=list(observers),
-            counts=store.counts(db, batch.id),
         )
         #: the key's limiter (the runner's progress line reads its rate)
         self.limiter = limiter
@@ -137,7 +140,7 @@ class RunEngine:
         self.state.fail(exc)
 
     @property
-    def batch(self) -> Batch:
+    def batch(self) -> BatchRecord:
         return self.state.batch
 
     @property
@@ -168,18 +171,21 @@ class RunEngine:
 
     async def run(self) -> Outcome:
         st = self.state
-        self._recover()
         try:
+            st.counts = await st.store.counts(st.batch.id)
+            await self._recover()
             while True:
+                # cleared before the turn, not after: a task may end while it awaits
+                st.wake.clear()
                 now = st.clock.monotonic()
                 if st.hard is not None or st.crash is not None:
                     break
-                self._check_flags(now)
+                await self._check_flags(now)
                 if self.deadline is not None and now >= self.deadline and not st.leaving:
                     st.stop("interrupted", "max runtime reached")
                 if st.leaving:
                     self.poller.drop_waiting_polls()
-                self._refill()
+                await self._refill()
                 self._promote(now)
                 self.poller.launch_polls(now)
                 self.submitter.maybe_submit()
@@ -189,29 +195,40 @@ class RunEngine:
                     self.on_tick(self)
                 if self._done():
                     break
-                st.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(st.wake.wait(), self._next_wake(now))
+                await self._sleep(self._next_wake(now))
         except Exception as exc:  # the dispatcher itself (a state read or write, a bug)
             st.fail(exc)
         finally:
             await self._cancel_all()
         if st.crash is not None:
             raise st.crash
-        return self._outcome()
+        return await self._outcome()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until a task wakes the loop, or ``seconds`` on the injected clock (so the unit
+        tests run the engine on virtual time)."""
+        st = self.state
+        if st.wake.is_set():
+            return
+        waker = asyncio.ensure_future(st.wake.wait())
+        sleeper = asyncio.ensure_future(st.clock.sleep(seconds))
+        try:
+            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            sleeper.cancel()
 
     # ------------------------------------------------------------ startup
 
-    def _recover(self) -> None:
+    async def _recover(self) -> None:
         st = self.state
         now_wall = st.clock.now()
-        for job in store.recover_submitting(st.db, st.batch_id, now=now_wall):
+        for job in await st.store.recover_submitting(st.batch.id, now=now_wall):
             st.count(JobState.SUBMITTING, JobState.IN_DOUBT)
             st.emit(job, JobState.SUBMITTING, JobState.IN_DOUBT, "found submitting")
         mono = st.clock.monotonic()
-        for job in store.load_active(st.db, st.batch_id):
-            assert job.id is not None
-            state = JobState(job.state)
+        for job in await st.store.load_active(st.batch.id):
+            state = job.state
             if state is JobState.IN_DOUBT:
                 st.in_doubt_seen.add(job.id)
                 st.budget.reserve(job.id, job.estimate_micro_usd)
@@ -229,7 +246,7 @@ class RunEngine:
 
     # ------------------------------------------------------------ the queue
 
-    def _refill(self) -> None:
+    async def _refill(self) -> None:
         st = self.state
         if st.stop_kind is not None or st.leaving:
             return
@@ -240,14 +257,13 @@ class RunEngine:
                 return
             # A sweep from the start finds jobs re-queued behind the cursor (retry).
             self._swept, self._exhausted, self._cursor = True, False, (-1, -1)
-        rows = store.page_queued(st.db, st.batch_id, after=self._cursor, limit=st.cfg.page_size)
+        rows = await st.store.page_queued(st.batch.id, after=self._cursor, limit=st.cfg.page_size)
         if len(rows) < st.cfg.page_size:
             self._exhausted = True
         now_wall, mono = st.clock.now(), st.clock.monotonic()
         for job in rows:
-            assert job.id is not None
             self._cursor = (job.idx, job.id)
-            if job.id in st.queued_ids or self.submitter.holds_paid_run(job):
+            if job.id in st.queued_ids or await self.submitter.holds_paid_run(job):
                 continue
             self._swept = False
             st.queued_ids.add(job.id)
@@ -260,7 +276,7 @@ class RunEngine:
         st = self.state
         while st.later and st.later[0][0] <= now:
             _, _, job = heapq.heappop(st.later)
-            if job.state == JobState.IN_DOUBT.value:
+            if job.state is JobState.IN_DOUBT:
                 st.resend.append(job)
             else:
                 st.ready.appendleft(job)
@@ -269,24 +285,23 @@ class RunEngine:
         st = self.state
         return bool(st.resend or st.ready or st.later or not self._exhausted)
 
-    def _check_flags(self, now: float) -> None:
+    async def _check_flags(self, now: float) -> None:
         st = self.state
         if now - self._flags_at < st.cfg.flags_every_s:
             return
         self._flags_at = now
-        canceled, abandon = store.batch_flags(st.db, st.batch_id)
-        if canceled and st.stop_kind != "canceled":
+        flags = await st.store.batch_flags(st.batch.id)
+        if flags.canceled and st.stop_kind != "canceled":
             st.stop("canceled", "canceled (batchgen cancel)")
-            st.counts = store.counts(st.db, st.batch_id)
+            st.counts = await st.store.counts(st.batch.id)
             for job in [*st.ready, *st.resend, *(j for _, _, j in st.later)]:
-                assert job.id is not None
                 st.queued_ids.discard(job.id)
-                if job.state == JobState.IN_DOUBT.value:
+                if job.state is JobState.IN_DOUBT:
                     st.held[job.id] = job  # cancel leaves in-doubt jobs to a person
             st.ready.clear()
             st.later.clear()
             st.resend.clear()
-        if abandon and not self._abandon:
+        if flags.abandon and not self._abandon:
             self._abandon = True
             self.poller.abandon()
 
@@ -352,12 +367,12 @@ class RunEngine:
             await asyncio.wait([*pending, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
             wake.cancel()
 
-    def _outcome(self) -> Outcome:
+    async def _outcome(self) -> Outcome:
         st = self.state
         if st.hard is not None:
             return st.hard
         # Other processes (retry, cancel) may have moved jobs: decide on the stored truth.
-        st.counts = store.counts(st.db, st.batch_id)
+        st.counts = await st.store.counts(st.batch.id)
         all_done = all(n == 0 for state, n in st.counts.items() if state != "succeeded")
         if st.stop_kind is not None and not (st.stop_kind == "canceled" and all_done):
             return Outcome(STOP_CODES[st.stop_kind], st.stop_reason)

@@ -12,20 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from batchgen.engine.schedule import RunClass, api_duration
 from batchgen.engine.state import ActiveRun, ApiClient, EngineState, RunLike
-from batchgen.errors import (
-    AuthError,
-    Forbidden,
-    RunbaseError,
-    RunNotFound,
-)
+from batchgen.errors import RunbaseError
+from batchgen.retry import Action, Attempt, Stage, decide
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
-from batchgen.store import ledger
-from batchgen.store.charges import LedgerEntry
+from batchgen.store.records import JobChanges, LedgerEntry
 
 log = logging.getLogger("batchgen.engine")
 
@@ -142,27 +136,13 @@ class Poller:
         try:
             try:
                 run = await self.client.get_run(act.job.run_id, priority=priority, on_sent=on_sent)
-            except RunNotFound as exc:
-                self._lost(act, exc)
-                return
-            except (AuthError, Forbidden) as exc:
-                st.stop("account", f"account: {exc}", hard=True)
-                return
             except RunbaseError as exc:
-                act.poll_errors += 1
-                act.next_poll = st.clock.monotonic() + st.retry.delay(min(act.poll_errors - 1, 8))
-                log.info(
-                    "job #%d: poll of %s failed (%s), again in %.1fs",
-                    act.job.idx,
-                    act.job.run_id,
-                    exc,
-                    act.next_poll - st.clock.monotonic(),
-                )
+                await self._poll_failed(act, exc)
                 return
             act.poll_errors = 0
             act.polls += 1
             act.last_poll = st.clock.monotonic()
-            self.on_run(act, run)
+            await self.on_run(act, run)
         finally:
             me = asyncio.current_task()
             # A cancelled early poll may already have been replaced by a due one.
@@ -172,7 +152,31 @@ class Poller:
                 self._early, self._early_id = None, None
             st.wake.set()
 
-    def on_run(self, act: ActiveRun, run: RunLike) -> None:
+    async def _poll_failed(self, act: ActiveRun, exc: RunbaseError) -> None:
+        """``retry.decide`` says: poll again later, the run is lost, or stop."""
+        st = self.state
+        attempt = Attempt(failures=act.poll_errors, attempts=act.job.attempts)
+        decision = decide(exc, attempt, Stage.POLL, st.retry)
+        if decision.action in (Action.RESUBMIT, Action.FAIL_JOB):  # a 404: the run is lost
+            await self._lost(act, exc, resubmit=decision.action is Action.RESUBMIT)
+            return
+        if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
+            st.stop("account", f"account: {exc}", hard=True)
+            return
+        if decision.action is Action.STOP_SUBMITTING:  # the run is paid: still polled
+            st.stop("account", f"account: {exc}")
+        if decision.counted:
+            act.poll_errors += 1
+        act.next_poll = st.clock.monotonic() + decision.delay_s
+        log.info(
+            "job #%d: poll of %s failed (%s), again in %.1fs",
+            act.job.idx,
+            act.job.run_id,
+            exc,
+            decision.delay_s,
+        )
+
+    async def on_run(self, act: ActiveRun, run: RunLike) -> None:
         """What the API said of a run (a poll, or a POST replaying a finished run)."""
         st = self.state
         job = act.job
@@ -182,7 +186,7 @@ class Poller:
             if seconds is not None:
                 self._learn(act.cls, seconds)
             self._leave_running(act)
-            moved = st.move(
+            moved = await st.move(
                 job,
                 JobState.DOWNLOADING,
                 run_created_at=run.created_at,
@@ -193,11 +197,11 @@ class Poller:
                 st.downloading[job.id] = act
         elif run.status == "failed":
             self._leave_running(act)
-            paid = ledger.run_net(st.db, job.id, job.run_id or run.id)
+            paid = await st.store.run_net(job.id, job.run_id or run.id)
             st.budget.refund(paid)
             why = "run failed: refunded"
             refund = [LedgerEntry("refund", paid, job.run_id, why)] if paid > 0 else []
-            err: dict[str, Any] = {
+            err: JobChanges = {
                 "last_error": run.error or "run failed",
                 "error_code": run.error_code,
                 "cost_micro_usd": 0,
@@ -205,37 +209,41 @@ class Poller:
                 "run_completed_at": run.completed_at,
             }
             if job.attempts < st.cfg.max_attempts:
-                moved = st.move(
-                    job,
-                    JobState.QUEUED,
-                    detail={"run_failed": run.id},
-                    ledger_rows=refund,
-                    run_id=None,
-                    idem_key=None,
-                    errors=0,
-                    **err,
-                )
+                again: JobChanges = {**err, "run_id": None, "idem_key": None, "errors": 0}
+                detail = {"run_failed": run.id}
+                moved = await st.move(job, JobState.QUEUED, detail=detail, ledger=refund, **again)
                 if moved is not None and st.stop_kind is None:
                     st.requeue(moved, 0.0)
             else:
-                st.move(job, JobState.FAILED, ledger_rows=refund, finished_at=st.clock.now(), **err)
+                failed: JobChanges = {**err, "finished_at": st.clock.now()}
+                await st.move(job, JobState.FAILED, ledger=refund, **failed)
         else:
             self._schedule(act)
 
-    def _lost(self, act: ActiveRun, exc: RunbaseError) -> None:
+    async def _lost(self, act: ActiveRun, exc: RunbaseError, *, resubmit: bool) -> None:
         st = self.state
         job = act.job
         self._leave_running(act)
-        err: dict[str, Any] = {
-            "last_error": f"run {job.run_id} lost: {exc}",
-            "error_code": exc.code,
-        }
-        if st.cfg.on_lost == "resubmit" and job.attempts < st.cfg.max_attempts:
-            moved = st.move(job, JobState.QUEUED, run_id=None, idem_key=None, **err)
+        last_error, code = f"run {job.run_id} lost: {exc}", exc.code
+        if resubmit:
+            moved = await st.move(
+                job,
+                JobState.QUEUED,
+                run_id=None,
+                idem_key=None,
+                last_error=last_error,
+                error_code=code,
+            )
             if moved is not None and st.stop_kind is None:
                 st.requeue(moved, 0.0)
         else:
-            st.move(job, JobState.FAILED, finished_at=st.clock.now(), **err)
+            await st.move(
+                job,
+                JobState.FAILED,
+                last_error=last_error,
+                error_code=code,
+                finished_at=st.clock.now(),
+            )
 
     def _leave_running(self, act: ActiveRun) -> None:
         st = self.state

@@ -5,7 +5,8 @@ The engine (``dispatcher.RunEngine``) is four objects: the dispatcher owns the l
 one stage. They share exactly one ``EngineState`` (below): every attribute two of them
 read or write is declared and documented in it; what only one of them uses lives in
 that one. Jobs change only through ``EngineState.move``, which commits the transition
-(``store.jobs.move``), keeps the in-memory counts and tells the observers.
+through the ``JobStore`` (``store.interface``; the engine sees only its plain
+records), keeps the in-memory counts and tells the observers.
 """
 
 from __future__ import annotations
@@ -18,21 +19,17 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-from sqlalchemy import Engine
+from typing import Any, Literal, Protocol, Unpack
 
 from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
-from batchgen.errors import ExitCode, StateWriteError
+from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
 from batchgen.retry import RetryPolicy
 from batchgen.states import JobState
-from batchgen.store import jobs as store
-from batchgen.store.charges import LedgerEntry
-from batchgen.store.failures import state_failure
-from batchgen.store.schema import Batch, Job
+from batchgen.store.interface import JobStore
+from batchgen.store.records import BatchRecord, JobChanges, JobRecord, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +60,7 @@ class ApiClient(Protocol):
 
 #: brings a succeeded run's files home: (job, urls, refresh) -> fields for ``succeeded``
 CollectStep = Callable[
-    [Job, list[str], Callable[[], Awaitable[list[str]]]], Awaitable[dict[str, Any]]
+    [JobRecord, list[str], Callable[[], Awaitable[list[str]]]], Awaitable[JobChanges]
 ]
 #: turns a job's canonical input into the API input (local images -> data URIs)
 Materializer = Callable[[dict[str, Any]], dict[str, Any]]
@@ -113,7 +110,7 @@ STOP_CODES = {
 class ActiveRun:
     """A job with a run: polled while running, then downloaded."""
 
-    job: Job
+    job: JobRecord
     cls: RunClass
     submitted: float  # monotonic
     next_poll: float = 0.0
@@ -130,9 +127,9 @@ class EngineState:
     """Everything the dispatcher, submitter, poller and collector share."""
 
     # ------------------------------------------------ given at construction, never replaced
-    db: Engine
-    batch: Batch
-    batch_id: int
+    #: where jobs, their events and the ledger live (the engine's only way to them)
+    store: JobStore
+    batch: BatchRecord
     cfg: EngineConfig
     #: the batch's spend limit: reserved before a POST, settled by its answer
     budget: Budget
@@ -145,17 +142,17 @@ class EngineState:
 
     # ------------------------------------------------ the queue (queued jobs in memory)
     #: queued, due now, in idx order (the dispatcher pages them in, the submitter takes)
-    ready: deque[Job] = field(default_factory=deque)
+    ready: deque[JobRecord] = field(default_factory=deque)
     #: in doubt: sent again with the same idempotency key, before anything new
-    resend: deque[Job] = field(default_factory=deque)
+    resend: deque[JobRecord] = field(default_factory=deque)
     #: backing off: a heap of (due monotonic, sequence, job)
-    later: list[tuple[float, int, Job]] = field(default_factory=list)
+    later: list[tuple[float, int, JobRecord]] = field(default_factory=list)
     #: tie-breaker of ``later``
     seq: itertools.count[int] = field(default_factory=itertools.count)
     #: the ids of the queued jobs held in ``ready``, ``resend`` and ``later``
     queued_ids: set[int] = field(default_factory=set)
     #: in doubt, waiting for a person (``--in-doubt hold``, attempts used up, cancel)
-    held: dict[int, Job] = field(default_factory=dict)
+    held: dict[int, JobRecord] = field(default_factory=dict)
     #: the submitter could not reserve the next job's estimate (the poller then need
     #: not keep a request spare for a submission)
     budget_blocked: bool = False
@@ -171,7 +168,7 @@ class EngineState:
     # ------------------------------------------------ tasks in flight
     #: the one POST in flight, and its job
     submit_task: asyncio.Task[None] | None = None
-    submitting: Job | None = None
+    submitting: JobRecord | None = None
     #: job id -> its poll in flight (or waiting for a slot)
     polls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     #: job id -> its download in flight
@@ -191,7 +188,8 @@ class EngineState:
     leaving: bool = False
 
     # ------------------------------------------------ what the runner reads
-    #: jobs by state, kept by ``move`` (re-read from the store when others may move jobs)
+    #: jobs by state, kept by ``move`` (read from the store when the run starts, and
+    #: again when others may have moved jobs)
     counts: dict[str, int] = field(default_factory=dict)
     #: jobs found or put in doubt during this run
     in_doubt_seen: set[int] = field(default_factory=set)
@@ -246,10 +244,10 @@ class EngineState:
 
     # ------------------------------------------------------------ the queue
 
-    def defer(self, job: Job, due: float) -> None:
+    def defer(self, job: JobRecord, due: float) -> None:
         heapq.heappush(self.later, (due, next(self.seq), job))
 
-    def requeue(self, job: Job, delay: float) -> None:
+    def requeue(self, job: JobRecord, delay: float) -> None:
         assert job.id is not None
         self.queued_ids.add(job.id)
         if delay > 0:
@@ -257,37 +255,29 @@ class EngineState:
         else:
             self.ready.appendleft(job)
 
-    def run_class(self, job: Job) -> RunClass:
-        return run_class(self.batch.model, store.job_input(job))
+    def run_class(self, job: JobRecord) -> RunClass:
+        return run_class(self.batch.model, dict(job.input))
 
     # ------------------------------------------------------------ bookkeeping
 
-    def move(
+    async def move(
         self,
-        job: Job,
+        job: JobRecord,
         new: JobState,
         *,
         detail: dict[str, Any] | str | None = None,
-        ledger_rows: Sequence[LedgerEntry] = (),
-        **fields: Any,
-    ) -> Job | None:
-        """Commit ``job``'s move to ``new``; None when another process moved it first."""
-        old = JobState(job.state)
+        ledger: Sequence[LedgerEntry] = (),
+        **changes: Unpack[JobChanges],
+    ) -> JobRecord | None:
+        """Commit ``job``'s move to ``new`` (awaited: durable when it returns); None when
+        another process moved it first."""
+        old = job.state
         try:
-            moved = store.move(
-                self.db,
-                job,
-                new,
-                at=self.clock.now(),
-                detail=detail,
-                ledger_rows=ledger_rows,
-                **fields,
+            moved = await self.store.move(
+                job, new, at=self.clock.now(), detail=detail, ledger=ledger, **changes
             )
-        except Exception as exc:
-            failure = state_failure(exc, self.db.url.database)
-            if failure is None:
-                raise
-            run_id = fields.get("run_id") or job.run_id
+        except (StateWriteError, StateError) as failure:
+            run_id = changes.get("run_id") or job.run_id
             paid = ""
             if run_id and old is JobState.SUBMITTING:
                 paid = (
@@ -297,18 +287,18 @@ class EngineState:
             elif run_id:
                 paid = f" (run {run_id})"
             message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
-            raise StateWriteError(message, run_id=run_id) from exc
+            raise StateWriteError(message, run_id=run_id) from failure
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
             self.forget(job)
             return None
         self.count(old, new)
         # observers (the --log-file) get the error a move records, and the run it left
-        why = detail if isinstance(detail, str) else fields.get("last_error")
+        why = detail if isinstance(detail, str) else changes.get("last_error")
         self.emit(moved, old, new, why, run_id=moved.run_id or job.run_id)
         return moved
 
-    def forget(self, job: Job) -> None:
+    def forget(self, job: JobRecord) -> None:
         """Drop the stale copy ``job`` (another process changed the row) from memory."""
         assert job.id is not None
         self.queued_ids.discard(job.id)
@@ -326,7 +316,12 @@ class EngineState:
         self.counts[new.value] = self.counts.get(new.value, 0) + 1
 
     def emit(
-        self, job: Job, old: JobState, new: JobState, detail: str | None, run_id: str | None = None
+        self,
+        job: JobRecord,
+        old: JobState,
+        new: JobState,
+        detail: str | None,
+        run_id: str | None = None,
     ) -> None:
         ev = TransitionEvent(
             at=self.clock.now(),
