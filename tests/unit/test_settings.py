@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import pytest
 
@@ -25,7 +26,7 @@ STORED = {"rate": [5, 1.0], "concurrency": 9, "budget_usd": 1.5, "max_attempts":
 ENV = {"RUNBASE_BASE_URL": "http://127.0.0.1:8000"}
 
 
-def stored(settings: dict[str, object], name: str = "nightly") -> StoredBatch:
+def stored(settings: Mapping[str, object], name: str = "nightly") -> StoredBatch:
     return StoredBatch(name, settings)
 
 
