@@ -285,6 +285,7 @@ class _Run:
         stored = StoredBatch(batch.name, stored_settings(batch.settings_json))
         settings = resolve_settings(command_line(opts), os.environ, stored)
         rate, budget_usd = settings.rate, settings.budget_usd
+        concurrency, max_attempts = settings.concurrency, settings.max_attempts
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
         check_out_dir(out_dir)
@@ -298,7 +299,7 @@ class _Run:
         )  # fmt: skip
 
         limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
-        retry = opts.retry_policy or RetryPolicy(max_attempts=settings.max_attempts)
+        retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
         durations = DurationModel(opts.poll_policy)
         durations.seed(history(self.db, batch.model))
         # the batch's whole life, every invocation: charges - refunds + possible charges
@@ -344,8 +345,8 @@ class _Run:
                 collect=make_collect(files, batch, out_dir=out_dir, clock_now=self.clock.now),
                 materialize=materialize,
                 config=EngineConfig(
-                    concurrency=settings.concurrency,
-                    max_attempts=settings.max_attempts,
+                    concurrency=concurrency,
+                    max_attempts=max_attempts,
                     in_doubt=settings.in_doubt,
                     on_lost=settings.on_lost,
                     download_concurrency=opts.download_concurrency,
