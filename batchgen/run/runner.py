@@ -7,8 +7,7 @@ The order of one run, and why:
 3. Take the batch's lock (``batchgen.run.lock``): two processes driving one batch could
    each submit the same job.
 4. Sync the manifest into the database (idempotent), re-enable a canceled batch on a
-   new ``run``, re-queue on ``retry``.
-   (``batchgen.run.prepare``).
+   new ``run``, re-queue on ``retry`` (``batchgen.run.prepare``).
 5. Resolve the settings (``batchgen.settings``: command line, environment, the batch),
    recover (jobs left ``submitting`` become ``in_doubt``), seed the poll schedule
    from runs that already finished, and hand over to ``RunEngine``.
