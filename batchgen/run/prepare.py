@@ -1,8 +1,9 @@
 """Getting a batch ready for the engine: the manifest, then the batch under its lock.
 
-``load_for_run`` loads the manifest of a ``run`` with the command line's overrides, and
-``refuse_outputs_in_the_way`` refuses (exit 2) a database or an output folder that would
-replace a file the manifest names, before anything is written.
+``load_for_run`` loads the manifest of a ``run`` with the command line's overrides;
+``require_db`` and the ``refuse_*`` checks end a run with exit 2 before anything is
+written: no database to resume, or a database or output folder that would replace a
+file the manifest names, or an output folder that cannot hold videos.
 
 Both steps run once the batch's lock is held (``batchgen.run.lock``): ``open_batch``
 syncs the manifest into the database (idempotent) or finds the stored batch;
@@ -51,6 +52,28 @@ def load_for_run(manifest: Path, opts: RunOptions, clock: Clock) -> LoadedManife
     # one date per run, from the injected clock: a run crossing midnight stays one batch
     day = opts.date or clock.today()
     return load_manifest(manifest, date=day, overrides=overrides)
+
+
+def require_db(db_path: Path) -> None:
+    """``resume`` and ``retry`` need the database ``run`` made: exit 2 without it."""
+    if not db_path.exists():
+        raise UsageError(
+            [
+                Problem(
+                    file=str(db_path),
+                    message="no state database here",
+                    fix="run `batchgen run MANIFEST` first, or point --db at the database",
+                )
+            ]
+        )
+
+
+def refuse_folder_in_the_way(out_dir: Path, protected: outputs.Protected) -> None:
+    """An output folder that cannot hold videos or would replace a protected file: exit 2."""
+    check_out_dir(out_dir)
+    in_the_way = outputs.folder_problems(out_dir, protected, "--out")
+    if in_the_way:
+        raise UsageError(in_the_way)
 
 
 def refuse_outputs_in_the_way(
@@ -151,5 +174,7 @@ __all__ = [
     "open_batch",
     "pay_again_ids",
     "ready_batch",
+    "refuse_folder_in_the_way",
     "refuse_outputs_in_the_way",
+    "require_db",
 ]

@@ -48,7 +48,6 @@ from batchgen.run.options import (
     RunOptions,
     check_api_key,
     check_base_url,
-    check_out_dir,
     command_line,
 )
 from batchgen.run.prepare import (
@@ -57,7 +56,9 @@ from batchgen.run.prepare import (
     load_for_run,
     open_batch,
     ready_batch,
+    refuse_folder_in_the_way,
     refuse_outputs_in_the_way,
+    require_db,
 )
 from batchgen.run.signals import interrupt_on_signals
 from batchgen.run.summary import Ended, build_summary, finish, snapshot, unattended_observers
@@ -236,16 +237,8 @@ class _Run:
             self.protected = outputs.Protected.of(self.db_path, loaded.path, loaded.sources)
             self._refuse_clashes()
             refuse_outputs_in_the_way(self.db_path, loaded, self.protected)
-        if loaded is None and not self.db_path.exists():
-            raise UsageError(
-                [
-                    Problem(
-                        file=str(self.db_path),
-                        message="no state database here",
-                        fix="run `batchgen run MANIFEST` first, or point --db at the database",
-                    )
-                ]
-            )
+        if loaded is None:
+            require_db(self.db_path)
         self.db = db = open_db(self.db_path)
         if loaded is None:
             found = batches.find_batch(db, batch)
@@ -287,10 +280,7 @@ class _Run:
         concurrency, max_attempts = settings.concurrency, settings.max_attempts
         out_dir = Path(opts.out_dir or batch.out_dir)
         self.out_dir = str(out_dir)
-        check_out_dir(out_dir)
-        in_the_way = outputs.folder_problems(out_dir, self.protected, "--out")
-        if in_the_way:
-            raise UsageError(in_the_way)
+        refuse_folder_in_the_way(out_dir, self.protected)
         # "done" means every video is on disk as recorded
         self.repairs = await on_disk.send_back_damaged(
             self.db, batch, out_dir, verify=opts.verify, now=self.clock.now(),
