@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from batchgen.manifest.loader import DEFAULT_SETTINGS
 from batchgen.runbase.models import ModelSpec, load_model
-from batchgen.runbase.ratelimit import DEFAULT_RATE, settings_rate
+from batchgen.settings import resolve_settings
 from batchgen.states import JobState
 from batchgen.store import batches, ledger
 from batchgen.textsafe import printable
@@ -163,11 +162,11 @@ class _Pricer:
 
 def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int = 5) -> Plan:
     """The plan of ``loaded``; with ``db`` (read-only is enough), against what it holds."""
-    settings = loaded.settings
-    rate = settings_rate(settings.get("rate")) or DEFAULT_RATE
-    concurrency = int(settings.get("concurrency") or DEFAULT_SETTINGS["concurrency"])
-    budget = settings.get("budget_usd")
-    budget_usd = None if budget is None else float(budget)
+    # the loader resolved the manifest's limits under `plan`'s --rate, --concurrency and
+    # --budget-usd (what `run` stores): plan for those, nothing of a stored batch
+    settings = resolve_settings(manifest=loaded.settings)
+    rate, concurrency = settings.rate, settings.concurrency
+    budget_usd = None if settings.budget_usd is None else float(settings.budget_usd)
     pricer = _Pricer(loaded.model)
     detailed = [a for a, values in loaded.axes.items() if len(values) <= AXIS_DETAIL]
     by_axis: dict[str, Counter[str]] = {a: Counter() for a in detailed}
