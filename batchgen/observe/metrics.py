@@ -23,7 +23,7 @@ from pathlib import Path
 
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.files.sidecar import atomic_write_text
-from batchgen.observe.watch import prepare_folder
+from batchgen.observe.files import prepare_folder
 from batchgen.states import JobState
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.observe.watch import scrub
+from batchgen.files.sidecar import scrub
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import aiohttp
 from sqlalchemy import Engine
 
 from batchgen.amounts import MAX_BUDGET_USD, amount_problem
-from batchgen.clock import Clock, SystemClock
+from batchgen.clock import Clock, SystemClock, api_duration
 from batchgen.engine.budget import Budget
 from batchgen.engine.collect import make_collect
 from batchgen.engine.dispatcher import EngineConfig, RunEngine
-from batchgen.engine.schedule import DurationModel, api_duration, run_class
+from batchgen.engine.schedule import DurationModel, run_class
 from batchgen.errors import BatchgenError, ExitCode, Problem, StateWriteError, UsageError
 from batchgen.events import Observer, RunSummary
 from batchgen.files import on_disk, outputs

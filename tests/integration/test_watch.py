@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestServer
 
 from batchgen.errors import Problem, UsageError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.observe.files import JsonLog, SummaryFile
 from batchgen.observe.metrics import MetricsFile
 from batchgen.observe.notify import Notifier
-from batchgen.observe.watch import JsonLog, SummaryFile, build_observers
+from batchgen.observe.watch import build_observers
 
 KEY = "sk-live-abcdef0123456789"
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
