@@ -29,6 +29,11 @@ def test_importing_the_cli_imports_no_sqlalchemy_sqlmodel_or_pydantic():
     assert imported_after("import batchgen.cli") == []
 
 
+def test_importing_batchgen_imports_neither_its_api_nor_sqlalchemy():
+    code = "import batchgen\nassert 'batchgen.api' not in sys.modules"
+    assert imported_after(f"import sys\n{code}") == []
+
+
 def test_the_status_reader_imports_no_sqlalchemy():
     assert imported_after("from batchgen.store import reader, status") == []
 
