@@ -29,7 +29,8 @@ from __future__ import annotations
 from batchgen.clock import Clock, FakeClock, SystemClock
 from batchgen.errors import BatchgenError, Problem, UsageError
 from batchgen.events import Observer, RunSummary
-from batchgen.manifest.loader import ExpandedJob, LoadedManifest, Overrides, load_manifest
+from batchgen.manifest.expand import ExpandedJob
+from batchgen.manifest.loader import LoadedManifest, Overrides, load_manifest
 from batchgen.report.page import LiveReport, write_report
 from batchgen.report.plan import Plan, build_plan, render_plan
 from batchgen.run.options import RunOptions

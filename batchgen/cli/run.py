@@ -1,4 +1,7 @@
-"""Commands: run, resume, retry, cancel. Parsing only; the work is in batchgen.run.runner."""
+"""Commands: run, resume, retry, cancel. Parsing only; the work is in batchgen.run.runner.
+
+The runner and the store are imported inside each command, for start-up (``batchgen.cli``).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.events import RunSummary
-    from batchgen.run.runner import RunOptions
+    from batchgen.run.options import RunOptions
 
 # batchgen.run.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
 # a batch, and the store (SQLAlchemy) inside `cancel`, so that `batchgen status`,
@@ -254,7 +257,8 @@ def run(
 
     Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
     """
-    from batchgen.run.runner import RunOptions, run_batch
+    from batchgen.run.options import RunOptions
+    from batchgen.run.runner import run_batch
 
     key = _key()
     problems: list[Problem] = []
@@ -301,7 +305,7 @@ def _resume_options(
     verify: bool = False,
     allow_insecure: bool = False,
 ) -> RunOptions:
-    from batchgen.run.runner import RunOptions
+    from batchgen.run.options import RunOptions
 
     problems: list[Problem] = []
     return RunOptions(

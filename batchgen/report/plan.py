@@ -23,7 +23,8 @@ from batchgen.store import batches, ledger
 from batchgen.textsafe import printable
 
 if TYPE_CHECKING:
-    from batchgen.manifest.loader import ExpandedJob, LoadedManifest
+    from batchgen.manifest.expand import ExpandedJob
+    from batchgen.manifest.loader import LoadedManifest
 
 #: axes with at most this many values get a job count per value
 AXIS_DETAIL = 50
