@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from batchgen.manifest.context import Context, did_you_mean
 from batchgen.manifest.models import FileRef, Limits, Manifest
-from batchgen.manifest.resolve import Context, did_you_mean
 
 _EXPECTED: dict[tuple[str, ...], str] = {
     ("repeat",): "a whole number from 1 to 1000",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchgen.manifest.context import Context, did_you_mean, template_variables
 from batchgen.manifest.expand import Axis, Spec
 from batchgen.manifest.models import Manifest
 from batchgen.manifest.naming import TemplateError, check_template, template_fields
-from batchgen.manifest.resolve import IMAGE, Context, Resolver, did_you_mean, template_variables
+from batchgen.manifest.resolve import IMAGE, Resolver
 
 
 def build_spec(r: Resolver, m: Manifest) -> Spec:
