@@ -102,9 +102,6 @@ def gather(
     counts: Counter[str] = Counter()
     spend_by: Counter[str] = Counter()
     gen_times: list[float] = []
-    start: float | None = None
-    end: float | None = None
-    active = False
     # money from the ledger: every attempt's charge and refund, never a job field
     paid = ledger.job_spend(db, batch_id)
     money = ledger.totals(db, batch_id)
@@ -122,14 +119,7 @@ def gather(
             spend_by[axis_value(job, spend_axis)] += paid.get(job.id, 0)
         if clip.gen_s is not None:
             gen_times.append(clip.gen_s)
-        if job.submitted_at is not None:
-            start = job.submitted_at if start is None else min(start, job.submitted_at)
-        if job.finished_at is not None:
-            end = job.finished_at if end is None else max(end, job.finished_at)
-        active = active or job.state in _ACTIVE
     now = time.time()
-    if active:
-        end = now
     return ReportData(
         batch=batch,
         rows_axis=row_axis,
@@ -143,7 +133,7 @@ def gather(
         counts=dict(counts),
         jobs=len(jobs),
         spend_micro_usd=money.spent,
-        wall_s=None if start is None or end is None else max(0.0, end - start),
+        wall_s=_wall_s(jobs, now),
         gen_times=gen_times,
         spend_by=list(spend_by.items()),
         spend_axis=spend_axis if jobs else None,
@@ -151,6 +141,16 @@ def gather(
         possible_micro_usd=money.possible,
         maybe_paid_twice=maybe,
     )
+
+
+def _wall_s(jobs: list[JobRow], now: float) -> float | None:
+    """First submission to last finish; to ``now`` while a job is still under way."""
+    starts = [j.submitted_at for j in jobs if j.submitted_at is not None]
+    ends = [j.finished_at for j in jobs if j.finished_at is not None]
+    end = now if any(j.state in _ACTIVE for j in jobs) else max(ends, default=None)
+    if not starts or end is None:
+        return None
+    return max(0.0, end - min(starts))
 
 
 def _clip(job: JobRow, links: _Links) -> Clip:
