@@ -45,4 +45,4 @@ schema: $(RUN_STAMP)
 	$(BIN)/python -m batchgen.manifest.schema_gen
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-out
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache demo-out

@@ -43,3 +43,11 @@ def test_no_module_has_a_module_level_getattr():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "__getattr__" not in names, path
+
+
+def test_make_lint_checks_the_import_contracts():
+    lint = (ROOT / "Makefile").read_text(encoding="utf-8").split("\nlint:", 1)[1].split("\n\n")[0]
+    assert "$(BIN)/lint-imports" in lint
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert "exclude_type_checking_imports = false" in pyproject
+    assert 'type = "layers"' in pyproject and 'type = "acyclic_siblings"' in pyproject
