@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from batchgen.errors import Problem, UsageError
-from batchgen.files.safefile import FileRefused, read_regular
+from batchgen.manifest.context import Context, did_you_mean
 from batchgen.manifest.expand import Counts, ExpandedJob, Spec, count, expand
 from batchgen.manifest.expand import keys as expand_keys
 from batchgen.manifest.models import Limits, Manifest
 from batchgen.manifest.parse import load_yaml
-from batchgen.manifest.resolve import Context, Resolver, did_you_mean
+from batchgen.manifest.resolve import Resolver
+from batchgen.manifest.safefile import FileRefused, read_regular
 from batchgen.manifest.shape import check_shape
 from batchgen.manifest.spec import axis_labels, build_spec, too_many, too_many_excludes
 from batchgen.runbase.models import known_models, load_model

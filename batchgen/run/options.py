@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from batchgen.engine.schedule import PollPolicy
 from batchgen.errors import Problem, UsageError
 from batchgen.observe.progress import ProgressMode
@@ -191,8 +193,7 @@ def check_base_url(options: RunOptions) -> str:
 
 
 def _aiohttp_takes(url: str) -> bool:
-    from yarl import URL  # aiohttp's URL type: what it refuses, we refuse first
-
+    # yarl is aiohttp's URL type: what it refuses, we refuse first
     try:
         parsed = URL(url)
     except (ValueError, TypeError):

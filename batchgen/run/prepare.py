@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from batchgen.clock import Clock
-from batchgen.engine.schedule import api_duration, run_class
+from batchgen.clock import Clock, api_duration
+from batchgen.engine.schedule import run_class
 from batchgen.errors import Problem, UsageError
 from batchgen.files import outputs
 from batchgen.manifest.loader import LoadedManifest, Overrides, load_manifest
