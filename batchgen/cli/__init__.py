@@ -1,4 +1,11 @@
-"""Command line: parses arguments and calls the library. Nothing else lives here."""
+"""Command line: parses arguments and calls the library. Nothing else lives here.
+
+The command modules import the library a command calls inside that command's
+function, not at their top: ``batchgen --help``, ``--version`` and ``status`` then start
+without SQLAlchemy, pydantic, aiohttp or PyAV (tests/integration/test_cli_startup.py
+holds this). Start-up is the only reason for an import inside a function in batchgen;
+none of them dodges an import circle (``lint-imports`` would fail on one).
+"""
 
 from __future__ import annotations
 

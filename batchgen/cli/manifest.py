@@ -1,4 +1,8 @@
-"""Commands: validate, plan, status. Parsing and printing; the work is in the library."""
+"""Commands: validate, plan, status. Parsing and printing; the work is in the library.
+
+The manifest loader, the schema and the planner are imported inside the commands that
+use them, so that ``status`` starts without SQLAlchemy (``batchgen.cli``).
+"""
 
 from __future__ import annotations
 

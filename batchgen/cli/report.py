@@ -1,7 +1,8 @@
 """Commands: report (the HTML contact sheet) and export (CSV / JSON lines).
 
 Parsing only; the work is in batchgen.report.page and batchgen.report.export. Both only read the
-state database and need no API key.
+state database and need no API key. Both are imported inside the commands (with the store
+and the manifest loader), for start-up (``batchgen.cli``).
 """
 
 from __future__ import annotations

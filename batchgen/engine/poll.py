@@ -13,7 +13,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from batchgen.engine.schedule import RunClass, api_duration
+from batchgen.clock import api_duration
+from batchgen.engine.schedule import RunClass
 from batchgen.engine.state import ActiveRun, ApiClient, EngineState, RunLike
 from batchgen.errors import RunbaseError
 from batchgen.retry import Action, Attempt, Stage, decide

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from batchgen.errors import InputError
-from batchgen.files.safefile import FileRefused, open_regular, too_big
+from batchgen.manifest.safefile import FileRefused, open_regular, too_big
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".txt")
 #: a ``file:`` values file is read whole: at most this many bytes

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from batchgen.errors import InputError, Problem, UsageError
-from batchgen.files.safefile import FileRefused, open_regular, read_regular
+from batchgen.manifest.safefile import FileRefused, open_regular, read_regular
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 #: the largest request body ``batchgen sim`` takes; the API documents no limit, so a

@@ -25,7 +25,7 @@ import aiohttp
 
 from batchgen.errors import BatchgenError, InvalidRequest, ServerError, TransportError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.observe.watch import scrub
+from batchgen.files.sidecar import scrub
 from batchgen.retry import Action, Attempt, RetryPolicy, Stage, decide
 from batchgen.runbase.transport import map_aiohttp_errors
 
