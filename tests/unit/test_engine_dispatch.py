@@ -23,18 +23,21 @@ from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.errors import (
     AuthError,
     ExitCode,
+    Forbidden,
     InvalidRequest,
     PaymentRequired,
     RunbaseError,
     RunNotFound,
     ServerError,
+    StateWriteError,
     TransportError,
 )
+from batchgen.files.download import DownloadError
 from batchgen.retry import RetryPolicy
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
 from batchgen.store.memory import InMemoryStore
-from batchgen.store.records import JobChanges, JobRecord
+from batchgen.store.records import DOWNLOAD_FAILED, JobChanges, JobRecord
 
 MODEL = "bytedance/seedance-1-pro"
 PRICE = 484_000  # the model's price of the default input (1080p, 5 s)
@@ -104,10 +107,29 @@ class FakeRunbase:
         return FakeRun(run_id, "running", PRICE, [], iso_utc(created))
 
 
-async def collect(
-    job: JobRecord, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
-) -> JobChanges:
-    return {"output_paths": (f"{job.idx}.mp4",), "checksums": (urls[0],)}
+@dataclass
+class Files:
+    """The collect step: the first ``broken`` tries fail as a file host's would."""
+
+    broken: int = 0
+    tries: int = 0
+
+    async def __call__(
+        self, job: JobRecord, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
+    ) -> JobChanges:
+        self.tries += 1
+        if self.tries <= self.broken:
+            raise DownloadError("cut short, again and again", index=0)
+        return {"output_paths": (f"{job.idx}.mp4",), "checksums": (urls[0],)}
+
+
+class FullDisk(InMemoryStore):
+    """A store whose disk fills up once a job is to be recorded ``running``."""
+
+    async def move(self, job: JobRecord, new: JobState, **kw: Any) -> JobRecord | None:
+        if new is JobState.RUNNING:
+            raise StateWriteError("state database s.db: cannot write (database or disk is full)")
+        return await super().move(job, new, **kw)
 
 
 @dataclass
@@ -119,6 +141,7 @@ class Bench:
     budget_usd: float | None = None
     clock: FakeClock = field(default_factory=FakeClock)
     store: InMemoryStore = field(default_factory=InMemoryStore)
+    files: Files = field(default_factory=Files)
 
     def __post_init__(self) -> None:
         self.batch = self.store.add_batch("nightly", MODEL)
@@ -133,7 +156,7 @@ class Bench:
             await self.store.batch(self.batch.id),
             client=self.api,
             limiter=RequestLimiter(20, 10.0, clock=self.clock),
-            collect=collect,
+            collect=self.files,
             materialize=lambda x: x,
             config=self.config,
             budget=Budget(limit),
@@ -280,3 +303,48 @@ async def test_a_job_canceled_elsewhere_is_left_alone() -> None:
     assert bench.api.posts == []  # canceled before the first turn: nothing is sent
     assert outcome.exit_code == ExitCode.JOBS_FAILED
     assert bench.store.jobs[first].state is JobState.CANCELED
+
+
+async def test_a_download_that_keeps_failing_fails_its_job_and_keeps_its_run() -> None:
+    bench = Bench(n=1, config=EngineConfig(max_attempts=3), files=Files(broken=5))
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.JOBS_FAILED
+    job = next(iter(bench.store.jobs.values()))
+    assert job.state is JobState.FAILED and job.error_code == DOWNLOAD_FAILED
+    assert bench.files.tries == 3 and job.run_id is not None  # paid: retry fetches again
+    assert len(bench.api.posts) == 1
+
+
+async def test_a_download_that_fails_once_is_tried_again_later() -> None:
+    bench = Bench(n=1, files=Files(broken=1))
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.OK, outcome.reason
+    assert bench.files.tries == 2 and len(bench.api.posts) == 1
+
+
+async def test_a_refusal_on_polls_stops_submitting_then_the_batch_if_it_lasts() -> None:
+    # one answer to a 403 everywhere: no new POST, the paid run is polled again...
+    bench = Bench(n=1)
+    bench.api.get_errors.append(Forbidden("spend cap", code="api_key_spend_limit_exceeded"))
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.ACCOUNT and bench.states() == {"succeeded": 1}
+    # ... until it lasts max_attempts polls: a key that cannot read its runs never will
+    bench = Bench(n=1, config=EngineConfig(max_attempts=3))
+    bench.api.get_errors.extend([Forbidden("ip", code="ip_not_allowed")] * 3)
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.ACCOUNT and bench.states() == {"running": 1}
+    assert bench.api.gets == 3
+
+
+async def test_a_run_that_cannot_be_recorded_is_named_and_its_job_stays_submitting() -> None:
+    bench = Bench(n=2, store=FullDisk())
+    try:
+        await bench.run()
+    except StateWriteError as exc:
+        assert "run_0 was created (and paid) but is not recorded" in str(exc)
+        assert exc.run_id == "run_0"
+    else:
+        raise AssertionError("a failed state write must stop the run")
+    # in doubt on resume, found again with its key: never queued, never sent twice
+    assert bench.states() == {"submitting": 1, "queued": 1}
+    assert len(bench.api.posts) == 1
