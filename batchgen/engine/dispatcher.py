@@ -19,11 +19,15 @@ creates to the poller (a reference given at construction); nothing else calls ac
   key (``--in-doubt resubmit``) or held for ``batchgen retry --in-doubt``. A new
   attempt (new key) is only made after the run failed (refunded) or was lost (404,
   ``--on-lost resubmit``).
-- **Errors.** From the type: 400 fails the job for good; 401 (or 403 on a poll) stops
-  everything at once; 402/403/``USAGE_EXCEEDED`` on a POST stop submissions while paid
-  runs are still polled and downloaded; 500s and network errors back off with full
-  jitter (``RetryPolicy``) up to ``max_attempts`` per attempt; a failed run is
-  resubmitted up to ``max_attempts`` attempts; a 429 is the client's business.
+- **Errors.** Submitter, poller and collector ask ``batchgen.retry.decide`` about every
+  error and do what it answers: 400 fails the job for good; 401 stops everything at
+  once; 402/403/``USAGE_EXCEEDED`` stop submissions while paid runs are still polled
+  and downloaded (a refusal that lasts on those GETs stops the batch); 500s and
+  network errors back off with full jitter up to ``max_attempts`` per attempt; a
+  failed run is resubmitted up to ``max_attempts`` attempts; a 429 is the client's.
+- **State.** Only through the ``JobStore`` (``store.interface``), every move awaited:
+  the SQLite store commits in its own thread, never on the loop's; the loop waits on
+  the injected clock, so the unit tests run it on the in-memory store and virtual time.
 - **Stopping.** ``stop("interrupted")`` (signal, ``--max-runtime``): no new
   submission, polls waiting for a slot are dropped, the POST and downloads in flight
   finish and are recorded. ``stop(..., hard=True)``: everything is cancelled now
