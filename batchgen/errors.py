@@ -14,7 +14,7 @@ classes marked ``(module)`` live in that module, next to the code that raises th
     │   ├── FileProblem              a values or rows file        (batchgen.manifest.files)
     │   ├── ImageError               a local image                (batchgen.manifest.images)
     │   ├── TemplateError            a file-name template         (batchgen.manifest.naming)
-    │   └── FileRefused              a named file (link, device)  (batchgen.files.safefile)
+    │   └── FileRefused              a named file (link, device)  (batchgen.manifest.safefile)
     ├── RunbaseError                 one answer of the Runbase API, or the lack of one
     │   ├── InvalidRequest           400 (413, a POST's 404, other 4xx): fail the job
     │   ├── AuthError                401: stop the batch
