@@ -138,13 +138,17 @@ class StateError(CommandError):
 
 class StateWriteError(CommandError):
     """A write to the state database failed (disk full, I/O error): stop at once,
-    resumable once the cause is fixed. ``run_id``: a paid run the write was recording."""
+    resumable once the cause is fixed. ``run_id``: the run of the job being written;
+    ``unrecorded``: that run was just created (and paid) and its id is not on record."""
 
     exit_code = ExitCode.INTERRUPTED
 
-    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, run_id: str | None = None, unrecorded: bool = False
+    ) -> None:
         super().__init__(message)
         self.run_id = run_id
+        self.unrecorded = unrecorded
 
 
 class IllegalTransition(BatchgenError):
