@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from batchgen.cli import app
 from batchgen.errors import UsageError
 from batchgen.manifest.loader import load_manifest
+from tests.support.paths import REPO
 
 KEYS = ["name", "model", "out_dir", "filename", "defaults", "matrix", "rows", "include",
         "exclude", "repeat", "images", "limits", "prompt", "subject", "aspect_ratio",
@@ -106,7 +107,7 @@ def test_loading_any_values_file_never_crashes(kind: str, lines: list[str], as_a
 # with deep nesting and nested aliases. Whatever it is, the answer is exit 0 or exit 2
 # with a message, never another code, an exception or a traceback.
 
-_EXAMPLES = Path(__file__).resolve().parent.parent / "manifests"
+_EXAMPLES = REPO / "manifests"
 _SEEDS = sorted(p.name for p in _EXAMPLES.glob("*.yaml"))
 _runner = CliRunner()
 _copy: list[Path] = []

@@ -25,8 +25,9 @@ from batchgen.states import JobState, check_transition
 from batchgen.store import batches
 from batchgen.store.schema import Job, open_db
 from tests.integration.test_batches import write_manifest
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 async def test_local_images_are_stored_as_references_and_sent_inline(tmp_path: Path) -> None:

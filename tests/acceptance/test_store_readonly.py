@@ -19,6 +19,7 @@ from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
 from tests.integration.test_batches import write_manifest
+from tests.support.paths import REPO
 
 SUBJECTS = [f"s{i:03d}" for i in range(400)]  # x 2 ratios: 800 jobs, several pages
 
@@ -172,7 +173,7 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder, tmp
     warm = tmp_path / "warm.db"
     shutil.copy(db_path, warm)
     before = files(shared_folder)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     status = subprocess.run(
         [sys.executable, "-c", _READ_AS_NOBODY, str(warm), str(db_path), str(NOBODY)],
         capture_output=True,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from batchgen.manifest.expand import canonical_json, job_key
 from tests.manifest_helpers import load, write
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 SWEEP = """
 defaults: {prompt: "a {subject} in {style}", resolution: 720p}

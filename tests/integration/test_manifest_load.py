@@ -14,8 +14,9 @@ from batchgen.manifest.images import materialize, parse_reference
 from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.runbase.models import load_model
 from tests.manifest_helpers import load, png, write
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
 
 

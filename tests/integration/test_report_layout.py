@@ -18,8 +18,9 @@ from batchgen.report.page import write_report
 from batchgen.store.batches import sync_batch
 from batchgen.store.reports import JobRow
 from batchgen.store.schema import open_db
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def rows_of(manifest: Path) -> list[JobRow]:

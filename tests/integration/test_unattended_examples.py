@@ -23,9 +23,10 @@ from batchgen.store import jobs as store
 from tests.acceptance.test_unattended import ANSI, KEY, assert_no_key, receiver
 from tests.acceptance.test_unattended_dates import MANIFEST, batches
 from tests.integration.test_watch import parse_prom, value
+from tests.support.paths import REPO
 from tests.test_engine_helpers import bid, make_batch, prompts
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 HOOK = "https://hooks.example.com/batchgen"
 N = 4  # jobs in MANIFEST
 
