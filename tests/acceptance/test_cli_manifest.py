@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from batchgen.cli import app
 from batchgen.errors import StateError
 from batchgen.manifest.loader import load_manifest
-from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import by_subject, finish, write_manifest
+from tests.support.manifests import write_manifest
+from tests.support.stored import stored_batch
 
 runner = CliRunner()
 
@@ -46,18 +46,6 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def stored_batch(tmp_path: Path, subjects: list[str]) -> Path:
-    """A state database holding the batch ``sweep`` with one job done and one failed."""
-    db_path = tmp_path / "state.db"
-    db = open_db(db_path)
-    batches.sync_batch(db, load_manifest(write_manifest(tmp_path, subjects)))
-    stored = by_subject(db_path)
-    finish(db, stored[(subjects[0], "16:9")]["id"])
-    finish(db, stored[(subjects[0], "9:16")]["id"], JobState.FAILED)
-    db.dispose()  # the last connection closing folds the WAL back in
-    return db_path
 
 
 # ------------------------------------------------------------------ validate

@@ -16,7 +16,7 @@ import pytest
 from batchgen.report.export import FIELDS, export_to_file, write_export
 from batchgen.store import jobs as store
 from batchgen.store.schema import open_db
-from tests.test_report_helpers import BAD_PROMPT, INJECTION, UNICODE, Demo, big_batch, demo
+from tests.support.reports import BAD_PROMPT, INJECTION, UNICODE, Demo, big_batch, demo
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from batchgen.errors import Problem, UsageError
 from batchgen.manifest.files import MAX_LINE_BYTES
 from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.manifest.parse import MAX_DEPTH, MAX_NODES
-from tests.manifest_helpers import problems, write
+from tests.support.manifests import problems, write
 
 GOOD = 'defaults: {prompt: "a {subject}"}\nmatrix:\n  subject: [fox, heron]\n'
 #: address space for a child: the whole interpreter with its libraries fits easily

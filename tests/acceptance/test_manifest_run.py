@@ -24,7 +24,7 @@ from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState, check_transition
 from batchgen.store import batches
 from batchgen.store.schema import Job, open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 from tests.support.paths import REPO
 
 ROOT = REPO

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from batchgen.engine.schedule import PollPolicy
 from batchgen.events import RunSummary
 from batchgen.report.page import write_report
-from batchgen.retry import RetryPolicy
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
@@ -27,20 +25,9 @@ from batchgen.store import ledger
 from batchgen.store.batches import find_batch
 from batchgen.store.charges import LedgerEntry
 from batchgen.store.schema import SCHEMA_VERSION, Charge, Job, open_db
-from tests.integration.test_batches import write_manifest
-from tests.test_engine_helpers import make_batch, prompts
-
-PRICE = 242_000  # 720p, 5 s
-
-
-def options(base_url: str, **kw: Any) -> RunOptions:
-    return RunOptions(
-        base_url=base_url,
-        rate=(20, 0.5),
-        poll_policy=PollPolicy(min_interval_s=0.01),
-        retry_policy=RetryPolicy(base_s=0.02, cap_s=0.1),
-        **kw,
-    )
+from tests.support.engine import make_batch, prompts
+from tests.support.manifests import write_manifest
+from tests.support.runs import PRICE, ledger_rows, options
 
 
 def net(sim: Simulator) -> int:
@@ -53,16 +40,6 @@ async def until(check: Any, timeout: float = 20.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
-
-
-def ledger_rows(db_path: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(
-            "SELECT job_id, run_id, kind, amount_micro_usd FROM charge ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
 
 
 async def test_a_rerun_after_cancel_abandon_fetches_the_paid_runs_and_pays_nothing_again(

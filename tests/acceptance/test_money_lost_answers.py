@@ -25,8 +25,8 @@ from batchgen.store import jobs as store
 from batchgen.store.reader import reading
 from batchgen.store.schema import Job, open_db
 from batchgen.store.status import batch_counts
-from tests.acceptance.test_money_ledger import PRICE, ledger_rows, options
-from tests.test_engine_helpers import MODEL, make_batch, prompts
+from tests.support.engine import MODEL, make_batch, prompts
+from tests.support.runs import PRICE, ledger_rows, options
 
 JOBS = 30
 BUDGET_USD = 7.5

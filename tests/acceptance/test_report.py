@@ -18,7 +18,7 @@ from batchgen.errors import UsageError
 from batchgen.report.html import script_json
 from batchgen.report.page import LiveReport, write_report
 from batchgen.store.schema import Job
-from tests.test_report_helpers import (
+from tests.support.reports import (
     BAD_PROMPT,
     INJECTION,
     LONG,

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from batchgen.cli._app import parse_rate
 from batchgen.errors import UsageError
 from batchgen.run.runner import RunOptions, check_base_url
-
-
-def batchgen(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "batchgen", *args],
-        env={**base, **(env or {})},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.processes import batchgen
 
 
 @pytest.mark.parametrize("key", [None, "", "pk-not-a-runbase-key"])

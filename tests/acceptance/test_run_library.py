@@ -7,46 +7,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from batchgen.engine.schedule import PollPolicy
 from batchgen.errors import ExitCode
-from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.runner import arun_batch
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
-
-FAST = StandInConfig(time_scale=0.002, rate=(20, 0.5))
-
-
-class Watcher:
-    def __init__(self) -> None:
-        self.transitions: list[TransitionEvent] = []
-        self.requests: list[RequestEvent] = []
-        self.summaries: list[RunSummary] = []
-        self.closed = 0
-
-    def transition(self, ev: TransitionEvent) -> None:
-        self.transitions.append(ev)
-
-    def request(self, ev: RequestEvent) -> None:
-        self.requests.append(ev)
-
-    def finished(self, summary: RunSummary) -> None:
-        self.summaries.append(summary)
-
-    async def aclose(self) -> None:
-        self.closed += 1
-
-
-def opts(base_url: str, **kw: Any) -> RunOptions:
-    kw.setdefault("rate", (20, 0.5))
-    return RunOptions(base_url=base_url, poll_policy=PollPolicy(min_interval_s=0.01), **kw)
+from tests.support.engine import KEY, bid, make_batch, prompts, tiny_sim_config
+from tests.support.runs import FAST, Watcher, opts
 
 
 async def test_resume_as_a_library_reports_everything_to_observers(tmp_path):
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         _db, batch = make_batch(tmp_path / "s.db", prompts(6), tmp_path / "out")
         watcher = Watcher()
         summary = await arun_batch(
@@ -79,7 +51,7 @@ async def test_every_exit_path_tells_the_observers(tmp_path):
     make_batch(tmp_path / "s.db", prompts(1), tmp_path / "out")
     summary = await arun_batch(tmp_path / "s.db", api_key=KEY, batch="nope", observers=[watcher])
     assert summary.exit_code == ExitCode.USAGE and "nope" in summary.reason
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         make_batch(tmp_path / "t.db", prompts(2), tmp_path / "out")
         summary = await arun_batch(
             tmp_path / "t.db", api_key="sk-revoked", options=opts(sim.base_url),
@@ -92,7 +64,7 @@ async def test_every_exit_path_tells_the_observers(tmp_path):
 
 async def test_failures_are_listed_in_the_summary(tmp_path):
     inputs = [*prompts(2), {"prompt": "x", "resolution": "4k"}]
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         make_batch(tmp_path / "s.db", inputs, tmp_path / "out")
         summary = await arun_batch(tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url))
     assert summary.exit_code == ExitCode.JOBS_FAILED
@@ -121,7 +93,7 @@ async def test_cancel_then_resume_submits_nothing_and_says_canceled(tmp_path):
     code, out, err = await batchgen("cancel", batch.name, "--db", str(db_path), "--json")
     assert code == 0, err
     assert json.loads(out)["counts"] == {"canceled": 4}
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         code, out, err = await batchgen(
             "resume", batch.name, "--db", str(db_path), "--json", base_url=sim.base_url
         )
@@ -132,7 +104,7 @@ async def test_cancel_then_resume_submits_nothing_and_says_canceled(tmp_path):
 
 async def test_retry_fetches_a_paid_run_again_without_paying_again(tmp_path):
     db_path = tmp_path / "s.db"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = make_batch(db_path, prompts(3), tmp_path / "out")
         code, _, err = await batchgen("resume", "--db", str(db_path), base_url=sim.base_url)
         assert code == 0, err
@@ -159,8 +131,8 @@ async def test_retry_fetches_a_paid_run_again_without_paying_again(tmp_path):
 
 
 async def test_expired_urls_are_refreshed_with_one_get_of_the_run(tmp_path):
-    config = StandInConfig(time_scale=0.002, rate=(20, 0.5), stale_first_url=True)
-    async with StandInSim(config) as sim:
+    config = tiny_sim_config(time_scale=0.002, rate=(20, 0.5), stale_first_url=True)
+    async with Simulator(config) as sim:
         make_batch(tmp_path / "s.db", prompts(4), tmp_path / "out")
         summary = await arun_batch(tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url))
     assert summary.exit_code == 0, summary.reason
@@ -172,7 +144,7 @@ async def test_expired_urls_are_refreshed_with_one_get_of_the_run(tmp_path):
 
 async def test_concurrency_bounds_the_runs_in_flight(tmp_path):
     watcher = Watcher()
-    async with StandInSim(StandInConfig(time_scale=0.005, rate=(20, 0.5))) as sim:
+    async with Simulator(tiny_sim_config(time_scale=0.005, rate=(20, 0.5))) as sim:
         make_batch(tmp_path / "s.db", prompts(12), tmp_path / "out")
         summary = await arun_batch(
             tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url, concurrency=3),
@@ -196,8 +168,8 @@ async def test_downloads_spend_none_of_the_keys_limit(tmp_path):
     # Every request of the API client goes through the key's limiter; the files are
     # fetched beside it. Only the refresh of an expired URL is an API request.
     watcher = Watcher()
-    config = StandInConfig(time_scale=0.005, rate=(20, 0.5), stale_first_url=True, cut_rate=0.3)
-    async with StandInSim(config) as sim:
+    config = tiny_sim_config(time_scale=0.005, rate=(20, 0.5), stale_first_url=True, cut_rate=0.3)
+    async with Simulator(config) as sim:
         make_batch(tmp_path / "s.db", prompts(6), tmp_path / "out")
         summary = await arun_batch(
             tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url), observers=[watcher]

@@ -17,7 +17,8 @@ from batchgen.errors import UsageError
 from batchgen.redact import mask_url, mask_urls_in, notify_url_shown, redact_text
 from batchgen.run.options import RunOptions, check_api_key, check_base_url, is_loopback_host
 from batchgen.sim import SimConfig, Simulator
-from tests.acceptance.test_unattended import KEY, cron_env, finish, receiver, start
+from tests.support.nightly import EXAMPLES, parse_crontab
+from tests.support.processes import KEY, cron_env, finish, receiver, start
 
 PASSWORD = "Pa55w0rdXYZ"
 TOKEN = "T0kenQRS"
@@ -285,7 +286,6 @@ async def test_a_notify_url_with_credentials_reaches_no_output(tmp_path: Path) -
 
 
 def test_the_example_crontab_loads_a_key_file_with_windows_line_endings(tmp_path: Path) -> None:
-    from tests.integration.test_unattended_examples import EXAMPLES, parse_crontab
 
     (tmp_path / ".config" / "batchgen").mkdir(parents=True)
     (tmp_path / ".config" / "batchgen" / "key.env").write_bytes(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 from tests.support.paths import REPO
 
 SUBJECTS = [f"s{i:03d}" for i in range(400)]  # x 2 ratios: 800 jobs, several pages

@@ -15,30 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from sqlmodel import Session, col, select
-
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.run.lock import read_holder
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.sim import SimConfig, Simulator
-from batchgen.store.schema import Batch, open_db
-from tests.acceptance.test_unattended import KEY, cron_env, finish, start, until
-
-MANIFEST = """\
-name: "nightly-{date:%Y-%m-%d}"
-out_dir: "out/{date:%Y-%m-%d}"
-filename: "{index:03d}-{subject}"
-defaults:
-  prompt: "a {subject} at dawn, cinematic"
-  resolution: 720p
-  duration: 5
-matrix:
-  subject: [fox, heron, owl, hare]
-limits:
-  rate: 40/1s
-  concurrency: 4
-"""
-N = 4
+from tests.support.nightly import MANIFEST, N, batches
+from tests.support.processes import KEY, cron_env, finish, start, until
 
 
 class MidnightClock:
@@ -83,11 +65,6 @@ class CrossAtFirstRun:
 
     def finished(self, summary: RunSummary) -> None:
         pass
-
-
-def batches(db_path: Path) -> list[Batch]:
-    with Session(open_db(db_path)) as s:
-        return list(s.exec(select(Batch).order_by(col(Batch.id))))
 
 
 def videos(folder: Path) -> list[str]:

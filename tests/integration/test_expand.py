@@ -11,7 +11,7 @@ import types
 from pathlib import Path
 
 from batchgen.manifest.expand import canonical_json, job_key
-from tests.manifest_helpers import load, write
+from tests.support.manifests import load, write
 from tests.support.paths import REPO
 
 ROOT = REPO

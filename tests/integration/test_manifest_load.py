@@ -13,7 +13,7 @@ import yaml
 from batchgen.manifest.images import materialize, parse_reference
 from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.runbase.models import load_model
-from tests.manifest_helpers import load, png, write
+from tests.support.manifests import load, png, write
 from tests.support.paths import REPO
 
 ROOT = REPO

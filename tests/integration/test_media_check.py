@@ -15,7 +15,7 @@ from batchgen.report.page import write_report
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Job
-from tests.test_engine_helpers import make_batch
+from tests.support.engine import make_batch
 
 
 def info(width: int, height: int, seconds: float = 5.0) -> MediaInfo:

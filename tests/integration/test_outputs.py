@@ -18,7 +18,7 @@ from batchgen.manifest.loader import load_manifest
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 
 KEY = "sk-test-0123456789abcdef"
 runner = CliRunner()

@@ -11,8 +11,8 @@ from pathlib import Path
 from batchgen.events import RequestEvent
 from batchgen.observe.progress import PlainProgress, RequestTally
 from batchgen.sim import SimConfig, Simulator
-from tests.acceptance.test_unattended import KEY, cron_env, finish, start
-from tests.unit.test_engine_progress import snap
+from tests.support.observe import snap
+from tests.support.processes import KEY, cron_env, finish, start
 
 MANIFEST = "name: b\nout_dir: out\ndefaults:\n  prompt: a fox\n  resolution: 720p\n  duration: 5\n"
 PROGRESS = re.compile(r"^\S+ batch b: ")

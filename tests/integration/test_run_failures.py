@@ -21,11 +21,12 @@ from batchgen.events import RequestEvent, TransitionEvent
 from batchgen.observe.metrics import parse
 from batchgen.run.runner import arun_batch
 from batchgen.runbase.ratelimit import RequestLimiter
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
-from tests.acceptance.test_run_library import FAST, Watcher, opts
-from tests.acceptance.test_unattended import cron_env, finish, start
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts, tiny_sim_config
+from tests.support.processes import cron_env, finish, start
+from tests.support.runs import FAST, Watcher, opts
 
 N = 4
 
@@ -92,7 +93,7 @@ async def test_an_unknown_error_anywhere_stops_with_70_and_keeps_every_paid_run(
     db, batch = make_batch(db_path, prompts(N), tmp_path / "out")
     log_file = tmp_path / "run.jsonl"
     metrics = tmp_path / "m.prom"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         with monkeypatch.context() as mp:
             extra = inject(where, mp)
             watcher = Watcher()
@@ -152,7 +153,7 @@ async def test_a_post_that_raised_stays_submitting_never_queued(
 async def test_a_key_ending_in_a_carriage_return_exits_70_in_one_line(tmp_path: Path) -> None:
     """A key file with Windows line endings, loaded the way examples/crontab loads it.
     (Another check may refuse such a key up front with exit 2; either way, never 0.)"""
-    async with StandInSim(StandInConfig(time_scale=0.01, rate=(20, 0.5))) as sim:
+    async with Simulator(tiny_sim_config(time_scale=0.01, rate=(20, 0.5))) as sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(2), tmp_path / "out")
         env = cron_env(tmp_path, sim.base_url, RUNBASE_API_KEY=KEY + "\r")

@@ -16,8 +16,8 @@ from batchgen.cli import app
 from batchgen.cli._app import _PrintableFormatter
 from batchgen.observe.progress import RichProgress, Snapshot
 from batchgen.textsafe import printable, printable_json, printable_lines
-from tests.acceptance.test_cli_manifest import stored_batch
-from tests.manifest_helpers import write
+from tests.support.manifests import write
+from tests.support.stored import stored_batch
 
 runner = CliRunner()
 #: what must never reach a terminal raw: ESC, BEL, CSI (C1), CR, DEL, a bidi override

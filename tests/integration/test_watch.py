@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.observe.metrics import MetricsFile
 from batchgen.observe.notify import Notifier
 from batchgen.observe.watch import JsonLog, SummaryFile, build_observers
+from tests.support.observe import parse_prom, value
 
 KEY = "sk-live-abcdef0123456789"
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -45,49 +45,6 @@ def summary(
 
 # ------------------------------------------------------------------ a strict parser
 # Written here, independent of batchgen.observe.metrics.parse, to the text format 0.0.4 rules.
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LINE = re.compile(rf"^({_NAME})(\{{(.*)\}})? (-?[0-9.eE+-]+|NaN|[+-]Inf)$")
-_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
-
-
-def parse_prom(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """name -> [(labels, value)]; fails on anything the textfile collector would reject."""
-    assert text.endswith("\n")
-    families: dict[str, list[tuple[dict[str, str], float]]] = {}
-    helped: set[str] = set()
-    typed: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name = line.split()[2]
-            assert name not in helped, f"second HELP for {name}"
-            helped.add(name)
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            assert kind in ("gauge", "counter") and name not in typed
-            typed[name] = kind
-            continue
-        m = _LINE.match(line)
-        assert m, f"not a sample line: {line!r}"
-        name, body = m.group(1), m.group(3) or ""
-        assert name in typed and name in helped, f"{name} has no TYPE/HELP before it"
-        labels: dict[str, str] = {}
-        pos = 0
-        while pos < len(body):
-            pm = _PAIR.match(body, pos)
-            assert pm, f"bad labels in {line!r}"
-            value = re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), pm[2])
-            labels[pm.group(1)] = value
-            pos = pm.end()
-        families.setdefault(name, []).append((labels, float(m.group(4))))
-    return families
-
-
-def value(fams: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    found = [v for lab, v in fams[name] if all(lab.get(k) == x for k, x in labels.items())]
-    assert len(found) == 1, (name, labels, fams.get(name))
-    return found[0]
 
 
 # ------------------------------------------------------------------ log

@@ -23,7 +23,7 @@ from batchgen.engine.schedule import PollPolicy
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Batch, Job
-from tests.test_engine_helpers import make_batch
+from tests.support.engine import make_batch
 
 INJECTION = "<script>alert(1)</script> & \"double\" 'single' </td></table>"
 UNICODE = "日本語の狐 Ελληνικά 🦊🎬"

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import statistics
 
-from tests.test_sim_helpers import running
+from tests.support.simapi import running
 
 
 def took_s(body: dict[str, str]) -> float:
