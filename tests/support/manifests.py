@@ -76,3 +76,13 @@ def write_manifest(
     path = folder / file
     path.write_text(text, encoding="utf-8")
     return path
+
+
+SWEEP = """
+defaults: {prompt: "a {subject} in {style}", resolution: 720p}
+matrix:
+  subject: [cat, dog]
+  style: [ink, oil, clay]
+  aspect_ratio: ["16:9", "9:16"]
+repeat: 2
+"""
