@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -201,6 +202,7 @@ def _hostile_yaml(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_hostile_yaml())
 def test_deep_nesting_and_alias_bombs_exit_0_or_2_quickly(text: str) -> None:

@@ -63,6 +63,7 @@ def alias_bomb() -> str:
 # ------------------------------------------------------------ as a subprocess
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 @pytest.mark.parametrize(
     ("name", "content", "expect"),
     [
@@ -84,6 +85,7 @@ def test_hostile_manifests_exit_2_fast_in_bounded_memory(
     assert seconds < 2.0, f"{seconds:.1f} s"
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 def test_a_50_mb_manifest_is_refused_by_its_size_before_reading(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     with path.open("wb") as f:
@@ -94,6 +96,7 @@ def test_a_50_mb_manifest_is_refused_by_its_size_before_reading(tmp_path: Path) 
     assert seconds < 2.0
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
 def test_a_device_as_manifest_is_refused_at_once(device: str) -> None:
     code, err, seconds = validate(device)
@@ -110,6 +113,7 @@ def test_a_fifo_or_a_folder_as_manifest_is_refused_without_waiting(tmp_path: Pat
     assert code == 2 and "is a folder" in err and "Traceback" not in err
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 def test_a_huge_matrix_in_a_small_file_is_refused_at_once(tmp_path: Path) -> None:
     axis = "[" + ", ".join(f"v{i}" for i in range(1000)) + "]"
     text = 'defaults: {prompt: "{a} {b} {c} {d}"}\nmatrix:\n'
@@ -183,6 +187,7 @@ def _named(tmp_path: Path, kind: str, target: str) -> Path:
     return write(tmp_path, texts[kind])
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 @pytest.mark.parametrize("kind", ["values", "rows", "image"])
 @pytest.mark.parametrize("target", ["zero.csv", "urandom.jsonl", "fifo.txt", "folder.txt"])
 def test_named_files_must_be_regular_files(tmp_path: Path, kind: str, target: str) -> None:
@@ -230,6 +235,7 @@ def test_deeply_nested_json_rows_are_a_problem_not_a_crash(tmp_path: Path) -> No
     assert p.line == 1 and "JSON" in p.message
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 def test_many_exclude_rules_against_many_values_are_bounded(tmp_path: Path) -> None:
     values = ", ".join(f"s{i}" for i in range(20_000))
     rules = "".join(f"  - {{subject: s{i}x}}\n" for i in range(2_000))
@@ -270,6 +276,7 @@ def problems_or_none(folder: Path, text: str) -> list[Problem]:
     return []
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 def test_a_rows_file_of_endless_blank_lines_is_refused_early(tmp_path: Path) -> None:
     (tmp_path / "r.txt").write_bytes(b"a cat\n" + b"\n" * 3_000_000)  # 3 MB, no more rows
     start = time.perf_counter()
@@ -279,6 +286,7 @@ def test_a_rows_file_of_endless_blank_lines_is_refused_early(tmp_path: Path) -> 
     assert "more than 102,000 lines" in only(info.value.problems).message
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 def test_a_values_file_of_blank_lines_is_refused_early(tmp_path: Path) -> None:
     (tmp_path / "v.txt").write_bytes(b"fox\n" + b"\n" * (10 * 1024 * 1024 - 10))
     start = time.perf_counter()
