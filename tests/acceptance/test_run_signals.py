@@ -17,7 +17,8 @@ from batchgen.states import JobState
 from batchgen.store import jobs as store
 from tests.support.engine import bid, make_batch, prompts
 from tests.support.observe import read_trail, trail, value
-from tests.support.processes import cron_env, finish, receiver, sim_config, start, until
+from tests.support.processes import cron_env, finish, receiver, sim_config, start
+from tests.support.waiting import until
 
 SEQUENCES = [
     ("SIGHUP",),

@@ -31,8 +31,8 @@ from tests.support.processes import (
     receiver,
     sim_config,
     start,
-    until,
 )
+from tests.support.waiting import until
 
 
 async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from batchgen.run.lock import read_holder
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.sim import SimConfig, Simulator
 from tests.support.nightly import MANIFEST, N, batches
-from tests.support.processes import KEY, cron_env, finish, start, until
+from tests.support.processes import KEY, cron_env, finish, start
+from tests.support.waiting import until
 
 
 class MidnightClock:

@@ -33,8 +33,8 @@ from tests.support.processes import (
     receiver,
     sim_config,
     start,
-    until,
 )
+from tests.support.waiting import until
 
 
 async def test_sigterm_while_waiting_for_the_lock_exits_75_at_once_and_reports(

@@ -64,14 +64,6 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> tuple
     return proc.returncode, out.decode(), err.decode()
 
 
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError
-
-
 @asynccontextmanager
 async def receiver(status: list[int]) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A local webhook: answers ``status`` in turn (then 200); returns what arrived."""
