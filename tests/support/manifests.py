@@ -86,3 +86,6 @@ matrix:
   aspect_ratio: ["16:9", "9:16"]
 repeat: 2
 """
+
+
+GOOD = 'defaults: {prompt: "a {subject}"}\nmatrix:\n  subject: [fox, heron]\n'

@@ -69,3 +69,7 @@ def parse_crontab(text: str) -> tuple[dict[str, str], list[str]]:
         else:
             jobs.append(cron_job(line))
     return env, jobs
+
+
+def videos(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.mp4")) if folder.is_dir() else []

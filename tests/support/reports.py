@@ -194,3 +194,14 @@ def page_of(tmp_path: Path, manifest: Path) -> tuple[str, dict[str, object]]:
     found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
     assert found is not None
     return page, json.loads(found.group(1))
+
+
+def check_export_rows(ran: Demo, rows: list[dict[str, Any]]) -> None:
+    assert len(rows) == 10
+    assert [int(r["idx"]) for r in rows] == list(range(10))
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert INJECTION in by_prompt and UNICODE in by_prompt
+    failed = by_prompt[BAD_PROMPT]
+    assert failed["state"] == "failed" and failed["error_code"] == "invalid_input"
+    assert "7:3" in failed["error"]
+    assert all(r["batch"] == "demo" and r["out_dir"] == str(ran.out_dir) for r in rows)

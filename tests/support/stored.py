@@ -71,3 +71,23 @@ def stored_batch(tmp_path: Path, subjects: list[str]) -> Path:
     finish(db, stored[(subjects[0], "9:16")]["id"], JobState.FAILED)
     db.dispose()  # the last connection closing folds the WAL back in
     return db_path
+
+
+SUBJECTS = [f"s{i:03d}" for i in range(400)]  # x 2 ratios: 800 jobs, several pages
+
+
+def stored(folder: Path) -> Path:
+    db_path = folder / "state.db"
+    db = open_db(db_path)
+    batches.sync_batch(db, load_manifest(write_manifest(folder, SUBJECTS)))
+    db.dispose()  # the last connection closing folds the WAL back in
+    assert not db_path.with_name("state.db-wal").exists()
+    return db_path
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.iterdir())
+        if p.name.startswith("state.db")
+    }
