@@ -217,9 +217,13 @@ class EngineState:
             self.crash = exc
             self.leaving = True
         elif exc is not self.crash:
-            # a paid run's id that could not be recorded must never go unsaid
-            if isinstance(exc, StateWriteError) and exc.run_id:
+            # a paid run's id that could not be recorded must never go unsaid: it is
+            # logged, and it becomes the reason the run stopped unless one already is
+            if isinstance(exc, StateWriteError) and exc.unrecorded:
                 log.error("%s", exc)
+                first = self.crash
+                if not (isinstance(first, StateWriteError) and first.unrecorded):
+                    self.crash = exc
             log.debug("a further error after the first", exc_info=exc)
         self.wake.set()
 
@@ -287,7 +291,8 @@ class EngineState:
             elif run_id:
                 paid = f" (run {run_id})"
             message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
-            raise StateWriteError(message, run_id=run_id) from failure
+            unrecorded = bool(run_id) and old is JobState.SUBMITTING
+            raise StateWriteError(message, run_id=run_id, unrecorded=unrecorded) from failure
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
             self.forget(job)

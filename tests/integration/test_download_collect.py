@@ -15,9 +15,7 @@ from batchgen.files.sidecar import read_sidecar
 from batchgen.store.records import BatchRecord, JobRecord
 from batchgen.store.schema import Batch, Job
 from batchgen.store.sqlite_store import batch_record, job_record
-from tests.integration.test_download_support import Fault, FileServer, mp4_16x9, server
-
-__all__ = ["mp4_16x9", "server"]
+from tests.support.files import Fault, FileServer
 
 
 def batch(out: Path, template: str) -> BatchRecord:
