@@ -84,6 +84,9 @@ def settings_rate(value: Any) -> tuple[int, float] | None:
     return None
 
 
+#: the priority of an early poll: it never takes the last free slots of a shared window
+_EARLY_POLL = 2
+
 #: below this many seconds, a wait is rounding noise: send now
 _EPS = 1e-6
 
@@ -282,7 +285,7 @@ class RequestLimiter:
             delay = self._delay(now)
             if delay <= _EPS and shared is not None:
                 try:
-                    delay = await shared.take(self._slots(), self._span, self.max_requests)
+                    delay = await shared.take(self._shared_slots(me), self._span, self.max_requests)
                 finally:
                     if self._waiters and self._waiters[0] is not me:
                         self._waiters[0].wake.set()  # a head that came meanwhile waits
@@ -291,6 +294,14 @@ class RequestLimiter:
             if delay <= _EPS:
                 return now
             await self._clock.sleep(delay)
+
+    def _shared_slots(self, me: _Waiter) -> int:
+        """Slots of the shared window ``me`` may fill. An early poll leaves a burst's
+        worth free: other processes' submissions and overdue polls come first, as
+        they do within one process."""
+        if me.priority >= _EARLY_POLL:
+            return max(1, self._slots() - self.burst)
+        return self._slots()
 
     def _grant(self, now: float) -> None:
         self._log.append(now)

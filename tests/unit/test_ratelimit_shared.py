@@ -236,3 +236,22 @@ async def test_the_file_is_only_touched_off_the_event_loop(tmp_path: Path) -> No
     limiter.penalize(None)
     await grant_times(limiter, clock, [1])
     assert seen and loop_thread not in seen
+
+
+async def test_early_polls_leave_a_burst_of_the_shared_window_to_urgent_requests(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    path = tmp_path / "k.window"
+    polling = RequestLimiter(8, 1.0, clock=clock, burst=2, shared=SharedWindow(path))
+    submitting = RequestLimiter(8, 1.0, clock=clock, burst=8, shared=SharedWindow(path))
+    start = clock.t
+    early = [t for _, t, _ in await grant_times(polling, clock, [2] * 6)]
+    assert len([t for t in early if t < start + 1.0]) == 6  # 6 = 8 minus a burst of 2
+    # the other process's submissions still find the last two slots free at once
+    urgent = [t for _, t, _ in await grant_times(submitting, clock, [1] * 2)]
+    assert max(urgent) < start + 1.0
+    assert max_in_any_window(early + urgent, 1.0) <= 8
+    # and one more early poll waits for the window, though the process sent only 6
+    more = [t for _, t, _ in await grant_times(polling, clock, [2])]
+    assert more[0] >= start + 1.0
