@@ -278,7 +278,7 @@ class SharedSlots:
 
 
 def _read(fd: int) -> Window:
-    raw = os.pread(fd, 1 << 20, 0)
+    raw = os.pread(fd, max(os.fstat(fd).st_size, 1), 0)
     if not raw:
         return Window()
     try:
