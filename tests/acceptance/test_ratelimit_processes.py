@@ -79,7 +79,7 @@ async def ctrl_c_then_resume(tmp_path: Path, first: Path, second: Path) -> int:
             await asyncio.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         assert await finish(proc) == 75
-        before = sim.stats()["rate_limited"]
+        before = int(sim.stats()["rate_limited"])
         resumed = await start(
             "resume", "--db", str(db), "--max-runtime", "2", base_url=sim.base_url, state=second
         )
