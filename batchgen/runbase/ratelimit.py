@@ -17,22 +17,14 @@ Three layers decide when the next request may go:
    of them at once when the window rolls over. Urgent requests then never wait
    long behind a burst of early polls.
 3. On a 429: ``penalize`` pauses everything for a window plus jitter (or the
-   server's Retry-After) and halves the limit; every clean window after the pause
-   (no 429 in it) doubles it again, up to ``max_requests``. One 429 costs the pause
-   and one window at half rate: the full rate is back within 3 windows. (Adding
-   back one request per window, as AIMD does, took ten windows from 10 to 20: a
-   resumed run spent the rest of its batch at about half the rate.)
-4. With ``shared`` (a ``SharedWindow``), the key's log of the last window and its
-   pause after a 429 also live in a file under the user's state directory, and a
-   slot is only granted once it is recorded there, under an exclusive lock, in a
-   worker thread (never on the event loop, never held across an await). So a
-   restarted run knows the window its predecessor left, and two processes of one
-   user on one host that use the same key share its 20 per 10 s. Priorities hold
-   within a process; between processes, whoever takes the file first goes.
+   server's Retry-After) and halves the limit; each clean window after the pause
+   doubles it back: the full rate returns within 3 windows (AIMD's one more request
+   per window took ten windows from 10 to 20).
+4. With ``shared``, a slot is granted only once the key's window file (shared by this
+   user's processes and their restarts; ``shared_window`` explains it) records it.
 
-Clocks: the in-process layers run on the injected clock's ``monotonic()``; the shared
-file on its ``now()``, wall time, the one clock every process reads alike
-(``shared_window`` says what a clock set forward or back does).
+Clocks: layers 1-3 run on the injected clock's ``monotonic()``, the shared file on
+its ``now()`` (wall time: the clock every process reads alike).
 
 Why not ``aiolimiter.AsyncLimiter(20, 10)`` alone: its bucket starts full and drains
 at 2/s, so it lets ~39 requests through in the first 10 s. Configured as
@@ -84,9 +76,6 @@ def settings_rate(value: Any) -> tuple[int, float] | None:
     return None
 
 
-#: the priority of an early poll: it never takes the last free slots of a shared window
-_EARLY_POLL = 2
-
 #: below this many seconds, a wait is rounding noise: send now
 _EPS = 1e-6
 
@@ -125,8 +114,6 @@ class RequestLimiter:
     ``acquire(priority)`` waits for a slot and returns the (monotonic) time it was
     granted; send the request right after. Report the answer with ``on_success()``
     or ``penalize(retry_after, sent_at=...)`` for a 429 RATE_LIMITED.
-    With ``shared``, the key's window is also the one in its file (module docstring,
-    layer 4).
     """
 
     def __init__(
@@ -155,8 +142,7 @@ class RequestLimiter:
         pause_jitter_s: a 429 without Retry-After pauses window_s plus up to this much
             (default 10% of the window), so several clients of one key spread out.
         history: send times kept for ``utilisation()``.
-        shared: the key's window file, shared with other processes (None: this
-            process only).
+        shared: the key's window file (None: this process only).
         """
         if max_requests < 1 or window_s <= 0:
             raise ValueError("max_requests must be >= 1 and window_s > 0")
@@ -204,10 +190,6 @@ class RequestLimiter:
         """Requests per window currently allowed (halved on 429, doubled per clean window)."""
         self._recover(self._clock.monotonic())
         return self._limit
-
-    @property
-    def shared(self) -> SharedWindow | None:
-        return None if self._shared is None else self._shared.file
 
     @property
     def _span(self) -> float:
@@ -263,12 +245,11 @@ class RequestLimiter:
         except BaseException:
             self._leave(me)
             raise
-        self._leave(me, wake=False)
+        self._leave(me)  # wakes the next head, which runs once we have granted
         self._grant(now)
         if now - started > _EPS:
             self._waited += 1
             self._wait_s += now - started
-        self._wake_head()
         return now
 
     async def _turn(self, me: _Waiter) -> float:
@@ -284,24 +265,17 @@ class RequestLimiter:
             now = self._clock.monotonic()
             delay = self._delay(now)
             if delay <= _EPS and shared is not None:
+                # an early poll (2) leaves a burst free for other processes (shared_window)
+                slots = self._slots() - (self.burst if me.priority >= 2 else 0)
                 try:
-                    delay = await shared.take(self._shared_slots(me), self._span, self.max_requests)
+                    delay = await shared.take(max(1, slots), self._span, self.max_requests)
                 finally:
-                    if self._waiters and self._waiters[0] is not me:
-                        self._waiters[0].wake.set()  # a head that came meanwhile waits
+                    self._waiters[0].wake.set()  # a head that came meanwhile waits for us
                 if delay <= _EPS:
                     return self._clock.monotonic()
             if delay <= _EPS:
                 return now
             await self._clock.sleep(delay)
-
-    def _shared_slots(self, me: _Waiter) -> int:
-        """Slots of the shared window ``me`` may fill. An early poll leaves a burst's
-        worth free: other processes' submissions and overdue polls come first, as
-        they do within one process."""
-        if me.priority >= _EARLY_POLL:
-            return max(1, self._slots() - self.burst)
-        return self._slots()
 
     def _grant(self, now: float) -> None:
         self._log.append(now)
@@ -309,18 +283,12 @@ class RequestLimiter:
         self._tokens -= 1.0
         self._sent += 1
 
-    def _leave(self, me: _Waiter, *, wake: bool = True) -> None:
-        if self._waiters and self._waiters[0] is me:
-            heapq.heappop(self._waiters)
-        elif me in self._waiters:
-            # granted while no longer the head (an urgent request came while we
-            # were at the shared file), or cancelled
+    def _leave(self, me: _Waiter) -> None:
+        # granted while no longer the head (an urgent request came while we were at
+        # the shared file), or cancelled: anywhere in the queue
+        if me in self._waiters:
             self._waiters.remove(me)
             heapq.heapify(self._waiters)
-        if wake:
-            self._wake_head()
-
-    def _wake_head(self) -> None:
         if self._waiters:
             self._waiters[0].wake.set()
 
