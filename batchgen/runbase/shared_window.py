@@ -27,9 +27,8 @@ SIGKILL.
 Priorities (0 overdue poll, 1 submission, 2 early poll) hold within a process; between
 processes, whoever takes the file first goes, except that an early poll only takes a
 slot while a burst's worth (a quarter of the limit) stays free: another process's
-submissions would otherwise wait behind our guesses. Two processes of one key took
-1.1-1.25x the time of one process running both batches without that rule, about
-1.0-1.1x with it (``bench/bench_limiter_shared.py``, a loaded 2-core machine).
+submissions would otherwise wait behind our guesses (``bench/bench_limiter_shared.py``
+measures two processes against one running both batches).
 
 Why wall time: processes share the file, and ``time.monotonic()`` is not comparable
 across reboots (nor promised across processes). The cost is that a wall clock set
