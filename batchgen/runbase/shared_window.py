@@ -22,7 +22,9 @@ write of a few hundred bytes, never across an ``await``: the methods here are
 blocking and the limiter calls them in a worker thread (``asyncio.to_thread``).
 Each call opens its own file description, so two threads of one process exclude each
 other as two processes do; the kernel drops the lock of a process killed with
-SIGKILL.
+SIGKILL. The slot's time is read under the lock; the request leaves after the hop
+back to the event loop (well under a millisecond unless the machine is starved), a
+delay the limiter's margin absorbs as it does the network's.
 
 Priorities (0 overdue poll, 1 submission, 2 early poll) hold within a process; between
 processes, whoever takes the file first goes, except that an early poll only takes a

@@ -10,6 +10,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -25,6 +26,7 @@ from batchgen.runbase.shared_window import (
 from tests.unit.test_ratelimit import ManualClock, grant_times, max_in_any_window
 
 KEY = "sk-test-0123456789abcdef"
+T = TypeVar("T")
 
 
 class Wall:
@@ -156,10 +158,24 @@ def test_a_folder_that_cannot_be_made_is_one_warning_then_this_process_only(
 # ---------------------------------------------------------------- limiters sharing a file
 
 
+@pytest.fixture
+def inline_file_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the limiter's file calls on the loop. Virtual time would otherwise jump to
+    the next sleeper while a worker thread is at the file, as real time never does,
+    and a grant would come "later" than the slot the file recorded. That the calls
+    do run in a worker thread is the last test's point."""
+
+    async def inline(func: Callable[..., T], /, *args: Any, **kw: Any) -> T:
+        return func(*args, **kw)
+
+    monkeypatch.setattr(asyncio, "to_thread", inline)
+
+
 def limiter_on(path: Path, clock: ManualClock, n: int = 5, window_s: float = 1.0) -> RequestLimiter:
     return RequestLimiter(n, window_s, clock=clock, shared=SharedWindow(path))
 
 
+@pytest.mark.usefixtures("inline_file_calls")
 async def test_two_limiters_on_one_file_share_one_budget(tmp_path: Path) -> None:
     clock = ManualClock()
     path = tmp_path / "k.window"
@@ -178,6 +194,7 @@ async def test_two_limiters_on_one_file_share_one_budget(tmp_path: Path) -> None
     assert one.stats().sent + two.stats().sent == 40
 
 
+@pytest.mark.usefixtures("inline_file_calls")
 async def test_a_restarted_limiter_knows_the_last_window(tmp_path: Path) -> None:
     clock = ManualClock()
     path = tmp_path / "k.window"
@@ -191,6 +208,7 @@ async def test_a_restarted_limiter_knows_the_last_window(tmp_path: Path) -> None
     assert max_in_any_window(before + after, 1.0) <= 5
 
 
+@pytest.mark.usefixtures("inline_file_calls")
 async def test_a_429_in_one_process_pauses_the_other(tmp_path: Path) -> None:
     clock = ManualClock()
     path = tmp_path / "k.window"
@@ -206,6 +224,7 @@ async def test_a_429_in_one_process_pauses_the_other(tmp_path: Path) -> None:
     assert granted[0][1] >= sent + pause
 
 
+@pytest.mark.usefixtures("inline_file_calls")
 async def test_has_slack_counts_the_other_processes_sends(tmp_path: Path) -> None:
     clock = ManualClock()
     path = tmp_path / "k.window"
@@ -238,6 +257,7 @@ async def test_the_file_is_only_touched_off_the_event_loop(tmp_path: Path) -> No
     assert seen and loop_thread not in seen
 
 
+@pytest.mark.usefixtures("inline_file_calls")
 async def test_early_polls_leave_a_burst_of_the_shared_window_to_urgent_requests(
     tmp_path: Path,
 ) -> None:
