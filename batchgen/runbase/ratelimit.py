@@ -195,6 +195,10 @@ class RequestLimiter:
     def _span(self) -> float:
         return self.window_s + self.margin_s
 
+    @property
+    def _shared_span(self) -> float:  # two margins: processes stall apart (shared_window)
+        return self.window_s + 2 * self.margin_s
+
     def _slots(self) -> int:
         return max(1, int(self._limit))
 
@@ -268,7 +272,7 @@ class RequestLimiter:
                 # an early poll (2) leaves a burst free for other processes (shared_window)
                 slots = self._slots() - (self.burst if me.priority >= 2 else 0)
                 try:
-                    delay = await shared.take(max(1, slots), self._span, self.max_requests)
+                    delay = await shared.take(max(1, slots), self._shared_span, self.max_requests)
                 finally:
                     self._waiters[0].wake.set()  # a head that came meanwhile waits for us
                 if delay <= _EPS:
@@ -284,9 +288,7 @@ class RequestLimiter:
         self._sent += 1
 
     def _leave(self, me: _Waiter) -> None:
-        # granted while no longer the head (an urgent request came while we were at
-        # the shared file), or cancelled: anywhere in the queue
-        if me in self._waiters:
+        if me in self._waiters:  # not always the head: cancelled, or overtaken at the file
             self._waiters.remove(me)
             heapq.heapify(self._waiters)
         if self._waiters:
@@ -360,9 +362,9 @@ class RequestLimiter:
         if self._delay(now) > _EPS:
             return False
         if self._shared is not None and not self._shared.has_room(
-            self._slots(), self._span, reserve
+            max(1, self._slots() - self.burst), self._shared_span, reserve
         ):
-            return False  # other processes' sends, as of our last look at the file
+            return False  # others' sends as last seen; an early poll leaves a burst
         return len(self._log) + reserve < self._slots()
 
     def waiting(self) -> int:

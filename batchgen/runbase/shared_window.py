@@ -24,7 +24,9 @@ Each call opens its own file description, so two threads of one process exclude 
 other as two processes do; the kernel drops the lock of a process killed with
 SIGKILL. The slot's time is read under the lock; the request leaves after the hop
 back to the event loop (well under a millisecond unless the machine is starved), a
-delay the limiter's margin absorbs as it does the network's.
+delay the limiter's margin absorbs as it does the network's. (The limiter counts the
+file's window over the window plus two margins: two processes' event loops stall
+independently, and one margin let a 429 through under load.)
 
 Priorities (0 overdue poll, 1 submission, 2 early poll) hold within a process; between
 processes, whoever takes the file first goes, except that an early poll only takes a

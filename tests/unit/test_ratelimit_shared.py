@@ -189,8 +189,9 @@ async def test_two_limiters_on_one_file_share_one_budget(tmp_path: Path) -> None
     await clock.drive(tasks)
     assert len(times) == 40
     assert max_in_any_window(times, 1.0) <= 5  # alone, each would have sent 5 per window
-    # and the budget is used: 40 requests at 5 per 1.05 s take about 8 windows
-    assert max(times) - min(times) < 8 * 1.05 + 0.5
+    # and the budget is used: 40 requests at 5 per 1.1 s (the file's window is the
+    # window plus two margins) take about 8 windows
+    assert max(times) - min(times) < 8 * 1.1 + 0.5
     assert one.stats().sent + two.stats().sent == 40
 
 
