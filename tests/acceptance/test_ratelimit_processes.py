@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim
+from batchgen.sim import DEFAULT_KEY as KEY
+from batchgen.sim import SimConfig, Simulator
 
 RATE = (20, 1.0)
 
@@ -71,7 +72,8 @@ async def ctrl_c_then_resume(tmp_path: Path, first: Path, second: Path) -> int:
     to matter."""
     m = manifest(tmp_path, "nightly", range(1, 11), rate="20/8s")  # 40 jobs
     db = tmp_path / "state.db"
-    async with StandInSim(StandInConfig(time_scale=0.02, rate=(20, 8.0), seed=5)) as sim:
+    config = SimConfig(time_scale=0.02, rate=(20, 8.0), seed=5, tiny_videos=True)
+    async with Simulator(config) as sim:
         proc = await start("run", str(m), "--db", str(db), base_url=sim.base_url, state=first)
         for _ in range(3000):  # until the key has used most of its window
             if api_requests(sim.stats()) >= 18:
@@ -100,8 +102,8 @@ async def test_two_processes_one_key_share_its_limit(tmp_path: Path) -> None:
     n = 24  # jobs per batch
 
     async def timed(*runs: tuple[Path, Path], state: Path) -> tuple[float, dict[str, int]]:
-        config = StandInConfig(time_scale=0.02, rate=RATE, seed=9)
-        async with StandInSim(config) as sim:
+        config = SimConfig(time_scale=0.02, rate=RATE, seed=9, tiny_videos=True)
+        async with Simulator(config) as sim:
             began = time.monotonic()
             procs = [
                 await start("run", str(m), "--db", str(db), base_url=sim.base_url, state=state)

@@ -15,9 +15,22 @@ from pathlib import Path
 from batchgen.engine.schedule import PollPolicy
 from batchgen.run.runner import RunOptions, arun_batch
 from batchgen.runbase.shared_window import SharedWindow
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, make_batch, prompts
+from batchgen.sim import DEFAULT_KEY as KEY
+from batchgen.sim import SimConfig, Simulator
 
 RATE = (20, 4.0)  # 20 per 10 s compressed 2.5 times
+
+MANIFEST = """\
+name: restarted
+out_dir: videos
+filename: "{index:03d}-{take}"
+defaults:
+  prompt: "a crane in the reeds, take {take}"
+  resolution: 720p
+  duration: 5
+matrix:
+  take: [TAKES]
+""".replace("TAKES", ", ".join(str(i) for i in range(30)))
 
 
 def options(base_url: str, state_dir: Path, **kw: object) -> RunOptions:
@@ -33,17 +46,18 @@ def options(base_url: str, state_dir: Path, **kw: object) -> RunOptions:
 async def stop_then_resume(tmp_path: Path, first: Path, second: Path) -> dict[str, int]:
     """Run 30 jobs until the first window is nearly used, resume at once for 2 s;
     the 429s before and after the resume."""
-    async with StandInSim(StandInConfig(time_scale=0.01, rate=RATE, seed=3)) as sim:
-        db = tmp_path / "state.db"
-        _engine, batch = make_batch(db, prompts(30), tmp_path / "out")
+    config = SimConfig(time_scale=0.01, rate=RATE, seed=3, tiny_videos=True)
+    async with Simulator(config) as sim:
+        db, manifest = tmp_path / "state.db", tmp_path / "m.yaml"
+        manifest.write_text(MANIFEST)
         stopped = await arun_batch(
-            db, api_key=KEY, batch=batch.name,
+            db, api_key=KEY, manifest=manifest,
             options=options(sim.base_url, first, max_runtime_s=3.0),
         )  # fmt: skip
         assert stopped.exit_code == 75, stopped.reason  # stopped, resumable
         before = sim.stats()["rate_limited"]
         resumed = await arun_batch(
-            db, api_key=KEY, batch=batch.name,
+            db, api_key=KEY, batch="restarted",
             options=options(sim.base_url, second, max_runtime_s=2.0),
         )  # fmt: skip
         stats = sim.stats()
