@@ -16,15 +16,10 @@ Three layers decide when the next request may go:
    ``burst``), so a free slot appears every ``window/limit`` seconds instead of all
    of them at once when the window rolls over. Urgent requests then never wait
    long behind a burst of early polls.
-3. On a 429: ``penalize`` pauses everything for a window plus jitter (or the
-   server's Retry-After) and halves the limit; each clean window after the pause
-   doubles it back: the full rate returns within 3 windows (AIMD's one more request
-   per window took ten windows from 10 to 20).
-4. With ``shared``, a slot is granted only once the key's window file (shared by this
-   user's processes and their restarts; ``shared_window`` explains it) records it.
-
-Clocks: layers 1-3 run on the injected clock's ``monotonic()``, the shared file on
-its ``now()`` (wall time: the clock every process reads alike).
+3. A 429 pauses everything for a window plus jitter (or Retry-After) and halves the
+   limit; each clean window after the pause doubles it back (full rate within 3).
+4. With ``shared``, a slot is also recorded in the key's window file, shared by this
+   user's processes and restarts, on wall time (``now()``; ``shared_window``).
 
 Why not ``aiolimiter.AsyncLimiter(20, 10)`` alone: its bucket starts full and drains
 at 2/s, so it lets ~39 requests through in the first 10 s. Configured as
@@ -336,8 +331,7 @@ class RequestLimiter:
         while self._limit < self.max_requests and now >= self._recover_at:
             self._limit = min(float(self.max_requests), self._limit / self.decrease)
             self._recover_at += self._span
-        if self._limit >= self.max_requests:
-            self._recover_at = math.inf
+        self._recover_at = math.inf if self._limit >= self.max_requests else self._recover_at
 
     def on_success(self) -> None:
         """An answer that was not a 429 (the rate itself recovers with clean windows)."""
