@@ -6,7 +6,7 @@ limiter guarantees that no window of ``window_s`` seconds ever holds more than
 free slots out by priority (lower number first): 0 overdue poll, 1 submission,
 2 early poll.
 
-Three layers decide when the next request may go:
+Four layers decide when the next request may go:
 
 1. A sliding-window log of send times: the hard bound. A request goes only if fewer
    than ``limit`` requests were sent in the last ``window_s + margin_s`` seconds. The
