@@ -12,6 +12,7 @@ BENCHES = [
     "bench.bench_report",
     "bench.bench_sim",
     "bench.bench_ratelimit",
+    "bench.bench_limiter_shared",
 ]
 
 

@@ -19,6 +19,16 @@ for _name in list(os.environ):
 os.environ.update(LC_ALL="C.UTF-8", PYTHONUTF8="1")
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own state folder (the per-key rate-limit files): no test writes to
+    the real home, and no test waits for a window another test used. XDG_STATE_HOME too,
+    for the children started with the BATCHGEN_ variables stripped."""
+    folder = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("BATCHGEN_STATE_DIR", str(folder / "batchgen"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+
+
 @pytest.fixture
 def api_key() -> str:
     return "sk-test-0123456789abcdef"

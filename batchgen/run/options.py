@@ -60,6 +60,9 @@ class RunOptions:
     timeout_s: float = 30.0
     #: the limiter's safety margin on the window (None: the limiter's default)
     limiter_margin_s: float | None = None
+    #: where the key's shared rate-limit window lives (None: $BATCHGEN_STATE_DIR, else
+    #: $XDG_STATE_HOME/batchgen, else ~/.local/state/batchgen)
+    state_dir: Path | None = None
     #: allow plain http to a host that is not loopback (the key then goes in clear)
     allow_insecure: bool = False
     poll_policy: PollPolicy | None = None

@@ -66,6 +66,7 @@ from batchgen.run.signals import interrupt_on_signals
 from batchgen.run.summary import Ended, build_summary, finish, snapshot, unattended_observers
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
+from batchgen.runbase.shared_window import SharedWindow
 from batchgen.settings import StoredBatch, command_line_problems, resolve_settings, stored_settings
 from batchgen.store import batches, ledger
 from batchgen.store.schema import Batch, open_db
@@ -290,7 +291,11 @@ class _Run:
             observers=self.observers, stop=self.stop_event.is_set,
         )  # fmt: skip
 
-        limiter = RequestLimiter(rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s)
+        # the key's window lives in a file every process of this user shares (restarts too)
+        shared = SharedWindow.for_key(self.key, opts.state_dir)
+        limiter = RequestLimiter(
+            rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s, shared=shared
+        )
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
         durations = DurationModel(opts.poll_policy)
         durations.seed(history(self.db, batch.model))

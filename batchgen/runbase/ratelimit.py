@@ -6,7 +6,7 @@ limiter guarantees that no window of ``window_s`` seconds ever holds more than
 free slots out by priority (lower number first): 0 overdue poll, 1 submission,
 2 early poll.
 
-Three layers decide when the next request may go:
+Four layers decide when the next request may go:
 
 1. A sliding-window log of send times: the hard bound. A request goes only if fewer
    than ``limit`` requests were sent in the last ``window_s + margin_s`` seconds. The
@@ -16,16 +16,17 @@ Three layers decide when the next request may go:
    ``burst``), so a free slot appears every ``window/limit`` seconds instead of all
    of them at once when the window rolls over. Urgent requests then never wait
    long behind a burst of early polls.
-3. AIMD on 429: ``penalize`` pauses everything for a window plus jitter (or the
-   server's Retry-After) and halves the limit; each success adds back about one
-   request per window until ``max_requests`` again.
+3. A 429 pauses everything for a window plus jitter (or Retry-After) and halves the
+   limit; each clean window after the pause doubles it back (full rate within 3).
+4. With ``shared``, a slot is also recorded in the key's window file, shared by this
+   user's processes and restarts, on wall time (``now()``; ``shared_window``).
 
 Why not ``aiolimiter.AsyncLimiter(20, 10)`` alone: its bucket starts full and drains
 at 2/s, so it lets ~39 requests through in the first 10 s. Configured as
 ``AsyncLimiter(1, 0.5)`` it would pace correctly, but it reads the event loop's
 clock (so it cannot run on the injected ``batchgen.clock``, which the tests need),
 serves waiters first-come first-served (no priorities), and fixes its rate at
-construction (AIMD changes it). Layer 2 is that same leaky bucket, written against
+construction (a 429 changes it). Layer 2 is that same leaky bucket, written against
 the injected clock, with the sliding log on top as the guarantee.
 
 So aiolimiter is not a dependency of batchgen: carrying layer 2 on it would mean a
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.clock import Clock, SystemClock
+from batchgen.runbase.shared_window import SharedSlots, SharedWindow
 
 #: what Runbase allows one key: 20 requests per 10 s, POST and GET together
 DEFAULT_RATE: tuple[int, float] = (20, 10.0)
@@ -88,7 +90,7 @@ class LimiterStats:
     cuts: int  # multiplicative decreases (one per congestion event)
     waited: int  # acquisitions that had to wait at all
     wait_s: float  # total seconds spent waiting, summed over acquisitions
-    limit: float  # current allowed requests per window (AIMD)
+    limit: float  # current allowed requests per window (halved on 429, then doubled back)
     max_requests: int
     window_s: float
     in_window: int  # requests sent in the last window_s
@@ -128,6 +130,7 @@ class RequestLimiter:
         pause_jitter_s: float | None = None,
         rng: random.Random | None = None,
         history: int = 100_000,
+        shared: SharedWindow | None = None,
     ) -> None:
         """
         margin_s: extra seconds added to the window in the hard bound; default 0.15 s
@@ -135,10 +138,12 @@ class RequestLimiter:
             windows and next to no network jitter).
         burst: how many requests may go back to back after a quiet spell; default a
             quarter of max_requests.
-        decrease: factor applied to the limit on a 429 (multiplicative decrease).
+        decrease: factor applied to the limit on a 429; each clean window after
+            the pause divides the limit by it again (0.5: halve, then double back).
         pause_jitter_s: a 429 without Retry-After pauses window_s plus up to this much
             (default 10% of the window), so several clients of one key spread out.
         history: send times kept for ``utilisation()``.
+        shared: the key's window file (None: this process only).
         """
         if max_requests < 1 or window_s <= 0:
             raise ValueError("max_requests must be >= 1 and window_s > 0")
@@ -162,6 +167,8 @@ class RequestLimiter:
         self._tokens_at = now
         self._pause_until = -math.inf
         self._last_cut_at = -math.inf
+        self._recover_at = math.inf  # when the limit is next divided by ``decrease``
+        self._shared = None if shared is None else SharedSlots(shared, self._clock.now)
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
 
@@ -181,12 +188,17 @@ class RequestLimiter:
 
     @property
     def limit(self) -> float:
-        """Requests per window currently allowed (drops on 429, climbs back on success)."""
+        """Requests per window currently allowed (halved on 429, doubled per clean window)."""
+        self._recover(self._clock.monotonic())
         return self._limit
 
     @property
     def _span(self) -> float:
         return self.window_s + self.margin_s
+
+    @property
+    def _shared_span(self) -> float:  # two margins: processes stall apart (shared_window)
+        return self.window_s + 2 * self.margin_s
 
     def _slots(self) -> int:
         return max(1, int(self._limit))
@@ -210,7 +222,8 @@ class RequestLimiter:
             log.popleft()
 
     def _delay(self, now: float) -> float:
-        """Seconds until a request may go (0: right now)."""
+        """Seconds until a request may go (0: right now), as far as this process knows."""
+        self._recover(now)
         wait = self._pause_until - now
         self._prune(now)
         slots = self._slots()
@@ -233,29 +246,41 @@ class RequestLimiter:
         heapq.heappush(self._waiters, me)
         started = self._clock.monotonic()
         try:
-            while True:
-                if self._waiters[0] is not me:
-                    # Only the head of the queue watches the clock; the others sleep
-                    # until whoever is ahead leaves (sent or cancelled) and wakes them.
-                    me.wake.clear()
-                    await me.wake.wait()
-                    continue
-                now = self._clock.monotonic()
-                delay = self._delay(now)
-                if delay <= _EPS:
-                    break
-                await self._clock.sleep(delay)
+            now = await self._turn(me)
         except BaseException:
             self._leave(me)
             raise
-        heapq.heappop(self._waiters)
+        self._leave(me)  # wakes the next head, which runs once we have granted
         self._grant(now)
         if now - started > _EPS:
             self._waited += 1
             self._wait_s += now - started
-        if self._waiters:
-            self._waiters[0].wake.set()
         return now
+
+    async def _turn(self, me: _Waiter) -> float:
+        """Wait until ``me`` may send; the monotonic time it may."""
+        shared = self._shared
+        while True:
+            if self._waiters[0] is not me or (shared is not None and shared.busy):
+                # Only the head of the queue watches the clock; the others sleep
+                # until whoever is ahead leaves (sent or cancelled) and wakes them.
+                me.wake.clear()
+                await me.wake.wait()
+                continue
+            now = self._clock.monotonic()
+            delay = self._delay(now)
+            if delay <= _EPS and shared is not None:
+                # an early poll (2) leaves a burst free for other processes (shared_window)
+                slots = self._slots() - (self.burst if me.priority >= 2 else 0)
+                try:
+                    delay = await shared.take(max(1, slots), self._shared_span, self.max_requests)
+                finally:
+                    self._waiters[0].wake.set()  # a head that came meanwhile waits for us
+                if delay <= _EPS:
+                    return self._clock.monotonic()
+            if delay <= _EPS:
+                return now
+            await self._clock.sleep(delay)
 
     def _grant(self, now: float) -> None:
         self._log.append(now)
@@ -264,13 +289,13 @@ class RequestLimiter:
         self._sent += 1
 
     def _leave(self, me: _Waiter) -> None:
-        if me in self._waiters:
+        if me in self._waiters:  # not always the head: cancelled, or overtaken at the file
             self._waiters.remove(me)
             heapq.heapify(self._waiters)
         if self._waiters:
             self._waiters[0].wake.set()
 
-    # ------------------------------------------------------------ feedback (AIMD)
+    # ------------------------------------------------------------ feedback
 
     def penalize(self, retry_after: float | None = None, *, sent_at: float | None = None) -> float:
         """A 429 RATE_LIMITED came back: pause, and cut the rate once per congestion event.
@@ -298,13 +323,25 @@ class RequestLimiter:
             self._tokens = min(self._tokens, float(self._capacity()))
             self._last_cut_at = now
             self._cuts += 1
+        # the first clean window starts when the pause ends
+        self._recover_at = self._pause_until + self._span
+        if self._shared is not None:
+            self._shared.pause(pause)
         return pause
 
+    def _recover(self, now: float) -> None:
+        """Undo one cut per clean window (a full window without a 429) since the pause."""
+        if now < self._recover_at:
+            return
+        self._refill(now)
+        while self._limit < self.max_requests and now >= self._recover_at:
+            self._limit = min(float(self.max_requests), self._limit / self.decrease)
+            self._recover_at += self._span
+        self._recover_at = math.inf if self._limit >= self.max_requests else self._recover_at
+
     def on_success(self) -> None:
-        """An answer that was not a 429: add back about one request per window's worth."""
-        if self._limit < self.max_requests:
-            self._refill(self._clock.monotonic())
-            self._limit = min(float(self.max_requests), self._limit + 1.0 / self._limit)
+        """An answer that was not a 429 (the rate itself recovers with clean windows)."""
+        self._recover(self._clock.monotonic())
 
     # ------------------------------------------------------------ looking at it
 
@@ -324,12 +361,17 @@ class RequestLimiter:
         now = self._clock.monotonic()
         if self._delay(now) > _EPS:
             return False
+        if self._shared is not None and not self._shared.has_room(
+            max(1, self._slots() - self.burst), self._shared_span, reserve
+        ):
+            return False  # others' sends as last seen; an early poll leaves a burst
         return len(self._log) + reserve < self._slots()
 
     def waiting(self) -> int:
         return len(self._waiters)
 
     def stats(self) -> LimiterStats:
+        self._recover(self._clock.monotonic())
         return LimiterStats(
             sent=self._sent,
             penalties=self._penalties,

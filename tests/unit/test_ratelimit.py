@@ -1,12 +1,10 @@
-"""RequestLimiter on virtual time: the window bound, priorities, AIMD, slack."""
+"""RequestLimiter on virtual time: the window bound, priorities, 429 recovery, slack."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import random
-from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,77 +12,7 @@ from hypothesis import strategies as st
 
 from batchgen.clock import FakeClock
 from batchgen.runbase.ratelimit import RequestLimiter
-from tests.support.ratelimit import max_in_any_window
-
-
-class ManualClock:
-    """Virtual time for many concurrent sleepers: time moves only in ``drive``."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.t = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def today(self):  # pragma: no cover - not used here
-        raise NotImplementedError
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + max(0.0, seconds), next(self._seq), fut))
-        await fut
-
-    async def settle(self) -> None:
-        for _ in range(20):
-            await asyncio.sleep(0)
-
-    async def step(self) -> bool:
-        """Let everything runnable run, then jump to the next wake-up. False when idle."""
-        await self.settle()
-        while self._sleepers:
-            when, _, fut = heapq.heappop(self._sleepers)
-            if fut.done():
-                continue
-            self.t = max(self.t, when)
-            fut.set_result(None)
-            await self.settle()
-            return True
-        return False
-
-    async def drive(self, tasks: Sequence[asyncio.Task[object]], limit: int = 100_000) -> None:
-        for _ in range(limit):
-            if all(t.done() for t in tasks):
-                return
-            if not await self.step() and not all(t.done() for t in tasks):
-                await self.settle()
-        raise AssertionError("virtual time did not finish the tasks")
-
-
-async def grant_times(
-    limiter: RequestLimiter,
-    clock: ManualClock,
-    priorities: Sequence[int],
-    *,
-    between: Callable[[int], Awaitable[None]] | None = None,
-) -> list[tuple[int, float, int]]:
-    """Start one acquirer per priority at once; return (index, grant time, priority)."""
-    out: list[tuple[int, float, int]] = []
-
-    async def one(i: int, prio: int) -> None:
-        if between is not None:
-            await between(i)
-        await limiter.acquire(prio)
-        out.append((i, clock.monotonic(), prio))
-
-    tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(priorities)]
-    await clock.drive(tasks)
-    return out
-
+from tests.support.ratelimit import ManualClock, grant_times, max_in_any_window
 
 # ---------------------------------------------------------------- the window bound
 
@@ -208,7 +136,7 @@ async def test_cancelled_waiter_does_not_block_the_queue():
     assert clock.t >= 1000.0 + 1.0
 
 
-# ---------------------------------------------------------------- AIMD
+# ---------------------------------------------------------------- after a 429
 
 
 async def test_penalize_pauses_a_window_and_halves_the_limit():
@@ -236,19 +164,88 @@ async def test_retry_after_replaces_the_default_pause():
     assert granted == pytest.approx(2.0 + limiter.margin_s)
 
 
-async def test_limit_recovers_additively_to_max_and_no_further():
+async def test_limit_doubles_back_per_clean_window_to_max_and_no_further():
     clock = FakeClock(start=0.0)
-    limiter = RequestLimiter(20, 10.0, clock=clock)
-    limiter.penalize(0.0)
+    limiter = RequestLimiter(20, 10.0, clock=clock, margin_s=0.0)
+    limiter.penalize(1.0)  # pause until t=1, then the first clean window is [1, 11)
     assert limiter.limit == 10.0
-    seen = [limiter.limit]
+    clock.advance(10.9)
+    limiter.on_success()
+    assert limiter.limit == 10.0  # the window after the pause is not over
+    clock.advance(0.1)
+    assert limiter.limit == 20.0  # one clean window undoes one cut
+    clock.advance(100.0)
+    assert limiter.limit == 20.0 and limiter.stats().limit == 20.0
+
+
+async def test_successes_alone_do_not_raise_the_limit_within_a_window():
+    # the old AIMD added ~1/limit per success; recovery is by clean windows now
+    clock = FakeClock(start=0.0)
+    limiter = RequestLimiter(20, 10.0, clock=clock, margin_s=0.0)
+    limiter.penalize(0.0)
     for _ in range(400):
         limiter.on_success()
+    assert limiter.limit == 10.0
+
+
+async def test_deep_cuts_double_back_one_step_per_window():
+    clock = FakeClock(start=0.0)
+    limiter = RequestLimiter(20, 1.0, clock=clock, margin_s=0.0)
+    for _ in range(5):  # five separate congestion events: 20 -> 0.625 -> floor 1
+        limiter.penalize(0.0, sent_at=clock.now())  # sent after the last cut
+        clock.advance(0.01)
+    assert limiter.limit == 1.0
+    clock.advance(-0.01)  # the last 429 was at 0.04: its clean windows end at 1.04, 2.04...
+    seen = []
+    for _ in range(6):
+        clock.advance(1.0)
         seen.append(limiter.limit)
-    assert seen == sorted(seen)
-    # roughly one more request per window's worth of successes: 10 -> 11 takes ~10
-    assert seen[9] < 11.0 <= seen[12]
-    assert seen[-1] == 20.0
+    assert seen == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+
+
+async def test_a_429_during_recovery_starts_the_clean_window_again():
+    clock = FakeClock(start=0.0)
+    limiter = RequestLimiter(20, 10.0, clock=clock, margin_s=0.0)
+    limiter.penalize(0.0)
+    clock.advance(9.0)
+    sent = await limiter.acquire(0)  # sent after the cut: a new congestion event
+    limiter.penalize(0.0, sent_at=sent)
+    assert limiter.limit == 5.0
+    clock.advance(9.0)
+    assert limiter.limit == 5.0  # 18 s after the first 429, 9 s after the second
+    clock.advance(1.0)
+    assert limiter.limit == 10.0
+    clock.advance(10.0)
+    assert limiter.limit == 20.0
+
+
+async def test_full_rate_is_back_within_three_windows_after_a_429():
+    """Demand without end; one 429 at t=5 s. Windows counted from the 429."""
+    clock = ManualClock(start=0.0)
+    limiter = RequestLimiter(20, 10.0, clock=clock, rng=random.Random(7))
+    times: list[float] = []
+    penalized: list[tuple[float, float]] = []  # (the 429's send time, its pause's end)
+
+    async def one() -> None:
+        sent = await limiter.acquire(1)
+        times.append(sent)
+        if not penalized and sent >= 5.0:
+            penalized.append((sent, limiter.penalize(None, sent_at=sent) + sent))
+        else:
+            limiter.on_success()
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(140)]
+    await clock.drive(tasks)
+    hit, pause_end = penalized[0]
+    span = 10.0 + limiter.margin_s
+    assert hit + 10.0 <= pause_end <= hit + 11.0  # paused one window plus jitter
+    assert not [t for t in times if hit < t < pause_end]
+    # one window at half rate after the pause, then the full rate again
+    half = [t for t in times if pause_end <= t < pause_end + span]
+    assert len(half) <= 10
+    third = [t for t in times if pause_end + span <= t < pause_end + 2 * span]
+    assert len(third) >= 19, len(third)  # third window from the 429: the full rate
+    assert max_in_any_window(times, 10.0) <= 20
 
 
 async def test_limit_never_drops_below_min_requests():
@@ -264,10 +261,14 @@ async def test_limit_never_drops_below_min_requests():
 async def test_slower_limit_is_obeyed_after_a_cut():
     clock = ManualClock()
     limiter = RequestLimiter(20, 1.0, clock=clock, rng=random.Random(0))
-    limiter.penalize(0.0)  # limit 10, no pause
+    start = clock.t
+    pause = limiter.penalize(0.0)  # limit 10, paused only the margin
     grants = await grant_times(limiter, clock, [1] * 40)
     times = [t for _, t, _ in grants]
-    assert max_in_any_window(times, 1.0) <= 10 + 1  # recovering by ~1 per window
+    clean = start + pause + 1.0 + limiter.margin_s  # the end of the first clean window
+    assert max_in_any_window([t for t in times if t < clean], 1.0) <= 10
+    assert max_in_any_window(times, 1.0) <= 20
+    assert limiter.limit == 20.0
 
 
 # ---------------------------------------------------------------- slack and counters
