@@ -34,6 +34,7 @@ lint: $(TEST_STAMP)
 
 test: lint
 	bash tests/ensure_chromium.sh
+	bash tests/ensure_postgres.sh
 	$(BIN)/pytest -q
 
 bench: $(TEST_STAMP)

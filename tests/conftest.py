@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
+from tests.pg_server import PostgresUnavailable, TestServer, given_server, start_server
+
+# Read before the caller's BATCHGEN_ variables are cleared below: a PostgreSQL server to
+# use instead of starting one (a URL; the tests create and drop their databases on it).
+_TEST_POSTGRES = os.environ.get("BATCHGEN_TEST_POSTGRES", "")
 # The suite must behave the same from a terminal, cron, CI or `env -i`: nothing of the
 # caller's shell may reach batchgen, in this process (CliRunner) or in the children that
 # inherit os.environ. A test that wants a terminal, a width or a locale sets it itself.
@@ -22,6 +28,31 @@ os.environ.update(LC_ALL="C.UTF-8", PYTHONUTF8="1")
 @pytest.fixture
 def api_key() -> str:
     return "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TestServer]:
+    """One real PostgreSQL server for the session (started on first use, stopped at the
+    end), or the one ``$BATCHGEN_TEST_POSTGRES`` names. None to be had stops the whole
+    run with one line: a PostgreSQL test is never skipped or mocked."""
+    try:
+        server = given_server(_TEST_POSTGRES) if _TEST_POSTGRES else start_server()
+    except PostgresUnavailable as exc:
+        pytest.exit(f"no PostgreSQL for the tests: {exc}", returncode=3)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: TestServer) -> Iterator[str]:
+    """A fresh, empty database of its own for each test (dropped after it)."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)
 
 
 _TIERS = ("unit", "integration", "acceptance")
