@@ -47,7 +47,8 @@ def postgres_server() -> Iterator[TestServer]:
 
 @pytest.fixture
 def postgres_url(postgres_server: TestServer) -> Iterator[str]:
-    """A fresh, empty database of its own for each test (dropped after it)."""
+    """A fresh, empty schema of its own for each test (dropped after it): the URL's
+    connections see nothing else."""
     url = postgres_server.create_database()
     try:
         yield url

@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -55,10 +55,11 @@ def find_bindir() -> Path | None:
     return Path(pg_ctl).resolve().parent if pg_ctl else None
 
 
-def with_dbname(url: str, dbname: str) -> str:
-    """``url`` pointing at database ``dbname`` (user, password, host and query kept)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
+def with_schema(url: str, schema: str) -> str:
+    """``url`` whose connections use ``schema`` alone (user, password, host kept)."""
+    query = dict(parse_qs(urlsplit(url).query))
+    query["options"] = [f"-csearch_path={schema}"]
+    return urlunsplit(urlsplit(url)._replace(query=urlencode(query, doseq=True)))
 
 
 @dataclass
@@ -75,20 +76,20 @@ class TestServer:
     _databases: list[str] = field(default_factory=list)
 
     def create_database(self) -> str:
-        """A new empty database; returns its URL."""
+        """A new empty schema of the test's own; returns a URL whose connections see
+        only it (``search_path``). A schema, not a database: CREATE DATABASE takes most
+        of a second, a schema a few milliseconds, and the store's SQL names no schema."""
         name = "batchgen_test_" + uuid.uuid4().hex[:16]
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
         self._databases.append(name)
-        return with_dbname(self.url, name)
+        return with_schema(self.url, name)
 
     def drop_database(self, url: str) -> None:
-        """Drop a database made by ``create_database`` (its connections are ended)."""
-        name = urlsplit(url).path.lstrip("/")
+        """Drop a schema made by ``create_database``, with everything in it."""
+        name = parse_qs(urlsplit(url).query)["options"][0].removeprefix("-csearch_path=")
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
         if name in self._databases:
             self._databases.remove(name)
 
@@ -97,7 +98,7 @@ class TestServer:
         (its test databases are dropped)."""
         if self.folder is None:
             for name in list(self._databases):
-                self.drop_database(with_dbname(self.url, name))
+                self.drop_database(with_schema(self.url, name))
             return
         if (self.folder / "data" / "postmaster.pid").exists():
             _run(self, ["pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop"])

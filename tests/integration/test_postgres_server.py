@@ -1,5 +1,5 @@
 """The tests' PostgreSQL: a real server (a throwaway one, or ``$BATCHGEN_TEST_POSTGRES``),
-one fresh database per test, reached over 127.0.0.1."""
+one fresh schema per test, reached over 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import psycopg
 from tests.pg_server import TestServer
 
 
-def test_a_real_server_answers_in_a_database_of_the_tests_own(postgres_url: str) -> None:
+def test_a_real_server_answers_in_a_schema_of_the_tests_own(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-        row = conn.execute("SELECT current_database()").fetchone()
+        row = conn.execute("SELECT current_schema()").fetchone()
         assert row is not None and row[0].startswith("batchgen_test_")
-        tables = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
-        ).fetchone()
-        assert tables == (0,)
+        conn.execute("CREATE TABLE t (x int)")
+        conn.commit()
+        row = conn.execute("SELECT inet_server_addr()::text").fetchone()
+        assert row is not None and row[0].startswith("127.0.0.1")
 
 
-def test_each_test_gets_another_database(postgres_server: TestServer, postgres_url: str) -> None:
+def test_each_test_gets_another_schema(postgres_server: TestServer, postgres_url: str) -> None:
     other = postgres_server.create_database()
     try:
         assert other != postgres_url
@@ -27,7 +27,6 @@ def test_each_test_gets_another_database(postgres_server: TestServer, postgres_u
             conn.execute("CREATE TABLE t (x int)")
             conn.commit()
         with psycopg.connect(postgres_url) as conn:
-            row = conn.execute("SELECT to_regclass('public.t') IS NULL").fetchone()
-            assert row == (True,)
+            assert conn.execute("SELECT to_regclass('t') IS NULL").fetchone() == (True,)
     finally:
         postgres_server.drop_database(other)
