@@ -39,6 +39,10 @@ log_min_messages = warning
 """
 
 
+_ROOT = "/var/tmp"
+_PREFIX = "batchgen-pg-"
+
+
 class PostgresUnavailable(Exception):
     """No PostgreSQL server can be had for the tests (the message says why, in one line)."""
 
@@ -134,6 +138,36 @@ def _free_port() -> int:
         return port
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(bindir: Path) -> None:
+    """Stop the servers of test sessions that were killed before their teardown (their
+    folder's ``session.pid`` names a process that is gone), and remove their folders."""
+    for pidfile in Path(_ROOT).glob(_PREFIX + "*/session.pid"):
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue  # another session's live server (another worktree, an xdist worker)
+        folder = pidfile.parent
+        owner = pwd.getpwuid(folder.stat().st_uid).pw_name
+        orphan = TestServer(url="", folder=folder, bindir=bindir,
+                            as_user=owner if os.geteuid() == 0 else None)  # fmt: skip
+        try:
+            orphan.stop()
+        except PostgresUnavailable:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def start_server() -> TestServer:
     """``initdb`` and start a throwaway server; ``PostgresUnavailable`` when it cannot."""
     bindir = find_bindir()
@@ -141,8 +175,10 @@ def start_server() -> TestServer:
         raise PostgresUnavailable(
             "no initdb under /usr/lib/postgresql/*/bin (run tests/ensure_postgres.sh)"
         )
+    sweep_orphans(bindir)
     as_user = None
-    folder = Path(tempfile.mkdtemp(prefix="batchgen-pg-", dir="/var/tmp"))
+    folder = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=_ROOT))
+    (folder / "session.pid").write_text(str(os.getpid()))
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
