@@ -1,5 +1,6 @@
 # batchgen: `make demo` runs the example manifest against the local simulator,
-# `make test` runs ruff, mypy and pytest. Both create .venv when it is missing.
+# `make test` runs ruff, mypy, the import contracts (lint-imports, pyproject.toml's
+# [tool.importlinter]) and pytest. Both create .venv when it is missing.
 # One install stamp per set of dependencies: the demo needs only the runtime ones
 # (`pip install -e .`); lint and test add the test extras (pytest, mypy, playwright...).
 PY ?= python3
@@ -31,6 +32,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check batchgen tests bench
 	$(BIN)/ruff format --check batchgen tests bench
 	$(BIN)/mypy batchgen tests bench
+	$(BIN)/lint-imports
 
 test: lint
 	bash tests/ensure_chromium.sh
@@ -44,4 +46,4 @@ schema: $(RUN_STAMP)
 	$(BIN)/python -m batchgen.manifest.schema_gen
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-out
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache demo-out

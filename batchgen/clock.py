@@ -13,6 +13,21 @@ def iso_utc(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
+def api_duration(created_at: str | None, completed_at: str | None) -> float | None:
+    """Seconds between the API's ``createdAt`` and ``completedAt`` (ISO 8601), if both parse."""
+    if not created_at or not completed_at:
+        return None
+    try:
+        start = dt.datetime.fromisoformat(created_at)
+        end = dt.datetime.fromisoformat(completed_at)
+    except ValueError:
+        return None
+    if (start.tzinfo is None) != (end.tzinfo is None):
+        return None
+    seconds = (end - start).total_seconds()
+    return seconds if seconds >= 0 else None
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Wall-clock seconds since the epoch (recorded in the database)."""

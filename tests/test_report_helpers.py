@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from batchgen.engine.schedule import PollPolicy
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Batch, Job
 from tests.test_engine_helpers import make_batch

@@ -1,4 +1,11 @@
-"""Command line: parses arguments and calls the library. Nothing else lives here."""
+"""Command line: parses arguments and calls the library. Nothing else lives here.
+
+The command modules import the library a command calls inside that command's
+function, not at their top: ``batchgen --help``, ``--version`` and ``status`` then start
+without SQLAlchemy, pydantic, aiohttp or PyAV (tests/integration/test_cli_startup.py
+holds this). Start-up is the only reason for an import inside a function in batchgen;
+none of them dodges an import circle (``lint-imports`` would fail on one).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typer.core import TyperCommand
 
 from batchgen.cli import manifest, report, run, sim  # noqa: F401  (they register commands)
 from batchgen.cli._app import Command, app, used_db
-from batchgen.errors import BatchgenError, ExitCode
+from batchgen.errors import CommandError, ExitCode
 from batchgen.redact import redact_text
 from batchgen.store.failures import state_failure
 from batchgen.textsafe import printable_lines
@@ -24,7 +31,7 @@ for _info in app.registered_commands:  # plain usage lines and choice errors eve
 def main() -> None:
     try:
         app()
-    except BatchgenError as exc:
+    except CommandError as exc:
         print(f"batchgen: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
     except Exception as exc:  # never a traceback on the terminal (it is there with -v)

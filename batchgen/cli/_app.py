@@ -12,10 +12,10 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
-from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.errors import UsageError
 from batchgen.redact import RedactingFormatter
 from batchgen.runbase.ratelimit import rate_from_text
+from batchgen.settings import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.store.reader import DEFAULT_DB
 from batchgen.textsafe import printable_lines
 

@@ -1,4 +1,8 @@
-"""Commands: validate, plan, status. Parsing and printing; the work is in the library."""
+"""Commands: validate, plan, status. Parsing and printing; the work is in the library.
+
+The manifest loader, the schema and the planner are imported inside the commands that
+use them, so that ``status`` starts without SQLAlchemy (``batchgen.cli``).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from batchgen.cli._app import (
     parse_date,
     parse_rate,
 )
-from batchgen.errors import BatchgenError, UsageError
+from batchgen.errors import CommandError, UsageError
 from batchgen.redact import mask_urls_deep, mask_urls_in
 from batchgen.states import JobState
 from batchgen.store import reader
@@ -48,10 +52,10 @@ MaxJobsOpt = Annotated[
 
 @contextmanager
 def _exit_on_error() -> Iterator[None]:
-    """A BatchgenError becomes its message on stderr and its exit code (2 for bad input)."""
+    """A CommandError becomes its message on stderr and its exit code (2 for bad input)."""
     try:
         yield
-    except BatchgenError as exc:
+    except CommandError as exc:
         print(f"batchgen: {printable_lines(mask_urls_in(str(exc)))}", file=sys.stderr)
         raise typer.Exit(int(exc.exit_code)) from None
 

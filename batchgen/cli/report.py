@@ -1,7 +1,8 @@
 """Commands: report (the HTML contact sheet) and export (CSV / JSON lines).
 
 Parsing only; the work is in batchgen.report.page and batchgen.report.export. Both only read the
-state database and need no API key.
+state database and need no API key. Both are imported inside the commands (with the store
+and the manifest loader), for start-up (``batchgen.cli``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from batchgen.cli._app import DbOption, app
-from batchgen.errors import BatchgenError, Problem, UsageError
+from batchgen.errors import CommandError, Problem, UsageError
 from batchgen.files.outputs import Protected, check_outputs
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
@@ -48,7 +49,7 @@ class ExportFormat(enum.StrEnum):
     jsonl = "jsonl"
 
 
-def _fail(exc: BatchgenError) -> typer.Exit:
+def _fail(exc: CommandError) -> typer.Exit:
     print(f"batchgen: {printable_lines(redact_text(str(exc)))}", file=sys.stderr)
     return typer.Exit(int(exc.exit_code))
 
@@ -146,7 +147,7 @@ def report(
             )
         except OSError as exc:
             raise _unwritable(target, exc) from None
-    except BatchgenError as exc:
+    except CommandError as exc:
         raise _fail(exc) from None
     print(path.resolve())
 
@@ -185,7 +186,7 @@ def export(
                 n = export_to_file(engine, found.id, fmt.value, Path(out))
             except OSError as exc:
                 raise _unwritable(Path(out), exc) from None
-    except BatchgenError as exc:
+    except CommandError as exc:
         raise _fail(exc) from None
     where = "standard output" if out == "-" else out
     print(f"batchgen: {n} job(s) of {printable(found.name)} written to {where}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""Command: sim (a local Runbase server)."""
+"""Command: sim (a local Runbase server).
+
+The simulator (aiohttp, PyAV) is imported inside the command, for start-up (``batchgen.cli``).
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from batchgen.engine.schedule import RunClass, api_duration
+from batchgen.clock import api_duration
+from batchgen.engine.schedule import RunClass
 from batchgen.engine.state import ActiveRun, EngineBase, RunLike
 from batchgen.errors import (
     AuthError,

@@ -24,7 +24,6 @@ Times here are plain floats on one monotonic clock; the engine owns the clock.
 from __future__ import annotations
 
 import bisect
-import datetime as dt
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,21 +50,6 @@ def prior_seconds(cls: RunClass) -> float:
         return float(load_model(model).typical_s[resolution][duration])
     except KeyError:
         return 60.0
-
-
-def api_duration(created_at: str | None, completed_at: str | None) -> float | None:
-    """Seconds between the API's ``createdAt`` and ``completedAt`` (ISO 8601), if both parse."""
-    if not created_at or not completed_at:
-        return None
-    try:
-        start = dt.datetime.fromisoformat(created_at)
-        end = dt.datetime.fromisoformat(completed_at)
-    except ValueError:
-        return None
-    if (start.tzinfo is None) != (end.tzinfo is None):
-        return None
-    seconds = (end - start).total_seconds()
-    return seconds if seconds >= 0 else None
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,17 @@ has several) is built like this:
 403/404/410 mean an expired link: ``refresh_urls()`` (one GET of the run, done by the
 engine) gives fresh URLs and the same index is tried again. Cuts, timeouts and 5xx
 retry with backoff; an attempt that brought new bytes does not use up a try. When the
-tries are spent: ``DownloadError``. Errors raised by ``refresh_urls`` (run lost, key
-refused) pass through unchanged. Downloads never touch the API rate limiter.
+tries are spent: ``DownloadError``. What each failure means is ``batchgen.retry.decide``'s
+call (stage download); aiohttp's errors reach it mapped by ``batchgen.runbase.transport``,
+around the network calls only (a full disk is no network failure). Errors raised by
+``refresh_urls`` (run lost, key refused) pass through unchanged. Downloads never touch
+the API rate limiter. The partial file's bookkeeping is ``batchgen.files.partial``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,26 +38,36 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
+from batchgen.errors import (
+    BatchgenError,
+    LinkExpired,
+    TransferCorrupt,
+    TransferCut,
+    TransferError,
+    TransportError,
+)
 from batchgen.files import media
 from batchgen.files.media import Expectation, MediaError, MediaInfo
+from batchgen.files.partial import CHUNK, Partial, content_range, hash_prefix
 from batchgen.files.sidecar import fsync_dir
 from batchgen.redact import mask_urls_in
-from batchgen.retry import RetryPolicy
+from batchgen.retry import Action, Attempt, RetryPolicy, Stage, decide
+from batchgen.runbase.transport import map_aiohttp_errors
 
 EXTENSION = ".mp4"
-_CHUNK = 1 << 16
 #: an attempt that makes progress is free, but not endlessly so
 _HARD_CAP_FACTOR = 20
 _EXPIRED = (403, 404, 410)
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
-class DownloadError(Exception):
-    """A file could not be brought home after every allowed try."""
+class DownloadError(BatchgenError):
+    """A file could not be brought home after every allowed try (the engine may try
+    the job's download again later)."""
+
+    retryable = True
 
     def __init__(self, message: str, *, index: int, status: int | None = None) -> None:
         super().__init__(message)
@@ -137,56 +151,7 @@ async def fetch_outputs(
 
 # ---------------------------------------------------------------- internals
 
-
-class _Expired(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}: link expired or gone")
-        self.status = status
-
-
-class _Retry(Exception):
-    """A cut, a timeout, a 5xx: try again (resuming when the partial file is sound)."""
-
-    def __init__(self, reason: str, *, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-class _Corrupt(Exception):
-    """The bytes are wrong (not MP4, do not decode, too long): start over from zero."""
-
-
-@dataclass
-class _Partial:
-    part: Path
-    meta: Path
-    etag: str | None = None
-    last_modified: str | None = None
-    total: int | None = None
-    hasher: Any = None
-    hashed: int = 0
-
-    def size(self) -> int:
-        try:
-            return self.part.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def if_range(self) -> str | None:
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-    def save_meta(self) -> None:
-        meta = {"etag": self.etag, "last_modified": self.last_modified, "total": self.total}
-        self.meta.write_text(json.dumps(meta), encoding="utf-8")
-
-    def discard(self) -> None:
-        self.part.unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
-        self.etag = self.last_modified = None
-        self.total = None
-        self.hasher, self.hashed = None, 0
+_WHAT = "GET output file"
 
 
 class _Fetcher:
@@ -209,7 +174,8 @@ class _Fetcher:
         self.refresh_urls = refresh_urls
         self.expect = expect
         self.max_tries = max_tries
-        self.retry = retry
+        # the tries of one file are ``max_tries``, whatever the policy says of a job's
+        self.retry = dataclasses.replace(retry, max_attempts=max_tries)
         self.sleep = sleep
         self.timeout = timeout
 
@@ -229,35 +195,34 @@ class _Fetcher:
             try:
                 await self._attempt(st, self.urls[i])
                 return await self._finish(st, final, requests)
-            except _Expired as exc:
+            except (TransferError, TransportError) as exc:
+                error = exc
+            if isinstance(error, TransferCorrupt):
+                st.discard()
+            progressed = st.size() > best
+            if progressed:
+                best, fails = st.size(), 0
+            tries = refreshes if error.link_expired else fails
+            decision = decide(
+                error, Attempt(tries, progressed=progressed), Stage.DOWNLOAD, self.retry
+            )
+            if decision.action is Action.REFRESH:
                 refreshes += 1
-                if refreshes > self.max_tries:
-                    raise DownloadError(
-                        f"{name}: {exc} after {refreshes - 1} refreshes", index=i, status=exc.status
-                    ) from exc
                 await self._refresh(i)
                 continue
-            except _Corrupt as exc:
-                st.discard()
-                error: Exception = exc
-                status = None
-            except _Retry as exc:
-                error, status = exc, exc.status
-            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                error, status = exc, None
-            if st.size() > best:
-                best, fails = st.size(), 0
-            else:
-                fails += 1
-            if fails >= self.max_tries or requests >= self.max_tries * _HARD_CAP_FACTOR:
-                if isinstance(error, _Corrupt):
-                    st.discard()
+            status = getattr(error, "status", None)
+            if error.link_expired:  # refreshed max_tries times, expired again
+                raise DownloadError(
+                    f"{name}: {error} after {refreshes} refreshes", index=i, status=status
+                ) from error
+            fails += 1 if decision.counted else 0
+            if decision.action is not Action.RETRY or requests >= self.max_tries * _HARD_CAP_FACTOR:
                 raise DownloadError(
                     f"{name}: gave up after {requests} requests: {_describe(error)}",
                     index=i,
                     status=status,
                 ) from error
-            await self.sleep(self.retry.delay(max(0, fails - 1)))
+            await self.sleep(decision.delay_s)
 
     async def _refresh(self, i: int) -> None:
         fresh = list(await self.refresh_urls())
@@ -267,8 +232,8 @@ class _Fetcher:
             )
         self.urls[:] = fresh
 
-    def _load_partial(self, name: str) -> _Partial:
-        st = _Partial(part=self.dest / f".{name}.part", meta=self.dest / f".{name}.part.meta")
+    def _load_partial(self, name: str) -> Partial:
+        st = Partial(part=self.dest / f".{name}.part", meta=self.dest / f".{name}.part.meta")
         for temp in (st.part, st.meta):  # our temp names: a link there is never written through
             if temp.is_symlink():
                 temp.unlink()
@@ -285,7 +250,7 @@ class _Fetcher:
             st.discard()
         return st
 
-    async def _attempt(self, st: _Partial, url: str) -> None:
+    async def _attempt(self, st: Partial, url: str) -> None:
         offset = st.size()
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -293,17 +258,19 @@ class _Fetcher:
             validator = st.if_range()
             if validator:
                 headers["If-Range"] = validator
-        async with self.session.get(url, headers=headers, timeout=self.timeout) as resp:
+        with map_aiohttp_errors(_WHAT):
+            resp = await self.session.get(url, headers=headers, timeout=self.timeout)
+        async with resp:
             if resp.status in _EXPIRED:
-                raise _Expired(resp.status)
+                raise LinkExpired(resp.status)
             if resp.status == 416 and offset:
-                total = _content_range(resp.headers.get("Content-Range"))[2]
+                total = content_range(resp.headers.get("Content-Range"))[2]
                 if total == offset and st.total in (None, offset):
                     return  # we already had every byte; a crash came before the rename
                 st.discard()
-                raise _Retry("range not satisfiable; starting over", status=416)
+                raise TransferCut("range not satisfiable; starting over", status=416)
             if resp.status == 206:
-                start, _end, total = _content_range(resp.headers.get("Content-Range"))
+                start, _end, total = content_range(resp.headers.get("Content-Range"))
                 etag = resp.headers.get("ETag")
                 if (
                     start != offset
@@ -312,7 +279,7 @@ class _Fetcher:
                     or (st.etag is not None and etag is not None and etag != st.etag)
                 ):
                     st.discard()
-                    raise _Retry("the server's range answer does not continue our file")
+                    raise TransferCut("the server's range answer does not continue our file")
                 st.total = total
                 st.etag = st.etag or etag
             elif resp.status == 200:
@@ -324,23 +291,28 @@ class _Fetcher:
                 st.etag = resp.headers.get("ETag")
                 st.last_modified = resp.headers.get("Last-Modified")
             else:
-                raise _Retry(f"HTTP {resp.status}", status=resp.status)
+                raise TransferCut(f"HTTP {resp.status}", status=resp.status)
             if offset == 0:
                 st.save_meta()
             await self._stream(st, resp, offset)
 
-    async def _stream(self, st: _Partial, resp: aiohttp.ClientResponse, offset: int) -> None:
+    async def _stream(self, st: Partial, resp: aiohttp.ClientResponse, offset: int) -> None:
         if offset == 0:
             st.hasher, st.hashed = hashlib.sha256(), 0
         elif st.hasher is None or st.hashed != offset:
-            st.hasher, st.hashed = await asyncio.to_thread(_hash_prefix, st.part, offset)
+            st.hasher, st.hashed = await asyncio.to_thread(hash_prefix, st.part, offset)
         head = b""
         with open(st.part, "ab" if offset else "wb") as fh:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
+            chunks = resp.content.iter_chunked(CHUNK)
+            while True:
+                with map_aiohttp_errors(_WHAT):
+                    chunk = await anext(chunks, b"")
+                if not chunk:
+                    break
                 if offset + len(head) < 8:
                     head += chunk
                     if offset == 0 and len(head) >= 8 and not media.looks_like_mp4(head):
-                        raise _Corrupt("the server sent something that is not an MP4 file")
+                        raise TransferCorrupt("the server sent something that is not an MP4 file")
                 fh.write(chunk)
                 st.hasher.update(chunk)
                 st.hashed += len(chunk)
@@ -348,22 +320,22 @@ class _Fetcher:
             os.fsync(fh.fileno())
         size = st.size()
         if st.total is not None and size < st.total:
-            raise _Retry(f"cut short at {size} of {st.total} bytes")
+            raise TransferCut(f"cut short at {size} of {st.total} bytes")
         if st.total is not None and size > st.total:
-            raise _Corrupt(f"got {size} bytes, {st.total} were announced")
+            raise TransferCorrupt(f"got {size} bytes, {st.total} were announced")
 
-    async def _finish(self, st: _Partial, final: Path, requests: int) -> SavedFile:
+    async def _finish(self, st: Partial, final: Path, requests: int) -> SavedFile:
         if st.hasher is None or st.hashed != st.size():
-            st.hasher, st.hashed = await asyncio.to_thread(_hash_prefix, st.part, st.size())
+            st.hasher, st.hashed = await asyncio.to_thread(hash_prefix, st.part, st.size())
         with open(st.part, "rb") as fh:
             if not media.looks_like_mp4(fh.read(12)):
-                raise _Corrupt("the file is not an MP4 (no ftyp box)")
+                raise TransferCorrupt("the file is not an MP4 (no ftyp box)")
         try:
             info = await asyncio.to_thread(media.probe, st.part)
         except MediaError as exc:
-            raise _Corrupt(f"the file does not decode: {exc}") from exc
+            raise TransferCorrupt(f"the file does not decode: {exc}") from exc
         if info.frames == 0:
-            raise _Corrupt("the file holds no decodable frame")
+            raise TransferCorrupt("the file holds no decodable frame")
         digest, size = st.hasher.hexdigest(), st.size()
         os.replace(st.part, final)
         fsync_dir(final.parent)
@@ -371,7 +343,7 @@ class _Fetcher:
         return SavedFile(final, digest, size, info, self.expect.mismatch(info), False, requests)
 
     def _reuse(self, final: Path, known: str) -> SavedFile | None:
-        hasher, size = _hash_prefix(final, None)
+        hasher, size = hash_prefix(final, None)
         if hasher.hexdigest() != known:
             return None
         try:
@@ -381,35 +353,7 @@ class _Fetcher:
         return SavedFile(final, known, size, info, self.expect.mismatch(info), True, 0)
 
 
-def _hash_prefix(path: Path, length: int | None) -> tuple[Any, int]:
-    """sha256 of the first ``length`` bytes of ``path`` (all when None), and the count."""
-    hasher = hashlib.sha256()
-    done = 0
-    if length == 0:
-        return hasher, 0
-    with open(path, "rb") as fh:
-        while length is None or done < length:
-            want = _CHUNK if length is None else min(_CHUNK, length - done)
-            block = fh.read(want)
-            if not block:
-                break
-            hasher.update(block)
-            done += len(block)
-    return hasher, done
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
-    match = _CONTENT_RANGE.match(value or "")
-    if not match:
-        return None, None, None
-    start, end, total = match.groups()
-    return (
-        int(start) if start is not None else None,
-        int(end) if end is not None else None,
-        int(total) if total and total != "*" else None,
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    text = mask_urls_in(str(exc)) or type(exc).__name__
-    return text if isinstance(exc, _Retry | _Corrupt) else f"{type(exc).__name__}: {text}"
+def _describe(exc: TransferError | TransportError) -> str:
+    if isinstance(exc, TransportError):  # as the network library named it
+        return f"{exc.kind}: {exc.detail or exc.kind}"
+    return mask_urls_in(str(exc)) or type(exc).__name__

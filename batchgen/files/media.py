@@ -18,12 +18,14 @@ from pathlib import Path
 
 import av
 
+from batchgen.errors import BatchgenError
+
 MP4_SIGNATURE_OFFSET = 4
 MP4_SIGNATURE = b"ftyp"
 
 
-class MediaError(Exception):
-    pass
+class MediaError(BatchgenError):
+    """A file that is not a video we can read, or does not decode."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,19 +108,28 @@ class Spec:
                 if name not in provided and self._base_value(name) not in allowed:
                     self._base_mask &= ~bit
             for axis, own, names_list in zip(self.axes, owns, names_of, strict=True):
-                # A name this axis sets in some choices only (an empty CSV cell) has the
-                # base value in the others.
                 relevant = [(n, allowed) for n, allowed in rule.items() if n in own]
-                if not relevant:
-                    continue
-                for choice, names in zip(axis.choices, names_list, strict=True):
-                    for name, allowed in relevant:
-                        value = _choice_value(choice, name) if name in names else None
-                        if value is None:
-                            value = self._base_value(name)
-                        if value not in allowed:
-                            choice.mask &= ~bit
-                            break
+                if relevant:
+                    self._exclude_from(axis, names_list, relevant, bit)
+
+    def _exclude_from(
+        self,
+        axis: Axis,
+        names_list: list[set[str]],
+        relevant: list[tuple[str, frozenset[str]]],
+        bit: int,
+    ) -> None:
+        """Clear ``bit`` in the mask of each choice of ``axis`` the rule does not match.
+        A name this axis sets in some choices only (an empty CSV cell) has the base value
+        in the others."""
+        for choice, names in zip(axis.choices, names_list, strict=True):
+            for name, allowed in relevant:
+                value = _choice_value(choice, name) if name in names else None
+                if value is None:
+                    value = self._base_value(name)
+                if value not in allowed:
+                    choice.mask &= ~bit
+                    break
 
     def _base_value(self, name: str) -> str:
         return _value_of(name, self.base, self.base_variables, self.base_labels)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from batchgen.files.safefile import FileRefused, open_regular, too_big
+from batchgen.errors import InputError
+from batchgen.manifest.safefile import FileRefused, open_regular, too_big
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".txt")
 #: a ``file:`` values file is read whole: at most this many bytes
@@ -31,7 +32,7 @@ MAX_ROWS_BYTES = 256 * 1024 * 1024
 SPARE_LINES = 100_000
 
 
-class FileProblem(ValueError):
+class FileProblem(InputError):
     """A problem in a values file; ``line`` where known, ``fix`` what to do."""
 
     def __init__(self, message: str, *, line: int | None = None, fix: str | None = None) -> None:

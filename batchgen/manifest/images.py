@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batchgen.errors import Problem, UsageError
-from batchgen.files.safefile import FileRefused, open_regular, read_regular
+from batchgen.errors import InputError, Problem, UsageError
+from batchgen.manifest.safefile import FileRefused, open_regular, read_regular
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 #: the largest request body ``batchgen sim`` takes; the API documents no limit, so a
@@ -38,7 +38,7 @@ FILE_PREFIX = "file:"
 _SHA_MARK = "#sha256="
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """A local image that cannot be used; ``fix`` says what to do."""
 
     def __init__(self, message: str, fix: str) -> None:

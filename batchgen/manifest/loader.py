@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from batchgen.errors import Problem, UsageError
-from batchgen.files.safefile import FileRefused, read_regular
+from batchgen.manifest.context import Context, did_you_mean
 from batchgen.manifest.expand import Counts, ExpandedJob, Spec, count, expand
 from batchgen.manifest.expand import keys as expand_keys
 from batchgen.manifest.models import Limits, Manifest
 from batchgen.manifest.parse import load_yaml
-from batchgen.manifest.resolve import Context, Resolver, did_you_mean
+from batchgen.manifest.resolve import Resolver
+from batchgen.manifest.safefile import FileRefused, read_regular
 from batchgen.manifest.shape import check_shape
 from batchgen.manifest.spec import axis_labels, build_spec, too_many, too_many_excludes
 from batchgen.runbase.models import known_models, load_model
-from batchgen.runbase.ratelimit import DEFAULT_RATE, rate_from_text
+from batchgen.runbase.ratelimit import rate_from_text
+from batchgen.settings import CommandLine, resolve_settings
 from batchgen.textsafe import printable
 
 #: what a batch name may not contain: path separators and control characters
@@ -43,14 +45,6 @@ DEFAULT_MAX_JOBS = 100_000
 MAX_MAX_JOBS = 10_000_000
 #: the largest manifest read (long lists belong in values files, which may be larger)
 MAX_MANIFEST_BYTES = 1024 * 1024
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "rate": list(DEFAULT_RATE),
-    # At 20 requests per 10 s a key can start about one run a second, and runs take
-    # 40-90 s: it takes this many in flight to keep the limit busy.
-    "concurrency": 100,
-    "budget_usd": None,
-    "max_attempts": 5,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +71,9 @@ class LoadedManifest:
     model: str
     out_dir: Path  # absolute, date template applied
     filename_template: str
-    settings: dict[str, Any]  # rate [n, seconds], concurrency, budget_usd, max_attempts
+    #: what the batch stores (``Settings.to_batch``): the overrides over the manifest's
+    #: ``limits:`` over the defaults (rate [n, seconds], concurrency, budget_usd, max_attempts)
+    settings: dict[str, Any]
     run_date: dt.date
     axes: dict[str, list[str]]  # axis -> value labels, in order (for `plan`)
     spec: Spec = field(repr=False, compare=False)
@@ -293,7 +289,8 @@ def _check_name(ctx: Context, name: str, *, written: bool) -> None:
 
 
 def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
-    settings = dict(DEFAULT_SETTINGS)
+    """What the batch stores: the overrides over ``limits:`` (``batchgen.settings``)."""
+    written: dict[str, Any] = {}
     if limits.rate is not None:
         rate = rate_from_text(limits.rate)
         if rate is None:
@@ -303,15 +300,15 @@ def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
                 "write REQUESTS/SECONDS, e.g. 20/10s",
             )
         else:
-            settings["rate"] = [rate[0], rate[1]]
+            written["rate"] = [rate[0], rate[1]]
     for name in ("concurrency", "budget_usd", "max_attempts"):
         value = getattr(limits, name)
         if value is not None:
-            settings[name] = float(value) if name == "budget_usd" else value
-    if over.rate is not None:
-        settings["rate"] = [int(over.rate[0]), float(over.rate[1])]
-    for name in ("concurrency", "budget_usd", "max_attempts"):
-        value = getattr(over, name)
-        if value is not None:
-            settings[name] = value
-    return settings
+            written[name] = float(value) if name == "budget_usd" else value
+    given = CommandLine(
+        rate=over.rate,
+        concurrency=over.concurrency,
+        budget_usd=over.budget_usd,
+        max_attempts=over.max_attempts,
+    )
+    return resolve_settings(given, manifest=written).to_batch()

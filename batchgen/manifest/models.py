@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from batchgen.amounts import MAX_BUDGET_USD
 from batchgen.runbase.models import DEFAULT_MODEL, load_model
 from batchgen.runbase.ratelimit import RATE_PATTERN
+from batchgen.settings import MAX_BUDGET_USD
 
 #: one value of an input or a template variable; numbers become text where the model
 #: wants text (``duration: 5`` -> ``"5"``)

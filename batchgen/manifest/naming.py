@@ -31,6 +31,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from batchgen.errors import InputError
+
 #: the stem's UTF-8 length bound; ``.{stem}-NN.mp4.part.meta`` stays far below 255
 MAX_STEM_BYTES = 120
 #: key characters (or key-hash characters) appended to keep stems unique
@@ -48,7 +50,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A file-name template that cannot be rendered; ``field`` names the culprit."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:

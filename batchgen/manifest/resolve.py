@@ -10,18 +10,20 @@ names set by two axes, excludes naming unknown names, includes without a prompt.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
-import string
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
-from batchgen.errors import Problem
+from batchgen.manifest.context import (
+    IDENT,
+    Context,
+    Where,
+    did_you_mean,
+    dotted,
+    is_template,
+)
 from batchgen.manifest.expand import Axis, Choice
 from batchgen.manifest.files import FileProblem, read_lines, read_rows
 from batchgen.manifest.images import (
@@ -34,52 +36,16 @@ from batchgen.manifest.images import (
     reference,
     resolve,
 )
+from batchgen.manifest.inputs import InputCheck
 from batchgen.manifest.models import FileRef, Manifest
 from batchgen.manifest.naming import BASE_FIELDS
-from batchgen.manifest.parse import Positions, YamlPath
+from batchgen.manifest.parse import YamlPath
 from batchgen.runbase.models import ModelSpec
 
 IMAGE = "image"
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PLACEHOLDER_IMAGE = "data:image/png;base64,"
 #: a URL of any scheme (``ftp://``, ``s3://``, ``HTTPS://`` ...): never a local path
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 RESERVED = (*BASE_FIELDS, "rows")
-
-#: where a value was written: a YAML path in the manifest, or (file, line) of a values file
-Where = YamlPath | tuple[Path, int]
-
-
-def did_you_mean(name: str, options: list[str] | set[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-@dataclass
-class Context:
-    """The manifest being resolved and the problems found so far."""
-
-    file: Path
-    pos: Positions
-    problems: list[Problem] = field(default_factory=list)
-
-    def add(
-        self, where: Where | None, message: str, fix: str | None = None, *, key: bool = False
-    ) -> None:
-        if where and isinstance(where[0], Path):
-            self.problems.append(Problem(str(where[0]), message, int(where[1]), None, fix))
-            return
-        line, col = self.pos.of(tuple(where or ()), key=key)
-        self.problems.append(Problem(str(self.file), message, line, col, fix))
-
-
-def _dotted(where: Where) -> str:
-    if where and isinstance(where[0], Path):
-        return f"{where[0].name} line {where[1]}"
-    out = ""
-    for part in where:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 class Resolver:
@@ -94,8 +60,7 @@ class Resolver:
         self.base_dir = ctx.file.parent
         self.props: dict[str, Any] = spec.input_schema.get("properties", {})
         self.inputs = set(self.props) | {IMAGE}
-        self._checked: dict[tuple[str, str], bool] = {}
-        self._validators: dict[str, Draft202012Validator] = {}
+        self._inputs = InputCheck(ctx, self.props)
         self._images: dict[str, str | None] = {}
         self._inline: dict[str, LocalImage] = {}  # local images sent as data: URIs
         self._body_checked: set[tuple[str, ...]] = set()
@@ -112,90 +77,59 @@ class Resolver:
     def field_value(self, name: str, raw: Any, where: Where) -> tuple[str, Any, str] | None:
         """``(input field, stored value, label)`` of one written value, or None (a problem)."""
         if name == IMAGE:
-            if not isinstance(raw, str):
-                self.ctx.add(
-                    where, f"{_dotted(where)}: an image is one path or URL", "write a text"
-                )
-                return None
-            ref = self.image(raw, where)
-            if ref is not None:
-                self._check_body([raw])
-            return None if ref is None else ("image_urls", [ref], raw)
-        prop = self.props[name]
-        kind = prop.get("type")
+            return self._image_field(raw, where)
+        kind = self.props[name].get("type")
         if kind == "array":
-            items = [raw] if isinstance(raw, str) else raw
-            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-                self.ctx.add(where, f"{_dotted(where)}: expected a list of texts", "e.g. [a, b]")
-                return None
-            refs = [self.image(i, where) for i in items] if name == "image_urls" else items
-            if any(r is None for r in refs):
-                return None
-            if name == "image_urls":
-                self._check_body(items)
-            value: Any = refs
-            label = "+".join(items)
+            typed = self._array_field(name, raw, where)
         elif kind == "string":
-            if isinstance(raw, bool) or not isinstance(raw, str | int):
-                self.ctx.add(
-                    where,
-                    f"{_dotted(where)}: expected a text, got {json.dumps(raw)}",
-                    f'write it in quotes: "{raw}"',
-                )
-                return None
-            value = label = str(raw)
+            typed = self._string_field(raw, where)
         else:
-            value, label = raw, json.dumps(raw)
+            typed = raw, json.dumps(raw)
+        if typed is None:
+            return None
+        value, label = typed
         if name == "prompt" and is_template(value):
             return name, value, label  # checked once rendered (``expand.count``)
-        if not self._valid(name, value, where):
+        if not self._inputs.valid(name, value, where):
             return None
         return name, value, label
 
-    def _valid(self, name: str, value: Any, where: Where) -> bool:
-        probe_value = value
-        if name == "image_urls":
-            probe_value = [v if is_remote(v) else _PLACEHOLDER_IMAGE for v in value]
-        token = (name, json.dumps(probe_value, sort_keys=True))
-        if token in self._checked:
-            ok = self._checked[token]
-            if not ok:
-                self._report_invalid(name, value, probe_value, where)
-            return ok
-        ok = self._report_invalid(name, value, probe_value, where)
-        self._checked[token] = ok
-        return ok
+    def _image_field(self, raw: Any, where: Where) -> tuple[str, Any, str] | None:
+        if not isinstance(raw, str):
+            self.ctx.add(where, f"{dotted(where)}: an image is one path or URL", "write a text")
+            return None
+        ref = self.image(raw, where)
+        if ref is None:
+            return None
+        self._check_body([raw])
+        return "image_urls", [ref], raw
 
-    def _report_invalid(self, name: str, value: Any, probe: Any, where: Where) -> bool:
-        # The schema's fields are independent, so each field is checked alone against
-        # its own sub-schema, with a validator built once (not one per value).
-        validator = self._validators.get(name)
-        if validator is None:
-            validator = self._validators[name] = Draft202012Validator(self.props[name])
-        found = [f"input.{name}: {e.message}" for e in validator.iter_errors(probe)]
-        if not found:
-            return True
-        enum = self.props[name].get("enum")
-        if name == "prompt" and isinstance(value, str) and not value.strip():
+    def _array_field(self, name: str, raw: Any, where: Where) -> tuple[Any, str] | None:
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            self.ctx.add(where, f"{dotted(where)}: expected a list of texts", "e.g. [a, b]")
+            return None
+        if name != "image_urls":
+            return items, "+".join(items)
+        refs = [self.image(i, where) for i in items]
+        if any(r is None for r in refs):
+            return None
+        self._check_body(items)
+        return refs, "+".join(items)
+
+    def _string_field(self, raw: Any, where: Where) -> tuple[Any, str] | None:
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
             self.ctx.add(
                 where,
-                f"{_dotted(where)}: the prompt is blank",
-                "write the prompt's text, or remove this value",
+                f"{dotted(where)}: expected a text, got {json.dumps(raw)}",
+                f'write it in quotes: "{raw}"',
             )
-        elif enum is not None:
-            self.ctx.add(
-                where,
-                f"{_dotted(where)}: {value!r} is not a valid {name}; allowed: {', '.join(enum)}"
-                + did_you_mean(str(value), enum),
-                f"use one of: {', '.join(enum)}",
-            )
-        else:
-            self.ctx.add(where, f"{_dotted(where)}: {'; '.join(found)}", f"fix the {name}")
-        return False
+            return None
+        return str(raw), str(raw)
 
     def variable_value(self, raw: Any, where: Where) -> str | None:
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-            self.ctx.add(where, f"{_dotted(where)}: expected a text or a number", "quote it")
+            self.ctx.add(where, f"{dotted(where)}: expected a text or a number", "quote it")
             return None
         return str(raw)
 
@@ -222,7 +156,7 @@ class Resolver:
             if pattern and not re.search(pattern, written):
                 self.ctx.add(
                     where,
-                    f"{_dotted(where)}: {written[:80]!r} is not a complete URL "
+                    f"{dotted(where)}: {written[:80]!r} is not a complete URL "
                     "(an https:// URL needs a host; a data: URI needs its comma and data)",
                     "give the whole URL, e.g. https://cdn.example.com/a.png, or a local file",
                 )
@@ -231,7 +165,7 @@ class Resolver:
         if _URL.match(written):
             self.ctx.add(
                 where,
-                f"{_dotted(where)}: {written!r} is a URL the API cannot fetch "
+                f"{dotted(where)}: {written!r} is a URL the API cannot fetch "
                 "(it takes https://, http:// and data: URLs)",
                 "host the image at an https:// URL, or give the path of a local file",
             )
@@ -241,7 +175,7 @@ class Resolver:
                 self.sources.append(resolve(written, self.base_dir))
                 found = check_image(self.sources[-1])
             except ImageError as exc:
-                self.ctx.add(where, f"{_dotted(where)}: {exc}", exc.fix)
+                self.ctx.add(where, f"{dotted(where)}: {exc}", exc.fix)
                 self._images[written] = None
             else:
                 url = public_url(written, self.base_dir, self.m.images)
@@ -284,7 +218,7 @@ class Resolver:
                     continue
                 field_name, value, label = got
                 if field_name in choice.fields:
-                    self.ctx.add(at, f"{_dotted(at)}: image and image_urls both given", "keep one")
+                    self.ctx.add(at, f"{dotted(at)}: image and image_urls both given", "keep one")
                     ok = False
                 choice.fields[field_name] = value
                 choice.labels[name] = label
@@ -302,10 +236,10 @@ class Resolver:
         return choice if ok or keep_partial else None
 
     def variable_name(self, name: str, where: Where) -> bool:
-        if name in RESERVED or not _IDENT.match(name):
+        if name in RESERVED or not IDENT.match(name):
             self.ctx.add(
                 where,
-                f"{_dotted(where)}: {name!r} cannot be a template variable "
+                f"{dotted(where)}: {name!r} cannot be a template variable "
                 + ("(a reserved name)" if name in RESERVED else "(use letters, digits and _)")
                 + did_you_mean(name, self.inputs),
                 f"rename it; model inputs are: {', '.join(sorted(self.inputs))}",
@@ -364,7 +298,7 @@ class Resolver:
 
     def _file_problem(self, path: Path, exc: FileProblem, where: YamlPath) -> None:
         if exc.line is None:
-            self.ctx.add(where, f"{_dotted(where)}: {exc}", exc.fix)
+            self.ctx.add(where, f"{dotted(where)}: {exc}", exc.fix)
         else:
             self.ctx.add((path, exc.line), str(exc), exc.fix)
 
@@ -396,7 +330,7 @@ class Resolver:
             if missing:
                 self.ctx.add(
                     where,
-                    f"{_dotted(where)}: this row has no value for {', '.join(missing)}",
+                    f"{dotted(where)}: this row has no value for {', '.join(missing)}",
                     "give every row every column (or put a value in defaults)",
                 )
                 continue
@@ -444,19 +378,3 @@ class Resolver:
                 rule[name] = frozenset(str(v) for v in values)
             out.append(rule)
         return out
-
-
-def is_template(value: Any) -> bool:
-    return isinstance(value, str) and ("{" in value or "}" in value)
-
-
-def template_variables(template: str) -> list[str]:
-    """The variable names of a prompt template; ValueError for a malformed one."""
-    names = []
-    for _lit, name, spec, conversion in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if not _IDENT.match(name) or spec or conversion:
-            raise ValueError(f"{{{name}}} must be a plain name such as {{subject}}")
-        names.append(name)
-    return names

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from batchgen.manifest.context import Context, did_you_mean
 from batchgen.manifest.models import FileRef, Limits, Manifest
-from batchgen.manifest.resolve import Context, did_you_mean
 
 _EXPECTED: dict[tuple[str, ...], str] = {
     ("repeat",): "a whole number from 1 to 1000",
@@ -82,46 +82,53 @@ def _problems(data: Any, exc: ValidationError, ctx: Context) -> set[str]:
     for err in exc.errors():
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
-            path = _data_path(data, loc)
-            parent, key = path[:-1], str(path[-1]) if path else ""
-            allowed = _allowed_keys(parent)
-            where = f" in {_dotted(parent)}" if parent else ""
-            ctx.add(
-                path,
-                f"unknown key {key!r}{where}{did_you_mean(key, allowed)}",
-                f"known keys here: {', '.join(allowed)}" if allowed else "remove it",
-                key=True,
-            )
-            continue
-        by_path.setdefault(_data_path(data, loc), []).append(err)
-    for path, errs in by_path.items():
-        missing = [e for e in errs if e["type"] == "missing"]
-        if missing:
-            name = str(missing[0]["loc"][-1])
-            ctx.add(path, f"{_dotted(path)}: {name!r} is required", f"add {name}: ...")
-            continue
-        value = _value_at(data, path)
-        shown = json.dumps(value, default=str)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        typed = all(
-            e["type"].endswith("_type")
-            or e["type"] in ("union_tag_invalid", "string_pattern_mismatch")
-            for e in errs
-        )
-        expected = _expected(path)
-        if typed and expected:
-            fix = f"write {expected}"
-            if isinstance(value, bool):
-                fix += " (yes/no/true/false are booleans in YAML; quote them for text)"
-            ctx.add(path, f"{_dotted(path)}: expected {expected}, got {shown}", fix)
+            _unknown_key(_data_path(data, loc), ctx)
         else:
-            err = next((e for e in errs if not e["type"].endswith("_type")), errs[0])
-            ctx.add(
-                path,
-                f"{_dotted(path)}: {err['msg']} (got {shown})",
-                f"write {expected}" if expected else None,
-            )
+            by_path.setdefault(_data_path(data, loc), []).append(err)
+    for path, errs in by_path.items():
+        _broken_value(data, path, errs, ctx)
     return {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+
+
+def _unknown_key(path: tuple[str | int, ...], ctx: Context) -> None:
+    parent, key = path[:-1], str(path[-1]) if path else ""
+    allowed = _allowed_keys(parent)
+    where = f" in {_dotted(parent)}" if parent else ""
+    ctx.add(
+        path,
+        f"unknown key {key!r}{where}{did_you_mean(key, allowed)}",
+        f"known keys here: {', '.join(allowed)}" if allowed else "remove it",
+        key=True,
+    )
+
+
+def _broken_value(data: Any, path: tuple[str | int, ...], errs: list[Any], ctx: Context) -> None:
+    """One problem for the errors pydantic found at one place: missing, mistyped, or wrong."""
+    missing = [e for e in errs if e["type"] == "missing"]
+    if missing:
+        name = str(missing[0]["loc"][-1])
+        ctx.add(path, f"{_dotted(path)}: {name!r} is required", f"add {name}: ...")
+        return
+    value = _value_at(data, path)
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    typed = all(
+        e["type"].endswith("_type") or e["type"] in ("union_tag_invalid", "string_pattern_mismatch")
+        for e in errs
+    )
+    expected = _expected(path)
+    if typed and expected:
+        fix = f"write {expected}"
+        if isinstance(value, bool):
+            fix += " (yes/no/true/false are booleans in YAML; quote them for text)"
+        ctx.add(path, f"{_dotted(path)}: expected {expected}, got {shown}", fix)
+        return
+    err = next((e for e in errs if not e["type"].endswith("_type")), errs[0])
+    ctx.add(
+        path,
+        f"{_dotted(path)}: {err['msg']} (got {shown})",
+        f"write {expected}" if expected else None,
+    )
 
 
 def _value_at(data: Any, path: tuple[str | int, ...]) -> Any:

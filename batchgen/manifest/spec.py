@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from batchgen.manifest.context import Context, Where, did_you_mean, template_variables
 from batchgen.manifest.expand import Axis, Spec
 from batchgen.manifest.models import Manifest
 from batchgen.manifest.naming import TemplateError, check_template, template_fields
-from batchgen.manifest.resolve import IMAGE, Context, Resolver, did_you_mean, template_variables
+from batchgen.manifest.resolve import IMAGE, Resolver
 
 
 def build_spec(r: Resolver, m: Manifest) -> Spec:
@@ -76,42 +77,55 @@ def _check_templates(
 ) -> set[str]:
     """Check every prompt template; return the variables the templates use."""
     used: set[str] = set()
-    templates = list(r.templates)
     blankable = {n for n, v in base_vars.items() if not v.strip()}
     for axis in axes:
         for choice in axis.choices:
             blankable.update(n for n, v in choice.variables.items() if not v.strip())
-    for template, where, scope in templates:
-        try:
-            names = template_variables(template)
-        except ValueError as exc:
-            r.ctx.add(
-                where, f"prompt template {template!r}: {exc}", "write {{ and }} for literal braces"
-            )
-            continue
-        used.update(names)
-        blank = {n: "" for n in names}
-        if not template.format_map(blank).strip() and all(n in blankable for n in names):
-            r.ctx.add(
-                where,
-                f"prompt template {template!r} renders empty when "
-                + " and ".join(f"{{{n}}}" for n in names)
-                + " are empty, and they can be",
-                "give the template some fixed text, or remove the empty values",
-            )
+    for template, where, scope in list(r.templates):
         if scope.startswith("include "):
             inc = r.included.get(int(scope.split()[1]))
             have = set(base_vars) | set(inc.variables if inc else everywhere)
         else:
             have = everywhere
-        for name in names:
-            if name not in have:
-                r.ctx.add(
-                    where,
-                    f"prompt template variable {{{name}}} has no values",
-                    f"add a matrix axis `{name}: [...]`, a rows column or a defaults value",
-                )
-    # Inputs the model requires (Seedance: the prompt) must reach every job.
+        used.update(_check_template(r, template, where, blankable, have))
+    _check_required(r, m, base, axes)
+    _check_unused(r, m, base_vars, axes, used)
+    return used
+
+
+def _check_template(
+    r: Resolver, template: str, where: Where, blankable: set[str], have: set[str]
+) -> list[str]:
+    """One prompt template: it parses, cannot render empty, and each variable has values
+    (``have``). Returns its variables (none when it does not parse)."""
+    try:
+        names = template_variables(template)
+    except ValueError as exc:
+        r.ctx.add(
+            where, f"prompt template {template!r}: {exc}", "write {{ and }} for literal braces"
+        )
+        return []
+    blank = {n: "" for n in names}
+    if not template.format_map(blank).strip() and all(n in blankable for n in names):
+        r.ctx.add(
+            where,
+            f"prompt template {template!r} renders empty when "
+            + " and ".join(f"{{{n}}}" for n in names)
+            + " are empty, and they can be",
+            "give the template some fixed text, or remove the empty values",
+        )
+    for name in names:
+        if name not in have:
+            r.ctx.add(
+                where,
+                f"prompt template variable {{{name}}} has no values",
+                f"add a matrix axis `{name}: [...]`, a rows column or a defaults value",
+            )
+    return names
+
+
+def _check_required(r: Resolver, m: Manifest, base: dict[str, Any], axes: list[Any]) -> None:
+    """Inputs the model requires (Seedance: the prompt) must reach every job."""
     for need in r.model.input_schema.get("required", []):
         from_axis = [a for a in axes if a.name == need or all(need in c.fields for c in a.choices)]
         # an axis the matrix names but that has no good value has its own problem
@@ -124,6 +138,12 @@ def _check_templates(
         for i, inc in r.included.items():
             if need not in inc.fields and need not in base:
                 r.ctx.add(("include", i), f"include[{i}] has no {need}", f"give it a {need}")
+
+
+def _check_unused(
+    r: Resolver, m: Manifest, base_vars: dict[str, str], axes: list[Any], used: set[str]
+) -> None:
+    """A name that is no model input must be a variable some prompt template uses."""
     defined: list[tuple[tuple[str | int, ...], str]] = [(("defaults", n), n) for n in base_vars]
     defined += [
         (("matrix", a.name), a.name) for a in axes if a.name in m.matrix and a.name not in r.inputs
@@ -139,7 +159,6 @@ def _check_templates(
                 + ", ".join(sorted(r.inputs)),
                 key=True,
             )
-    return used
 
 
 def _note_idle_columns(r: Resolver, m: Manifest, axes: list[Axis], used: set[str]) -> None:

@@ -11,19 +11,28 @@ alerted on even though tonight's batch has a new (dated) name: the file keeps th
 batch's last success and the newest success of any other batch.
 A run that never reached its batch (bad usage, database locked by another run) keeps
 the previous job counts and spend of that batch instead of reporting zeros.
+
+prometheus_client renders the text (a ``CollectorRegistry`` over the run's samples) and
+parses the previous file back. Its ``write_to_textfile`` is not used for the last step:
+it neither fsyncs the file nor its folder (a power cut can leave an empty ``.prom``),
+and it opens its temporary name without checking for a link planted there; the file
+goes through ``files.sidecar.atomic_write_text`` like every other output instead.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.files.sidecar import atomic_write_text
-from batchgen.observe.watch import prepare_folder
+from batchgen.observe.files import prepare_folder
 from batchgen.states import JobState
 
 log = logging.getLogger(__name__)
@@ -57,56 +66,45 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Samples(Collector):
+    """A collector over samples computed once, when the run has ended (no live metric
+    objects: nothing is counted while the run goes, the summary already holds it)."""
 
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
 
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+    def collect(self) -> Iterator[Metric]:
+        for name, (kind, help_text) in FAMILIES.items():
+            rows = [s for s in self.samples if s[0] == name]
+            if not rows:
+                continue
+            family: Metric
+            if kind == "counter":  # named without _total: prometheus_client adds it
+                family = CounterMetricFamily(name.removesuffix("_total"), help_text)
+            else:
+                family = GaugeMetricFamily(name, help_text)
+            for _, labels, value in rows:
+                family.add_sample(name, labels, value)
+            yield family
 
 
 def render(samples: list[Sample]) -> str:
-    """Samples as exposition text, grouped by family in ``FAMILIES`` order."""
-    lines: list[str] = []
-    for name, (kind, help_text) in FAMILIES.items():
-        rows = [s for s in samples if s[0] == name]
-        if not rows:
-            continue
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for _, labels, value in rows:
-            body = ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{body}}} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
-_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+    """Samples as exposition text (format 0.0.4), grouped by family in ``FAMILIES`` order."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Samples(samples))
+    return generate_latest(registry).decode("utf-8")
 
 
 def parse(text: str) -> Iterator[Sample]:
-    """The samples of a text-format file (enough to read our own previous file back)."""
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line.strip())
-        if not m:
-            continue
-        labels: Labels = {}
-        for lm in _LABEL.finditer(m.group(2) or ""):
-            labels[lm.group(1)] = re.sub(
-                r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), lm.group(2)
-            )
-        try:
-            yield m.group(1), labels, float(m.group(3))
-        except ValueError:
-            continue
+    """The samples of a text-format file (to read our own previous file back); a file
+    that does not parse counts as empty, as a missing one does."""
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:
+        return
+    for family in families:
+        for sample in family.samples:
+            yield sample.name, dict(sample.labels), float(sample.value)
 
 
 def samples_for(summary: RunSummary, previous: list[Sample]) -> list[Sample]:
@@ -175,4 +173,4 @@ class MetricsFile:
             log.error("--metrics-file %s: cannot write (%s)", self.path, exc)
 
 
-__all__ = ["FAMILIES", "MetricsFile", "escape", "parse", "render", "samples_for"]
+__all__ = ["FAMILIES", "MetricsFile", "parse", "render", "samples_for"]

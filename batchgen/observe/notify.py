@@ -1,9 +1,12 @@
 """``--notify-url``: one JSON POST when the run ends, however it ends.
 
 Sent from ``aclose`` (after the log, summary and metrics files are written), tried up
-to ``tries`` times with a short backoff on a network error, a timeout, 429 or 5xx,
-and never for longer than ``total_s`` in all: a dead receiver delays the exit by at
-most ~10 s and never changes the exit code. Nothing here raises.
+to ``tries`` times on a network error, a timeout, 429 or 5xx, and never for longer
+than ``total_s`` in all: a dead receiver delays the exit by at most ~10 s and never
+changes the exit code. Nothing here raises. Whether to try again, and how long to
+wait first (the jittered backoff every retry of batchgen uses, from ``backoff_s``),
+is ``batchgen.retry.decide``'s call (stage notify); aiohttp's errors reach it mapped
+by ``batchgen.runbase.transport``.
 
 The body carries a ``text`` line too, so a Slack or Mattermost incoming webhook can
 take it as it is.
@@ -13,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 from typing import Any
 
 import aiohttp
 
+from batchgen.errors import BatchgenError, InvalidRequest, ServerError, TransportError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.observe.watch import scrub
+from batchgen.files.sidecar import scrub
+from batchgen.retry import Action, Attempt, RetryPolicy, Stage, decide
+from batchgen.runbase.transport import map_aiohttp_errors
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +74,21 @@ class Notifier:
     """The observer: remembers the summary in ``finished``, POSTs it in ``aclose``."""
 
     def __init__(
-        self, url: str, *, tries: int = 3, total_s: float = 10.0, backoff_s: float = 0.5
+        self,
+        url: str,
+        *,
+        tries: int = 3,
+        total_s: float = 10.0,
+        backoff_s: float = 0.5,
+        rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.tries = max(1, tries)
         self.total_s = total_s
         self.backoff_s = backoff_s
+        self.retry = RetryPolicy(
+            max_attempts=self.tries, base_s=max(0.0, backoff_s), cap_s=max(0.0, total_s), rng=rng
+        )
         self.body: dict[str, Any] | None = None
         #: what happened: "sent", "refused: 400", "gave up: ..." (for tests and logs)
         self.outcome: str | None = None
@@ -104,23 +120,35 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.total_s / self.tries))
         headers = {"User-Agent": "batchgen", "X-Batchgen-Event": "finished"}
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            for attempt in range(1, self.tries + 1):
-                try:
-                    async with session.post(self.url, json=body) as resp:
-                        await resp.read()
-                        if 200 <= resp.status < 300:
-                            self.outcome = "sent"
-                            return
-                        self.outcome = f"answered {resp.status}"
-                        if resp.status != 429 and resp.status < 500:
-                            return  # the receiver refuses it: sending again will not help
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    # the type only: a message may quote the URL, and a webhook URL is a secret
-                    self.outcome = type(exc).__name__
-                pause = self.backoff_s * 2 ** (attempt - 1)
-                if attempt == self.tries or time.monotonic() + pause >= deadline:
+            for failures in range(self.tries):
+                error = await self._post(session, body)
+                if error is None:
+                    return
+                decision = decide(error, Attempt(failures), Stage.NOTIFY, self.retry)
+                pause = decision.delay_s
+                if decision.action is not Action.RETRY or time.monotonic() + pause >= deadline:
                     return
                 await asyncio.sleep(pause)
+
+    async def _post(
+        self, session: aiohttp.ClientSession, body: dict[str, Any]
+    ) -> BatchgenError | None:
+        """One try: None when delivered, else what went wrong (``outcome`` says it)."""
+        try:
+            # nothing of the text kept: a message may quote the URL, a secret
+            with map_aiohttp_errors("POST --notify-url", scrub=lambda _text: ""):
+                async with session.post(self.url, json=body) as resp:
+                    await resp.read()
+        except TransportError as exc:
+            self.outcome = exc.kind  # the type only, as aiohttp named it
+            return exc
+        if 200 <= resp.status < 300:
+            self.outcome = "sent"
+            return None
+        self.outcome = f"answered {resp.status}"
+        if resp.status == 429 or resp.status >= 500:
+            return ServerError(self.outcome, status=resp.status)
+        return InvalidRequest(self.outcome, status=resp.status)  # sending again will not help
 
 
 __all__ = ["Notifier", "payload"]

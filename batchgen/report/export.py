@@ -20,8 +20,7 @@ from typing import Any, Literal, TextIO
 
 from sqlalchemy import Engine
 
-from batchgen.clock import iso_utc
-from batchgen.engine.schedule import api_duration
+from batchgen.clock import api_duration, iso_utc
 from batchgen.files.sidecar import atomic_writer
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
 

@@ -17,12 +17,10 @@ import datetime as dt
 import hashlib
 import html
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchgen.report import charts
-
-if TYPE_CHECKING:
-    from batchgen.report.page import Clip, ReportData
+from batchgen.report.data import Clip, ReportData
 
 PROMPT_SHORT = 160
 VALUE_MAX = 300

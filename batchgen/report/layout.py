@@ -105,7 +105,31 @@ def choose_layout(
 ) -> Layout:
     """Rows and columns: ``rows``/``cols``, else the first two independent axes; the
     rest make one grid each. An unknown name is a ``UsageError`` listing the axes."""
-    known = set(axes) | set(names)
+    _check_flags(axes, set(axes) | set(names), rows, cols, where)
+    free = [a for a in _independent(axes, jobs) if a not in (rows, cols)]
+    if rows is None and cols is None and len(free) == 1:
+        return Layout(None, free[0])  # one axis: one row
+    if rows is None:
+        rows = free.pop(0) if free else None
+    if cols is None:
+        # an axis the rows decide would only fill the diagonal
+        useful = _undecided(free, [rows] if rows else [], jobs)
+        cols = useful[0] if useful else None
+    grids = [a for a in free if a not in (rows, cols)]
+    return Layout(rows, cols, _undecided(grids, [a for a in (rows, cols) if a], jobs))
+
+
+def _undecided(candidates: list[str], laid: list[str], jobs: Sequence[JobRow]) -> list[str]:
+    """The candidates the axes already ``laid`` out do not decide (all of them without jobs)."""
+    if not (jobs and laid):
+        return candidates
+    return [a for a in candidates if not decided(a, laid, jobs)]
+
+
+def _check_flags(
+    axes: list[str], known: set[str], rows: str | None, cols: str | None, where: str
+) -> None:
+    """``--rows``/``--cols`` name axes the batch has, and not the same one twice."""
     for flag, name in (("--rows", rows), ("--cols", cols)):
         if name is not None and name not in known:
             raise UsageError(
@@ -119,17 +143,3 @@ def choose_layout(
             )
     if rows is not None and rows == cols:
         raise UsageError([Problem(where, f"--rows and --cols are both {rows!r}", fix="pick two")])
-    free = [a for a in _independent(axes, jobs) if a not in (rows, cols)]
-    if rows is None and cols is None and len(free) == 1:
-        return Layout(None, free[0])  # one axis: one row
-    if rows is None:
-        rows = free.pop(0) if free else None
-    if cols is None:
-        chosen = [a for a in (rows,) if a]
-        # an axis the rows decide would only fill the diagonal
-        useful = [a for a in free if not (jobs and chosen and decided(a, chosen, jobs))]
-        cols = useful[0] if useful else None
-    grids = [a for a in free if a not in (rows, cols)]
-    laid = [a for a in (rows, cols) if a]
-    grids = [a for a in grids if not (jobs and laid and decided(a, laid, jobs))]
-    return Layout(rows, cols, grids)

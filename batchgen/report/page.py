@@ -1,9 +1,9 @@
 """The HTML contact sheet of a batch: what goes into it, and writing it (once or live).
 
 ``write_report`` reads the batch's jobs (streamed, lock-free: ``store.reports``),
-lays them out as grids (``report_layout``: rows and columns are the manifest's first
+lays them out as grids (``report.layout``: rows and columns are the manifest's first
 two varying axes, one grid per value of the rest), finds a poster for every video,
-and writes one self-contained HTML file atomically (``report_html`` renders it).
+and writes one self-contained HTML file atomically (``report.html`` renders it).
 Videos, posters and sidecars are linked relative to the HTML file, so the folder can
 be zipped and shared.
 
@@ -21,66 +21,27 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from batchgen.engine.schedule import api_duration
+from batchgen.clock import api_duration
 from batchgen.errors import Problem
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.files.sidecar import atomic_write_text
+from batchgen.report.data import Clip, ReportData
+from batchgen.report.html import render
 from batchgen.report.layout import axis_value, choose_layout, find_axes
 from batchgen.report.posters import PosterMode, poster_for
 from batchgen.states import JobState
 from batchgen.store import ledger
-from batchgen.store.ledger import PossibleJob
 from batchgen.store.reports import JobRow, get_batch_row, iter_job_rows
-from batchgen.store.schema import Batch
 
 log = logging.getLogger(__name__)
 
 _ACTIVE = frozenset(
     {JobState.SUBMITTING, JobState.IN_DOUBT, JobState.RUNNING, JobState.DOWNLOADING}
 )
-
-
-@dataclass(slots=True)
-class Clip:
-    """One job in the grid."""
-
-    job: JobRow
-    videos: list[str] = field(default_factory=list)  # hrefs relative to the report
-    sidecars: list[str] = field(default_factory=list)
-    poster: str | None = None  # href or data: URI
-    missing: list[str] = field(default_factory=list)  # outputs recorded but not on disk
-    gen_s: float | None = None  # the API's createdAt -> completedAt
-    total_s: float | None = None  # our submission -> our finish
-    other_axes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class ReportData:
-    batch: Batch
-    rows_axis: str | None  # None: one row
-    cols_axis: str | None  # None: one column
-    axes: list[str]  # what varies, in the manifest's order
-    grid_axes: list[str]  # one grid per combination of their values (in grid_values)
-    grid_values: list[tuple[str, ...]]
-    row_values: list[str]
-    col_values: list[str]
-    cells: dict[tuple[tuple[str, ...], str, str], list[Clip]]
-    counts: dict[str, int]
-    jobs: int
-    spend_micro_usd: int
-    wall_s: float | None
-    gen_times: list[float]
-    spend_by: list[tuple[str, int]]
-    spend_axis: str | None
-    generated_at: float
-    #: lost POST answers that may have charged a run (the ledger's unsettled possibles)
-    possible_micro_usd: int = 0
-    maybe_paid_twice: list[PossibleJob] = field(default_factory=list)
 
 
 class _Links:
@@ -141,9 +102,6 @@ def gather(
     counts: Counter[str] = Counter()
     spend_by: Counter[str] = Counter()
     gen_times: list[float] = []
-    start: float | None = None
-    end: float | None = None
-    active = False
     # money from the ledger: every attempt's charge and refund, never a job field
     paid = ledger.job_spend(db, batch_id)
     money = ledger.totals(db, batch_id)
@@ -161,14 +119,7 @@ def gather(
             spend_by[axis_value(job, spend_axis)] += paid.get(job.id, 0)
         if clip.gen_s is not None:
             gen_times.append(clip.gen_s)
-        if job.submitted_at is not None:
-            start = job.submitted_at if start is None else min(start, job.submitted_at)
-        if job.finished_at is not None:
-            end = job.finished_at if end is None else max(end, job.finished_at)
-        active = active or job.state in _ACTIVE
     now = time.time()
-    if active:
-        end = now
     return ReportData(
         batch=batch,
         rows_axis=row_axis,
@@ -182,7 +133,7 @@ def gather(
         counts=dict(counts),
         jobs=len(jobs),
         spend_micro_usd=money.spent,
-        wall_s=None if start is None or end is None else max(0.0, end - start),
+        wall_s=_wall_s(jobs, now),
         gen_times=gen_times,
         spend_by=list(spend_by.items()),
         spend_axis=spend_axis if jobs else None,
@@ -190,6 +141,16 @@ def gather(
         possible_micro_usd=money.possible,
         maybe_paid_twice=maybe,
     )
+
+
+def _wall_s(jobs: list[JobRow], now: float) -> float | None:
+    """First submission to last finish; to ``now`` while a job is still under way."""
+    starts = [j.submitted_at for j in jobs if j.submitted_at is not None]
+    ends = [j.finished_at for j in jobs if j.finished_at is not None]
+    end = now if any(j.state in _ACTIVE for j in jobs) else max(ends, default=None)
+    if not starts or end is None:
+        return None
+    return max(0.0, end - min(starts))
 
 
 def _clip(job: JobRow, links: _Links) -> Clip:
@@ -222,8 +183,6 @@ def write_report(
     ``rows``/``cols``: the axes to lay the grid out by (``UsageError``, exit 2, when
     the batch has no such axis; nothing is written then).
     """
-    from batchgen.report.html import render
-
     out = Path(out)
     data = gather(db, batch_id, out, rows=rows, cols=cols, posters=posters)
     page = render(data)

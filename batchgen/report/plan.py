@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from batchgen.manifest.loader import DEFAULT_SETTINGS
 from batchgen.runbase.models import ModelSpec, load_model
-from batchgen.runbase.ratelimit import DEFAULT_RATE, settings_rate
+from batchgen.settings import resolve_settings
 from batchgen.states import JobState
 from batchgen.store import batches, ledger
 from batchgen.textsafe import printable
 
 if TYPE_CHECKING:
-    from batchgen.manifest.loader import ExpandedJob, LoadedManifest
+    from batchgen.manifest.expand import ExpandedJob
+    from batchgen.manifest.loader import LoadedManifest
 
 #: axes with at most this many values get a job count per value
 AXIS_DETAIL = 50
@@ -163,11 +163,11 @@ class _Pricer:
 
 def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int = 5) -> Plan:
     """The plan of ``loaded``; with ``db`` (read-only is enough), against what it holds."""
-    settings = loaded.settings
-    rate = settings_rate(settings.get("rate")) or DEFAULT_RATE
-    concurrency = int(settings.get("concurrency") or DEFAULT_SETTINGS["concurrency"])
-    budget = settings.get("budget_usd")
-    budget_usd = None if budget is None else float(budget)
+    # the loader resolved the manifest's limits under `plan`'s --rate, --concurrency and
+    # --budget-usd (what `run` stores): plan for those, nothing of a stored batch
+    settings = resolve_settings(manifest=loaded.settings)
+    rate, concurrency = settings.rate, settings.concurrency
+    budget_usd = None if settings.budget_usd is None else float(settings.budget_usd)
     pricer = _Pricer(loaded.model)
     detailed = [a for a, values in loaded.axes.items() if len(values) <= AXIS_DETAIL]
     by_axis: dict[str, Counter[str]] = {a: Counter() for a in detailed}
@@ -176,25 +176,6 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
     batch_id = None if db is None else batches.batch_id_named(db, loaded.name)
     stored = None if batch_id is None else Stored()
     pending: list[tuple[str, tuple[float, int, float]]] = []
-
-    def settle() -> None:
-        assert db is not None and batch_id is not None and stored is not None
-        states = batches.lookup_states(db, batch_id, [key for key, _ in pending])
-        for key, cost in pending:
-            state = states.get(key)
-            if state is None:
-                stored.new += 1
-            elif state in WILL_SUBMIT:
-                stored.queued += 1
-            elif state in IN_PROGRESS:
-                stored.in_progress += 1
-            elif state == JobState.SUCCEEDED:
-                stored.done += 1
-            else:
-                stored.failed += 1
-            if state is None or state in WILL_SUBMIT:
-                to_submit.add(*cost)
-        pending.clear()
 
     for job in loaded.jobs():
         cost = pricer(job.input)
@@ -208,11 +189,10 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         else:
             pending.append((job.key, cost))
             if len(pending) >= LOOKUP:
-                settle()
+                _settle(db, batch_id, pending, stored, to_submit)
     if stored is not None:
-        if pending:
-            settle()
         assert db is not None and batch_id is not None
+        _settle(db, batch_id, pending, stored, to_submit)
         matched = total.jobs - stored.new
         stored.unlisted = batches.job_total(db, batch_id) - matched
     money = ledger.Totals() if db is None or batch_id is None else ledger.totals(db, batch_id)
@@ -228,15 +208,7 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         rate=rate,
         concurrency=concurrency,
         budget_usd=budget_usd,
-        axes={
-            axis: {
-                "values": len(values),
-                "jobs": dict(by_axis[axis]) if axis in by_axis else None,
-            }
-            for axis, values in loaded.axes.items()
-            # only what varies is an axis (a matrix entry with one value is a constant)
-            if len(values) > 1 or len(set(by_axis.get(axis, ())) - {NO_LABEL}) > 1
-        },
+        axes=_varying_axes(loaded.axes, by_axis),
         sample=sample,
         total=total,
         to_submit=to_submit,
@@ -246,18 +218,70 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
     )
     if pricer.spec is None:
         plan.notes.append(f"no price table for model {loaded.model}: costs show as 0")
+    plan.budget_warning = _budget_warning(budget_usd, money, to_submit)
+    return plan
+
+
+def _varying_axes(
+    axes: dict[str, list[str]], by_axis: dict[str, Counter[str]]
+) -> dict[str, dict[str, Any]]:
+    """Axis -> its number of values and (for a short axis) jobs per value. Only what
+    varies is an axis (a matrix entry with one value is a constant)."""
+    return {
+        axis: {
+            "values": len(values),
+            "jobs": dict(by_axis[axis]) if axis in by_axis else None,
+        }
+        for axis, values in axes.items()
+        if len(values) > 1 or len(set(by_axis.get(axis, ())) - {NO_LABEL}) > 1
+    }
+
+
+def _settle(
+    db: Engine | None,
+    batch_id: int | None,
+    pending: list[tuple[str, tuple[float, int, float]]],
+    stored: Stored,
+    to_submit: Totals,
+) -> None:
+    """Count the ``pending`` jobs by what the database holds of them, then forget them."""
+    if not pending:
+        return
+    assert db is not None and batch_id is not None
+    states = batches.lookup_states(db, batch_id, [key for key, _ in pending])
+    for key, cost in pending:
+        state = states.get(key)
+        if state is None:
+            stored.new += 1
+        elif state in WILL_SUBMIT:
+            stored.queued += 1
+        elif state in IN_PROGRESS:
+            stored.in_progress += 1
+        elif state == JobState.SUCCEEDED:
+            stored.done += 1
+        else:
+            stored.failed += 1
+        if state is None or state in WILL_SUBMIT:
+            to_submit.add(*cost)
+    pending.clear()
+
+
+def _budget_warning(
+    budget_usd: float | None, money: ledger.Totals, to_submit: Totals
+) -> str | None:
     # The budget caps the whole batch: what it spent already counts against it.
     counted = money.budgeted  # lost POST answers may have charged runs: counted too
-    if budget_usd is not None and (counted + to_submit.estimate_micro_usd) / 1e6 > budget_usd:
-        already = f" plus ${spent / 1e6:,.2f} already spent" if spent else ""
-        if money.possible:
-            already += f" and ${money.possible / 1e6:,.2f} possibly charged (answers lost)"
-        plan.budget_warning = (
-            f"the estimate ${to_submit.estimate_usd:,.2f}{already} passes the budget "
-            f"${budget_usd:,.2f}: the run will stop when the budget is spent "
-            "(raise budget_usd or --budget-usd, or trim the matrix)"
-        )
-    return plan
+    if budget_usd is None or (counted + to_submit.estimate_micro_usd) / 1e6 <= budget_usd:
+        return None
+    spent = money.spent
+    already = f" plus ${spent / 1e6:,.2f} already spent" if spent else ""
+    if money.possible:
+        already += f" and ${money.possible / 1e6:,.2f} possibly charged (answers lost)"
+    return (
+        f"the estimate ${to_submit.estimate_usd:,.2f}{already} passes the budget "
+        f"${budget_usd:,.2f}: the run will stop when the budget is spent "
+        "(raise budget_usd or --budget-usd, or trim the matrix)"
+    )
 
 
 def _sample(job: ExpandedJob) -> dict[str, Any]:

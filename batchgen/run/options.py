@@ -2,16 +2,14 @@
 
 ``RunOptions`` carries the command-line values; the checks refuse a missing key, a
 bad API base URL or an output folder that cannot hold videos (exit 2) before a run
-is paid for. ``batch_settings`` reads the settings a batch was stored with, for the
-values the command line did not give (``ratelimit.settings_rate`` reads its rate).
+is paid for. ``command_line`` hands its settings to ``batchgen.settings``, which
+merges them with the environment, the stored batch and the manifest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,16 +17,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from batchgen.amounts import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
+from yarl import URL
+
 from batchgen.engine.schedule import PollPolicy
-from batchgen.engine.state import InDoubtPolicy, LostPolicy
 from batchgen.errors import Problem, UsageError
 from batchgen.observe.progress import ProgressMode
 from batchgen.redact import mask_url
 from batchgen.retry import RetryPolicy
-from batchgen.store.schema import Batch
-
-DEFAULT_BASE_URL = "https://runbase.net"
+from batchgen.settings import (
+    DEFAULT_BASE_URL,
+    CommandLine,
+    InDoubtPolicy,
+    LostPolicy,
+    base_url_from,
+)
 
 
 @dataclass
@@ -70,25 +72,19 @@ class RunOptions:
     problems: list[Problem] = field(default_factory=list)
 
 
-def number_problems(options: RunOptions) -> list[Problem]:
-    """Every amount and count of ``options`` finite and in range (a library caller's
-    ``budget_usd=float("inf")`` too): exit 2 before anything is stored."""
-    found = [
-        amount_problem("--budget-usd", options.budget_usd, maximum=MAX_BUDGET_USD, example="25"),
-        amount_problem("--max-runtime", options.max_runtime_s, maximum=MAX_SECONDS, example="3600"),
-        amount_problem("--wait-lock", options.wait_lock_s, maximum=MAX_SECONDS, example="900"),
-    ]
-    for name, count in (
-        ("--concurrency", options.concurrency),
-        ("--max-attempts", options.max_attempts),
-    ):
-        if count is not None and count < 1:
-            found.append(f"{name} {count}: expected a whole number of at least 1")
-    if options.rate is not None:
-        requests, seconds = options.rate
-        if requests < 1 or not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
-            found.append(f"--rate {requests}/{seconds}: expected REQUESTS/SECONDS, e.g. 20/10s")
-    return [Problem(file="<command line>", message=m) for m in found if m]
+def command_line(options: RunOptions) -> CommandLine:
+    """The settings ``options`` gives (``batchgen.settings`` resolves the rest)."""
+    return CommandLine(
+        rate=options.rate,
+        concurrency=options.concurrency,
+        budget_usd=options.budget_usd,
+        max_attempts=options.max_attempts,
+        max_runtime_s=options.max_runtime_s,
+        wait_lock_s=options.wait_lock_s,
+        in_doubt=options.in_doubt,
+        on_lost=options.on_lost,
+        base_url=options.base_url,
+    )
 
 
 def check_api_key(key: str | None) -> str:
@@ -133,10 +129,6 @@ def _key_problem(key: str) -> tuple[str, str] | None:
     return None
 
 
-def base_url_from(options: RunOptions) -> str:
-    return options.base_url or os.environ.get("RUNBASE_BASE_URL") or DEFAULT_BASE_URL
-
-
 def is_loopback_host(host: str) -> bool:
     """127.0.0.0/8, ::1 and ``localhost`` (no DNS look-up: a name is never resolved)."""
     host = host.strip("[]").lower().rstrip(".")
@@ -152,7 +144,7 @@ def check_base_url(options: RunOptions) -> str:
     """The API base URL, refused up front (exit 2) unless it is http(s)://host[:port][/path]
     that aiohttp takes, with no credentials in it, and https unless the host is loopback
     or ``allow_insecure`` is set (the key would cross the network in clear)."""
-    url = base_url_from(options)
+    url = base_url_from(options.base_url, os.environ)
     from_flag = bool(options.base_url)
     where = "--base-url" if from_flag else "$RUNBASE_BASE_URL"
     file = "<command line>" if from_flag else "<environment>"
@@ -201,8 +193,7 @@ def check_base_url(options: RunOptions) -> str:
 
 
 def _aiohttp_takes(url: str) -> bool:
-    from yarl import URL  # aiohttp's URL type: what it refuses, we refuse first
-
+    # yarl is aiohttp's URL type: what it refuses, we refuse first
     try:
         parsed = URL(url)
     except (ValueError, TypeError):
@@ -231,21 +222,11 @@ def check_out_dir(path: Path) -> None:
         ) from None
 
 
-def batch_settings(batch: Batch) -> dict[str, Any]:
-    try:
-        value = json.loads(batch.settings_json or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 __all__ = [
-    "DEFAULT_BASE_URL",
     "RunOptions",
-    "base_url_from",
-    "batch_settings",
     "check_api_key",
     "check_base_url",
     "check_out_dir",
+    "command_line",
     "is_loopback_host",
 ]

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from batchgen.errors import (
     AuthError,
     Forbidden,
@@ -25,7 +23,6 @@ from batchgen.errors import (
     RunbaseError,
     RunNotFound,
     ServerError,
-    TransportError,
     UsageExceeded,
 )
 
@@ -240,17 +237,3 @@ def error_for(
     if status in (408, 409) or status >= 500 or status < 400:
         return ServerError(message, code=code, status=status)
     return InvalidRequest(message, code=code, status=status)
-
-
-def transport_error(exc: BaseException, *, what: str) -> TransportError:
-    """No HTTP answer. ``sent`` is False only when the request surely never left."""
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        # refused, DNS, TLS handshake, connect timeout (or pool wait): nothing was sent
-        return TransportError(f"{what}: could not connect: {_describe(exc)}", sent=False)
-    return TransportError(f"{what}: no answer: {_describe(exc)}", sent=True)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name

@@ -33,9 +33,9 @@ from batchgen.runbase.answers import (
     Run,
     error_for,
     parse_retry_after,
-    transport_error,
 )
 from batchgen.runbase.ratelimit import RequestLimiter
+from batchgen.runbase.transport import map_aiohttp_errors, transport_error
 
 log = logging.getLogger(__name__)
 
@@ -233,17 +233,15 @@ class RunbaseClient:
                 on_sent(True)
             started = self._clock.monotonic()
             try:
-                status, reason, retry_after, raw = await self._send(method, url, body, extra)
+                with map_aiohttp_errors(route, scrub=self._scrub):
+                    status, reason, retry_after, raw = await self._send(method, url, body, extra)
             except asyncio.CancelledError:
                 # it left (the limiter counted it): the key spent it, whatever the answer
                 self._emit(method, route, None, "canceled", started)
                 raise
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                err = transport_error(exc, what=route)
-                err.message = self._scrub(err.message)
-                err.args = (err.message,)
+            except TransportError:
                 self._emit(method, route, None, "network", started)
-                raise err from None
+                raise
             if 200 <= status < 300:
                 self.limiter.on_success()
                 self._emit(method, route, status, None, started)

@@ -27,6 +27,12 @@ clock (so it cannot run on the injected ``batchgen.clock``, which the tests need
 serves waiters first-come first-served (no priorities), and fixes its rate at
 construction (AIMD changes it). Layer 2 is that same leaky bucket, written against
 the injected clock, with the sliding log on top as the guarantee.
+
+So aiolimiter is not a dependency of batchgen: carrying layer 2 on it would mean a
+second clock beside the injected one (the tests of the limiter run on virtual time),
+a wrapper to give it priorities, and a new ``AsyncLimiter`` on every AIMD step, and it
+would decide none of what layers 1 and 3 decide. A test keeps the numbers above
+honest (tests/integration/test_client_sim.py uses it from the test extras).
 """
 
 from __future__ import annotations

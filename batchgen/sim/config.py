@@ -58,6 +58,10 @@ class SimConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these knobs, each naming its field (empty: all fine)."""
+        parts = (self._number_problems, self._key_problems, self._price_problems)
+        return [p for part in (*parts, self._limit_problems) for p in part()]
+
+    def _number_problems(self) -> list[str]:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be between 0 and 65535, not {self.port}")
@@ -69,6 +73,10 @@ class SimConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a finite number >= 0, not {value}")
+        return problems
+
+    def _key_problems(self) -> list[str]:
+        problems = []
         for key in self.keys:
             # what batchgen's check_api_key takes: a key no header can carry is no key
             unsafe = not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key)
@@ -79,6 +87,10 @@ class SimConfig:
                 break
         if len(set(self.keys)) < len(self.keys):
             problems.append("each key may be given only once")
+        return problems
+
+    def _price_problems(self) -> list[str]:
+        problems = []
         table = load_model(DEFAULT_MODEL).prices
         for kind, usd in self.prices_usd.items():
             res, _, dur = kind.partition("/")
@@ -87,6 +99,10 @@ class SimConfig:
                 problems.append(f"prices_usd: no {kind!r} in the price table ({known})")
             if not (math.isfinite(usd) and usd >= 0):
                 problems.append(f"prices_usd: {kind} must be a finite number >= 0, not {usd}")
+        return problems
+
+    def _limit_problems(self) -> list[str]:
+        problems = []
         n, window = self.rate
         if n < 1 or not (math.isfinite(window) and window > 0):
             problems.append(f"rate must be N >= 1 requests per W > 0 seconds, not {n}/{window}")

@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from batchgen.manifest.loader import ExpandedJob, LoadedManifest
+    from batchgen.manifest.expand import ExpandedJob
+    from batchgen.manifest.loader import LoadedManifest
 
 #: rows per write transaction. Keys arrive in random order, so every chunk dirties pages
 #: all over the unique (batch_id, key) index and each commit writes them to the WAL

@@ -7,25 +7,36 @@ alone so that ``batchgen status`` starts fast.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from batchgen.store.schema import Charge, Job
+from batchgen.store.records import LedgerEntry
+from batchgen.store.schema import Charge
+
+# LedgerEntry is defined with the store's records (no SQLAlchemy); it is named here too
+# until the engine imports it from ``store.records``.
+__all__ = ["JobRef", "LedgerEntry", "add_entries", "record"]
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """A ledger row to write with a job's transition (same transaction)."""
+class JobRef(Protocol):
+    """What a ledger row and a check-and-set read of the caller's copy of a job: a
+    ``Job`` row or a ``JobRecord`` (the stored row itself is re-read)."""
 
-    kind: str  # charge | refund | possible
-    amount_micro_usd: int
-    run_id: str | None = None
-    detail: str | None = None
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def batch_id(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def idem_key(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
 
 
-def add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
+def add_entries(s: Session, job: JobRef, entries: Sequence[LedgerEntry], at: float) -> None:
     """Add ``entries`` for ``job`` (with its attempt and key as they are now) to ``s``."""
     assert job.id is not None
     for e in entries:
@@ -44,7 +55,7 @@ def add_entries(s: Session, job: Job, entries: Sequence[LedgerEntry], at: float)
         )
 
 
-def record(engine: Engine, job: Job, entries: Sequence[LedgerEntry], at: float) -> None:
+def record(engine: Engine, job: JobRef, entries: Sequence[LedgerEntry], at: float) -> None:
     """Write ``entries`` on their own: money learnt when the job's move could not be
     made (another process changed the job) is still money spent."""
     with Session(engine) as s:

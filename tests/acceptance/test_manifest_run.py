@@ -19,7 +19,8 @@ from sqlmodel import Session, select
 
 from batchgen.engine.schedule import PollPolicy
 from batchgen.manifest.loader import load_manifest
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState, check_transition
 from batchgen.store import batches

@@ -19,7 +19,8 @@ from batchgen.engine.schedule import PollPolicy
 from batchgen.events import RunSummary
 from batchgen.report.page import write_report
 from batchgen.retry import RetryPolicy
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store

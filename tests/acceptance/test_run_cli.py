@@ -11,7 +11,7 @@ import pytest
 
 from batchgen.cli._app import parse_rate
 from batchgen.errors import UsageError
-from batchgen.run.runner import RunOptions, check_base_url
+from batchgen.run.options import RunOptions, check_base_url
 
 
 def batchgen(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):

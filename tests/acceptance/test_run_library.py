@@ -12,7 +12,8 @@ from typing import Any
 from batchgen.engine.schedule import PollPolicy
 from batchgen.errors import ExitCode
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts

@@ -19,7 +19,8 @@ from sqlmodel import Session, col, select
 
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.run.lock import read_holder
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.sim import SimConfig, Simulator
 from batchgen.store.schema import Batch, open_db
 from tests.acceptance.test_unattended import KEY, cron_env, finish, start, until

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.amounts import MAX_BUDGET_USD
 from batchgen.errors import ExitCode
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
+from batchgen.settings import MAX_BUDGET_USD
 from batchgen.sim import Simulator
 from batchgen.store import jobs as store
 from tests.acceptance.test_run_cli import batchgen

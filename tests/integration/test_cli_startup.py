@@ -29,13 +29,22 @@ def test_importing_the_cli_imports_no_sqlalchemy_sqlmodel_or_pydantic():
     assert imported_after("import batchgen.cli") == []
 
 
+def test_importing_batchgen_imports_neither_its_api_nor_sqlalchemy():
+    code = "import batchgen\nassert 'batchgen.api' not in sys.modules"
+    assert imported_after(f"import sys\n{code}") == []
+
+
 def test_the_status_reader_imports_no_sqlalchemy():
     assert imported_after("from batchgen.store import reader, status") == []
 
 
-def test_the_schema_still_brings_sqlalchemy_and_the_lazy_package_names_work():
-    """The probe itself can fail: the store package's names still resolve (lazily)."""
-    code = "from batchgen.store import Batch, open_db\nassert Batch.__tablename__ == 'batch'"
+def test_the_store_package_itself_imports_no_sqlalchemy():
+    assert imported_after("import batchgen.store") == []
+
+
+def test_the_schema_still_brings_sqlalchemy():
+    """The probe itself can fail: importing the schema does bring the heavy packages."""
+    code = "from batchgen.store.schema import Batch, open_db\nassert Batch.__tablename__ == 'batch'"
     assert imported_after(code) == ["pydantic", "sqlalchemy", "sqlmodel"]
 
 

@@ -12,7 +12,8 @@ from sqlmodel import Session, col, select
 from batchgen.engine.schedule import PollPolicy
 from batchgen.files.media import Expectation, MediaInfo, frame_size, probe
 from batchgen.report.page import write_report
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store.schema import Job
 from tests.test_engine_helpers import make_batch

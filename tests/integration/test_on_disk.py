@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from batchgen.cli import app
 from batchgen.engine.schedule import PollPolicy
 from batchgen.errors import ExitCode
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job

@@ -15,7 +15,8 @@ from batchgen.cli import app
 from batchgen.errors import BatchgenError, ExitCode
 from batchgen.files.outputs import Protected, output_problems
 from batchgen.manifest.loader import load_manifest
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.store import batches
 from batchgen.store.schema import open_db
 from tests.integration.test_batches import write_manifest

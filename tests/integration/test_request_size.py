@@ -13,7 +13,8 @@ from batchgen.cli import app
 from batchgen.engine.schedule import PollPolicy
 from batchgen.manifest.images import REQUEST_BODY_LIMIT, data_uri_length
 from batchgen.manifest.loader import load_manifest
-from batchgen.run.runner import RunOptions, arun_batch
+from batchgen.run.options import RunOptions
+from batchgen.run.runner import arun_batch
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import open_db

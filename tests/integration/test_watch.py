@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,12 +12,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchgen.errors import Problem, UsageError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.observe.files import JsonLog, SummaryFile
 from batchgen.observe.metrics import MetricsFile
 from batchgen.observe.notify import Notifier
-from batchgen.observe.watch import JsonLog, SummaryFile, build_observers
+from batchgen.observe.watch import build_observers
 
 KEY = "sk-live-abcdef0123456789"
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -43,44 +44,23 @@ def summary(
     )
 
 
-# ------------------------------------------------------------------ a strict parser
-# Written here, independent of batchgen.observe.metrics.parse, to the text format 0.0.4 rules.
-
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LINE = re.compile(rf"^({_NAME})(\{{(.*)\}})? (-?[0-9.eE+-]+|NaN|[+-]Inf)$")
-_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+# ------------------------------------------------------------------ the parser
+# prometheus_client's own parser (what Prometheus's Python tooling reads), independent of
+# how batchgen.observe.metrics renders, plus the rules node_exporter's collector adds.
 
 
 def parse_prom(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """name -> [(labels, value)]; fails on anything the textfile collector would reject."""
+    """sample name -> [(labels, value)]; fails on anything the textfile collector would reject."""
     assert text.endswith("\n")
     families: dict[str, list[tuple[dict[str, str], float]]] = {}
-    helped: set[str] = set()
-    typed: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name = line.split()[2]
-            assert name not in helped, f"second HELP for {name}"
-            helped.add(name)
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            assert kind in ("gauge", "counter") and name not in typed
-            typed[name] = kind
-            continue
-        m = _LINE.match(line)
-        assert m, f"not a sample line: {line!r}"
-        name, body = m.group(1), m.group(3) or ""
-        assert name in typed and name in helped, f"{name} has no TYPE/HELP before it"
-        labels: dict[str, str] = {}
-        pos = 0
-        while pos < len(body):
-            pm = _PAIR.match(body, pos)
-            assert pm, f"bad labels in {line!r}"
-            value = re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), pm[2])
-            labels[pm.group(1)] = value
-            pos = pm.end()
-        families.setdefault(name, []).append((labels, float(m.group(4))))
+    seen: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        assert family.name not in seen, f"a second block for {family.name}"
+        seen.add(family.name)
+        assert family.type in ("gauge", "counter"), f"{family.name} has no TYPE"
+        assert family.documentation, f"{family.name} has no HELP"
+        for sample in family.samples:
+            families.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return families
 
 

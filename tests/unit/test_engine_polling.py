@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from batchgen.clock import api_duration
 from batchgen.engine.budget import Budget
-from batchgen.engine.schedule import (
-    DurationModel,
-    PollPolicy,
-    api_duration,
-    prior_seconds,
-    run_class,
-)
+from batchgen.engine.schedule import DurationModel, PollPolicy, prior_seconds, run_class
 
 CLS = ("bytedance/seedance-1-pro", "1080p", "5")
 

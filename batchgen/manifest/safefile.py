@@ -15,8 +15,10 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from batchgen.errors import InputError
 
-class FileRefused(ValueError):
+
+class FileRefused(InputError):
     """A named file that cannot be used: ``"{what} {path} {reason}"``; ``fix`` says what
     to do."""
 

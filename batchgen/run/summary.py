@@ -1,0 +1,157 @@
+"""What a run tells the outside while it runs and when it ends.
+
+The observers a run's own options add (log file, summary file, metrics, notification),
+the progress snapshot, the ``RunSummary`` built on every exit path (from what the
+database holds, whatever failed before), and the observers' ``finished``/``aclose``,
+where one failing observer never keeps the others from hearing the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from batchgen.clock import Clock
+from batchgen.engine.dispatcher import RunEngine
+from batchgen.errors import ExitCode, Problem
+from batchgen.events import Observer, RunSummary
+from batchgen.files import on_disk
+from batchgen.observe.progress import RequestTally, Snapshot
+from batchgen.observe.watch import build_observers
+from batchgen.run.failures import one_line
+from batchgen.run.options import RunOptions
+from batchgen.store import jobs as store
+from batchgen.store import ledger
+from batchgen.store.schema import Batch
+
+# the run's own logger: these lines belong to the run (and to its --log-file) as before
+log = logging.getLogger("batchgen.run.runner")
+
+
+def unattended_observers(opts: RunOptions, problems: list[Problem]) -> list[Observer]:
+    """The observers ``--log-file``, ``--summary-file``, ``--metrics-file`` and
+    ``--notify-url`` ask for; a bad one is a problem (exit 2), the others still hear."""
+    if not (opts.log_file or opts.summary_file or opts.metrics_file or opts.notify_url):
+        return []
+    return list(
+        build_observers(
+            log_file=opts.log_file,
+            summary_file=opts.summary_file,
+            metrics_file=opts.metrics_file,
+            notify_url=opts.notify_url,
+            problems=problems,
+        )
+    )
+
+
+async def finish(observers: Sequence[Observer], summary: RunSummary) -> None:
+    """Every observer hears the end and is closed, whatever another one raises."""
+    for obs in observers:
+        try:
+            obs.finished(summary)
+        except Exception as exc:
+            log.error("observer %r failed at the end: %s", obs, one_line(str(exc)))
+            log.debug("observer failure", exc_info=exc)
+        aclose = getattr(obs, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception as exc:
+                log.error("observer %r failed to close: %s", obs, one_line(str(exc)))
+                log.debug("observer failure", exc_info=exc)
+
+
+def snapshot(engine: RunEngine, tally: RequestTally, clock: Clock, started: float) -> Snapshot:
+    """The progress line's figures now (``started``: the engine's monotonic start)."""
+    lim = engine.limiter
+    counts = engine.counts
+    remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
+    per_job = tally.total / max(1, counts.get("succeeded", 0)) if tally.total else 2.2
+    limit_per_s = lim.max_requests / lim.window_s
+    eta: float | None = 0.0  # nothing left
+    if remaining or engine.active:
+        eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
+    # until the API answers once, neither a rate (of failed connections) nor an eta
+    # from it is known
+    answered = tally.answered > 0
+    unanswered = tally.total > 0 and not answered
+    return Snapshot(
+        batch=engine.batch.name,
+        counts=dict(counts),
+        requests_per_s=None if unanswered else tally.per_second(),
+        limit_per_s=limit_per_s,
+        requests=tally.total,
+        spend_micro_usd=engine.budget.spent,
+        budget_micro_usd=engine.budget.limit,
+        elapsed_s=clock.monotonic() - started,
+        eta_s=eta if answered or not eta else None,
+        note=engine.stopping,
+    )
+
+
+@dataclass
+class Ended:
+    """What a run got as far as opening, for its summary (any field may be missing)."""
+
+    batch_name: str
+    tally: RequestTally
+    clock: Clock
+    db: Engine | None = None
+    batch: Batch | None = None
+    engine: RunEngine | None = None
+    out_dir: str = ""
+    #: succeeded jobs whose files were missing or damaged, sent back to downloading
+    repairs: list[int] = field(default_factory=list)
+
+
+def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> RunSummary:
+    """The summary of ``run``; what the database cannot tell (it failed) stays empty."""
+    counts: dict[str, int] = {}
+    spend = possible = 0
+    maybe_twice: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    in_doubt = repaired = 0
+    out_dir = run.out_dir
+    if run.db is not None and run.batch is not None and run.batch.id is not None:
+        db, batch_id = run.db, run.batch.id
+        try:
+            counts = {k: v for k, v in store.counts(db, batch_id).items() if v}
+            money = ledger.totals(db, batch_id)
+            spend, possible = money.spent, money.possible
+            maybe_twice = [p.to_json() for p in ledger.possible_jobs(db, batch_id)]
+            failures = [
+                {"key": f.key, "idx": f.idx, "error": f.error, "code": f.code}
+                for f in store.failures(db, batch_id)
+            ]
+            in_doubt = store.in_doubt_since(db, batch_id, started)
+            repaired = on_disk.repaired(db, run.repairs)
+        except Exception as exc:
+            log.debug("could not read the final counts: %s", one_line(str(exc)))
+        out_dir = out_dir or run.batch.out_dir
+    if run.engine is not None:
+        in_doubt = max(in_doubt, len(run.engine.in_doubt_seen))
+    finished = run.clock.now()
+    return RunSummary(
+        batch=run.batch_name,
+        exit_code=int(code),
+        reason=reason,
+        counts=counts,
+        in_doubt=in_doubt,
+        requests={k: dict(v) for k, v in run.tally.by_route.items()},
+        spend_micro_usd=spend,
+        wall_s=finished - started,
+        out_dir=out_dir,
+        started_at=started,
+        finished_at=finished,
+        failures=failures,
+        repaired=repaired,
+        possible_micro_usd=possible,
+        maybe_paid_twice=maybe_twice,
+    )
+
+
+__all__ = ["Ended", "build_summary", "finish", "snapshot", "unattended_observers"]
