@@ -25,8 +25,9 @@ from tests.integration.pg_kit import sql
 
 Q, S, D, R = JobState.QUEUED, JobState.SUBMITTING, JobState.IN_DOUBT, JobState.RUNNING
 T0 = 1_700_000_000.0
-#: short enough to wait out in a test, long enough for the statements in between
-LEASE = 0.8
+#: short enough to wait out in a test, long enough for the statements in between on a
+#: loaded 2-core machine (a heartbeat every third of it leaves a second to spare)
+LEASE = 1.5
 
 Opener = Callable[..., Awaitable[PostgresStore]]
 
@@ -119,8 +120,8 @@ async def test_a_heartbeat_keeps_the_jobs_and_a_silent_worker_loses_them(
     assert sent is not None
     running = await gone.record_run_id(sent, at=T0, run_id="run-0", cost_micro_usd=5)
     assert running is not None
-    for _ in range(3):  # alive past its lease: nothing can be taken from it
-        await asyncio.sleep(LEASE / 2)
+    for _ in range(4):  # alive past its lease: nothing can be taken from it
+        await asyncio.sleep(LEASE / 3)
         await gone.heartbeat()
         assert await other.load_active(b) == []
         assert await other.page_queued(b, limit=10) == []
@@ -130,6 +131,20 @@ async def test_a_heartbeat_keeps_the_jobs_and_a_silent_worker_loses_them(
     assert [j.idx for j in await other.page_queued(b, limit=10)] == [1, 2]
     row = sql(postgres_url, "SELECT owner, epoch FROM job WHERE id = %(id)s", {"id": taken.id})
     assert row[0]["owner"] == other.owner and row[0]["epoch"] == 2
+
+
+async def test_the_automatic_heartbeat_keeps_the_claims_past_the_lease(
+    postgres_url: str, open_store: Opener
+) -> None:
+    alive = await open_store(lease_seconds=LEASE, heartbeat_every=None)  # every LEASE / 3
+    other = await open_store(lease_seconds=LEASE)
+    b = add_batch(postgres_url, 2)
+    assert len(await alive.page_queued(b, limit=5)) == 2
+    await asyncio.sleep(LEASE * 1.5)
+    assert await other.page_queued(b, limit=5) == []
+    beat = sql(postgres_url, "SELECT heartbeat_at > started_at AS beat FROM worker "
+               "WHERE id = %(id)s", {"id": alive.owner})  # fmt: skip
+    assert beat == [{"beat": True}]
 
 
 async def test_a_stale_epoch_write_changes_nothing(postgres_url: str, open_store: Opener) -> None:
