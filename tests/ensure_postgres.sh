@@ -19,7 +19,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 # No main cluster: postgresql-common reads this file when the server package is configured.
-# Our copy is kept over the package's (--force-confold) and stays for later upgrades.
+# Our copy is kept over the package's template and stays for later upgrades.
 $SUDO mkdir -p /etc/postgresql-common
 if ! grep -qs '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
     echo "create_main_cluster = false" | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
@@ -36,7 +36,9 @@ cleanup() { if [ -n "$OWN_POLICY" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi;
 trap cleanup EXIT
 
 LOG=$(mktemp)
-if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq \
+# createcluster.conf is kept by ucf, not dpkg: UCF_FORCE_CONFFOLD keeps ours over the template
+if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive \
+        UCF_FORCE_CONFFOLD=1 apt-get install -y -qq \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         postgresql; } >"$LOG" 2>&1; then
     fail "apt-get install postgresql failed (its output: $LOG)"
