@@ -251,3 +251,20 @@ async def test_failures_are_ours_and_never_show_the_password(postgres_url: str) 
     sql(postgres_url, "INSERT INTO meta VALUES ('schema_version', '99')")
     with pytest.raises(StateError, match="newer"):
         await PostgresStore.open(postgres_url)
+
+
+async def test_one_intent_wins_when_two_workers_race_for_an_unclaimed_job(
+    postgres_url: str, open_store: Opener
+) -> None:
+    stores = [await open_store() for _ in range(3)]
+    b = add_batch(postgres_url, 1)
+    job = job_record(sql(postgres_url, "SELECT * FROM job WHERE batch_id = %(b)s", {"b": b})[0])
+    results = await asyncio.gather(
+        *(s.record_intent(job, at=T0, attempt=1, idem_key=f"k-{i}", estimate_micro_usd=0)
+          for i, s in enumerate(stores))
+    )  # fmt: skip
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1  # one POST in flight per job
+    events = sql(postgres_url, "SELECT to_state FROM event WHERE job_id = %(id)s", {"id": job.id})
+    assert events == [{"to_state": "submitting"}]
+    assert stored(postgres_url, job.id).idem_key == winners[0].idem_key
