@@ -14,7 +14,7 @@ classes marked ``(module)`` live in that module, next to the code that raises th
     │   ├── FileProblem              a values or rows file        (batchgen.manifest.files)
     │   ├── ImageError               a local image                (batchgen.manifest.images)
     │   ├── TemplateError            a file-name template         (batchgen.manifest.naming)
-    │   └── FileRefused              a named file (link, device)  (batchgen.files.safefile)
+    │   └── FileRefused              a named file (link, device)  (batchgen.manifest.safefile)
     ├── RunbaseError                 one answer of the Runbase API, or the lack of one
     │   ├── InvalidRequest           400 (413, a POST's 404, other 4xx): fail the job
     │   ├── AuthError                401: stop the batch
@@ -138,13 +138,17 @@ class StateError(CommandError):
 
 class StateWriteError(CommandError):
     """A write to the state database failed (disk full, I/O error): stop at once,
-    resumable once the cause is fixed. ``run_id``: a paid run the write was recording."""
+    resumable once the cause is fixed. ``run_id``: the run of the job being written;
+    ``unrecorded``: that run was just created (and paid) and its id is not on record."""
 
     exit_code = ExitCode.INTERRUPTED
 
-    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, run_id: str | None = None, unrecorded: bool = False
+    ) -> None:
         super().__init__(message)
         self.run_id = run_id
+        self.unrecorded = unrecorded
 
 
 class IllegalTransition(BatchgenError):

@@ -8,6 +8,7 @@ import sys
 BENCHES = [
     "bench.bench_expand",
     "bench.bench_engine",
+    "bench.bench_cpu",
     "bench.bench_report",
     "bench.bench_sim",
     "bench.bench_ratelimit",

@@ -228,9 +228,13 @@ class EngineBase:
             self._crash = exc
             self._leaving = True
         elif exc is not self._crash:
-            # a paid run's id that could not be recorded must never go unsaid
-            if isinstance(exc, StateWriteError) and exc.run_id:
+            # a paid run's id that could not be recorded must never go unsaid: it is
+            # logged, and it becomes the reason the run stopped unless one already is
+            if isinstance(exc, StateWriteError) and exc.unrecorded:
                 log.error("%s", exc)
+                first = self._crash
+                if not (isinstance(first, StateWriteError) and first.unrecorded):
+                    self._crash = exc
             log.debug("a further error after the first", exc_info=exc)
         self._wake.set()
 
@@ -302,7 +306,8 @@ class EngineBase:
             elif run_id:
                 paid = f" (run {run_id})"
             message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
-            raise StateWriteError(message, run_id=run_id) from exc
+            unrecorded = bool(run_id) and old is JobState.SUBMITTING
+            raise StateWriteError(message, run_id=run_id, unrecorded=unrecorded) from exc
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
             self._forget(job)

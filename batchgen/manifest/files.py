@@ -2,7 +2,7 @@
 
 Every value keeps the line it came from, so a problem with it can name the place.
 Blank lines and lines starting with ``#`` are skipped in ``.txt`` and ``.jsonl``.
-Only regular files are read (``batchgen.files.safefile``: no FIFO, device or folder), line by
+Only regular files are read (``batchgen.manifest.safefile``: no FIFO, device or folder), line by
 line with a limit per line, and no more values or rows than the job limit allows, so
 a hostile or mistaken file costs bounded time and memory.
 """
