@@ -237,6 +237,12 @@ async def test_the_schema_is_made_once_by_workers_starting_together(
     assert len({s.owner for s in stores}) == 4
     assert sql(postgres_url, "SELECT value FROM meta") == [{"value": "3"}]
     assert len(sql(postgres_url, "SELECT id FROM worker")) == 4
+    # a worker gone for an hour is forgotten by the next one to start; a recent one is kept
+    sql(postgres_url, "INSERT INTO worker (id, host, pid, lease_until) VALUES "
+        "('old', 'h', 1, now() - interval '2 hours'), ('recent', 'h', 2, now())")  # fmt: skip
+    await open_store()
+    ids = {r["id"] for r in sql(postgres_url, "SELECT id FROM worker")}
+    assert "old" not in ids and "recent" in ids and len(ids) == 6
 
 
 async def test_failures_are_ours_and_never_show_the_password(postgres_url: str) -> None:

@@ -119,6 +119,10 @@ INSERT INTO meta (key, value) VALUES ('schema_version', %(version)s);
 INSERT INTO worker (id, host, pid, lease_until)
 VALUES (%(owner)s, %(host)s, %(pid)s, now() + make_interval(secs => %(lease)s));
 
+-- prune_workers --
+-- Forget workers gone for an hour (their jobs were free since their lease ran out)
+DELETE FROM worker WHERE lease_until < now() - interval '1 hour';
+
 -- heartbeat_worker --
 -- The worker is alive: push its lease on
 UPDATE worker SET heartbeat_at = now(), lease_until = now() + make_interval(secs => %(lease)s)

@@ -16,7 +16,8 @@ those of all its jobs in one transaction, every third of the lease. A worker tha
 once the lease has run out: ``load_active`` takes them over (epoch + 1) and
 ``recover_submitting`` puts those it left ``submitting`` in doubt with a possible charge,
 exactly as after a crash on SQLite. A worker leaving cleanly (``aclose``) hands its jobs
-back at once.
+back at once; the row of one that did not is removed by the first worker to start an
+hour after its lease ran out.
 
 The rest of the contract is SQLite's: writes go through one connection, one at a time,
 first in first out, each its own transaction, awaited through ``asyncio.shield`` (a
@@ -107,6 +108,7 @@ class PostgresStore(JobStore):
         try:
             await db.ensure_schema(conns[0], url)
             store = cls(url, conns, **options)
+            await conns[2].execute(query("prune_workers"))
             await conns[2].execute(
                 query("register_worker"),
                 {"owner": store.owner, "host": socket.gethostname(), "pid": os.getpid(),
