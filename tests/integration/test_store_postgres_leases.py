@@ -274,3 +274,20 @@ async def test_one_intent_wins_when_two_workers_race_for_an_unclaimed_job(
     events = sql(postgres_url, "SELECT to_state FROM event WHERE job_id = %(id)s", {"id": job.id})
     assert events == [{"to_state": "submitting"}]
     assert stored(postgres_url, job.id).idem_key == winners[0].idem_key
+
+
+async def test_each_ledger_row_carries_the_fingerprint_of_the_key_that_paid(
+    postgres_url: str, open_store: Opener
+) -> None:
+    store = await open_store(key_fingerprint="0123456789ab")
+    b = add_batch(postgres_url, 1)
+    (job,) = await store.page_queued(b, limit=1)
+    sent = await store.record_intent(job, at=T0, attempt=1, idem_key="k", estimate_micro_usd=9)
+    assert sent is not None
+    charge = [LedgerEntry("charge", 9, "run-1")]
+    assert await store.record_run_id(sent, at=T0, run_id="run-1", cost_micro_usd=9,
+                                     ledger=charge) is not None  # fmt: skip
+    rows = sql(postgres_url, "SELECT kind, run_id, attempt, idem_key, key_fingerprint "
+               "FROM charge")  # fmt: skip
+    assert rows == [{"kind": "charge", "run_id": "run-1", "attempt": 1, "idem_key": "k",
+                     "key_fingerprint": "0123456789ab"}]  # fmt: skip
