@@ -101,6 +101,12 @@ CREATE TABLE charge (
 );
 CREATE INDEX ix_charge_batch ON charge (batch_id, kind, amount_micro_usd);
 CREATE INDEX ix_charge_job ON charge (job_id, kind, run_id, amount_micro_usd);
+-- one row per request a key sent (the per-key limit across hosts: batchgen.store.pg.slots)
+CREATE TABLE key_slot (
+    key_fingerprint text NOT NULL,
+    at timestamptz NOT NULL
+);
+CREATE INDEX ix_key_slot ON key_slot (key_fingerprint, at);
 CREATE TABLE worker (
     id text PRIMARY KEY,
     host text NOT NULL,
@@ -312,3 +318,31 @@ WHERE batch_id = %(batch_id)s AND state = 'submitting'
     AND (owner IS NULL OR lease_until < now())
 ORDER BY idx, id
 FOR UPDATE SKIP LOCKED;
+
+-- lock_key --
+-- One slot taker at a time per key, to the end of the transaction (every host, one clock)
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 20));
+
+-- take_slot --
+-- Take a slot for one request of a key if fewer than limit were taken in the last span
+-- seconds (the window plus the margin for the send-to-arrival delay), on the database's
+-- clock at this moment; else how long until the oldest of them leaves the span
+WITH recent AS (
+    SELECT at FROM key_slot
+    WHERE key_fingerprint = %(key)s AND at > clock_timestamp() - make_interval(secs => %(span)s)
+    ORDER BY at DESC LIMIT %(limit)s
+), verdict AS (
+    SELECT count(*) AS n, min(at) AS oldest FROM recent
+), taken AS (
+    INSERT INTO key_slot (key_fingerprint, at)
+    SELECT %(key)s, clock_timestamp() FROM verdict WHERE n < %(limit)s
+    RETURNING at
+)
+SELECT (SELECT count(*) FROM taken) AS taken,
+    extract(epoch FROM (SELECT oldest FROM verdict) + make_interval(secs => %(span)s)
+        - clock_timestamp())::float8 AS wait;
+
+-- prune_slots --
+-- Forget a key's requests older than two spans
+DELETE FROM key_slot
+WHERE key_fingerprint = %(key)s AND at < clock_timestamp() - make_interval(secs => 2 * %(span)s);
