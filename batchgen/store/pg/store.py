@@ -19,12 +19,10 @@ exactly as after a crash on SQLite. A worker leaving cleanly (``aclose``) hands 
 back at once; the row of one that did not is removed by the first worker to start an
 hour after its lease ran out.
 
-The rest of the contract is SQLite's: writes go through one connection, one at a time,
-first in first out, each its own transaction, awaited through ``asyncio.shield`` (a
-cancelled caller never takes back a write it asked for); the intent is committed before
-``record_intent`` returns; with a budget, the intent's transaction locks the batch row,
-sums the ledger and the jobs being submitted, and refuses the intent (``BudgetReached``)
-rather than pass the budget, so workers on several hosts share one budget.
+The rest of the contract is SQLite's (writes: ``writer.SerialWriter``); the intent is
+committed before ``record_intent`` returns; with a budget, the intent's transaction
+locks the batch row, sums the ledger and the jobs being submitted, and refuses the
+intent (``BudgetReached``) rather than pass it: workers on many hosts share one budget.
 """
 
 from __future__ import annotations
@@ -62,7 +60,6 @@ __all__ = ["LEASE_SECONDS", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Row = Mapping[str, Any]
 
 #: seconds a claim lasts without a heartbeat (the heartbeat comes every third of it)
 LEASE_SECONDS = 30.0
@@ -88,8 +85,7 @@ class PostgresStore(JobStore):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._key_fingerprint = key_fingerprint
         self._budget = budget_micro_usd
-        #: job id -> epoch of the claims this worker holds (what its writes are
-        #: conditioned on); read and changed only by the writer
+        #: job id -> epoch of this worker's claims (its writes' condition); writer only
         self._claims: dict[int, int] = {}
         self._writer = SerialWriter(self._wconn, self._ours)
         self._rlock = asyncio.Lock()
@@ -100,14 +96,25 @@ class PostgresStore(JobStore):
             self._heart = asyncio.create_task(self._beat(every), name="batchgen-pg-heartbeat")
 
     @classmethod
-    async def open(cls, url: str, **options: Any) -> PostgresStore:
-        """Connect (three connections: writes, reads, heartbeat), create the schema if
-        the database has none, and register this worker. ``heartbeat_every=0``: no
-        automatic heartbeat (tests call ``heartbeat`` themselves)."""
+    async def open(
+        cls,
+        url: str,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        heartbeat_every: float | None = None,
+        key_fingerprint: str | None = None,
+        budget_micro_usd: int | None = None,
+    ) -> PostgresStore:
+        """Connect (writes, reads, heartbeat), create the schema if there is none,
+        register this worker. ``heartbeat_every``: a third of the lease by default, 0 for
+        none (the caller calls ``heartbeat``); ``key_fingerprint``: on every ledger row."""
         conns = (await db.connect(url), await db.connect(url), await db.connect(url))
         try:
             await db.ensure_schema(conns[0], url)
-            store = cls(url, conns, **options)
+            store = cls(
+                url, conns, lease_seconds=lease_seconds, heartbeat_every=heartbeat_every,
+                key_fingerprint=key_fingerprint, budget_micro_usd=budget_micro_usd,
+            )  # fmt: skip
             await conns[2].execute(query("prune_workers"))
             await conns[2].execute(
                 query("register_worker"),
