@@ -1,6 +1,7 @@
 # batchgen: `make demo` runs the example manifest against the local simulator,
 # `make test` runs ruff, mypy, the import contracts (lint-imports, pyproject.toml's
-# [tool.importlinter]) and pytest. Both create .venv when it is missing.
+# [tool.importlinter]) and pytest (the tiers in parallel, see below). Both create .venv
+# when it is missing.
 # One install stamp per set of dependencies: the demo needs only the runtime ones
 # (`pip install -e .`); lint and test add the test extras (pytest, mypy, playwright...).
 PY ?= python3
@@ -34,10 +35,16 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy batchgen tests bench
 	$(BIN)/lint-imports
 
+# The tiers in parallel: most tests wait on sockets and subprocesses, not on the CPU,
+# so 4 workers beat 2 on a 2-core machine. Tests marked `serial` hold a wall-clock
+# limit and run alone afterwards, where parallel workers cannot slow them down.
+PYTEST_WORKERS ?= 4
+
 test: lint
 	bash tests/ensure_chromium.sh
 	bash tests/ensure_postgres.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not serial"
+	$(BIN)/pytest -q -m serial
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.run_all

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from batchgen.report.page import write_report
-from tests.test_report_helpers import big_batch
+from tests.support.reports import big_batch
 
 CHROMIUM = Path("/usr/bin/chromium")
 

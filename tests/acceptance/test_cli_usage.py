@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli_startup import imported_after
+from tests.support.processes import imported_after
 
 
 def batchgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batchgen.files.media import probe
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.batches import find_batch
 from batchgen.store.schema import open_db
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts, tiny_sim_config
 
 
 async def start(*args: str, base_url: str) -> asyncio.subprocess.Process:
@@ -74,8 +75,8 @@ async def test_kill_9_at_random_moments_then_resume_pays_once_and_loses_nothing(
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MANIFEST)
     db_path, out = tmp_path / "state.db", tmp_path / "videos"
-    config = StandInConfig(time_scale=0.02, rate=(10, 0.5), seed=11, cut_rate=0.3, slow_rate=0.5)
-    async with StandInSim(config) as sim:
+    config = tiny_sim_config(time_scale=0.02, rate=(10, 0.5), seed=11, cut_rate=0.3, slow_rate=0.5)
+    async with Simulator(config) as sim:
         args = ("run", str(manifest), "--db", str(db_path))
         kills, moments, parts_left = 0, [], []
         for i in range(6):
@@ -131,7 +132,7 @@ async def test_kill_9_at_random_moments_then_resume_pays_once_and_loses_nothing(
 
 async def test_sigint_stops_cleanly_with_75_and_resume_finishes(tmp_path):
     n = 30
-    async with StandInSim(StandInConfig(time_scale=0.02, rate=(10, 0.5))) as sim:
+    async with Simulator(tiny_sim_config(time_scale=0.02, rate=(10, 0.5))) as sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
         args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")
@@ -157,8 +158,8 @@ async def test_sigint_stops_cleanly_with_75_and_resume_finishes(tmp_path):
 
 async def test_a_second_sigint_stops_at_once_and_the_state_stays_safe(tmp_path):
     n = 6
-    config = StandInConfig(time_scale=0.02, rate=(10, 0.5), slow_rate=1.0)
-    async with StandInSim(config) as sim:
+    config = tiny_sim_config(time_scale=0.02, rate=(10, 0.5), slow_rate=1.0)
+    async with Simulator(config) as sim:
         db_path = tmp_path / "state.db"
         db, batch = make_batch(db_path, prompts(n), tmp_path / "out")
         args = ("resume", batch.name, "--db", str(db_path), "--rate", "10/0.5s")

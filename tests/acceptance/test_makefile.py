@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
+ROOT = REPO
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
 
 

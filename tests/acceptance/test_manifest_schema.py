@@ -10,8 +10,9 @@ from pathlib import Path
 import jsonschema
 
 from batchgen.manifest.schema_gen import SCHEMA_PATH, main, manifest_schema
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 
 
 def test_the_checked_in_schema_is_up_to_date() -> None:

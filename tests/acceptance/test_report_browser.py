@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from batchgen.report.page import write_report
-from tests.test_report_helpers import BAD_PROMPT, INJECTION, LONG, UNICODE, demo
+from tests.support.reports import BAD_PROMPT, INJECTION, LONG, UNICODE, demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from batchgen.files.media import probe
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 
 
 def _demo(out: Path) -> subprocess.CompletedProcess[str]:

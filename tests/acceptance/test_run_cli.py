@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from batchgen.cli._app import parse_rate
-from batchgen.errors import UsageError
-from batchgen.run.options import RunOptions, check_base_url
-
-
-def batchgen(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "batchgen", *args],
-        env={**base, **(env or {})},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.processes import batchgen
 
 
 @pytest.mark.parametrize("key", [None, "", "pk-not-a-runbase-key"])
@@ -44,37 +25,11 @@ def test_resume_and_retry_need_the_key_too(tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
-def test_rate_parsing():
-    assert parse_rate("20/10s") == (20, 10.0)
-    assert parse_rate("20/10") == (20, 10.0)
-    assert parse_rate(" 2 / 0.5s ") == (2, 0.5)
-    assert parse_rate("100/1m") == (100, 60.0)
-    assert parse_rate(None) is None
-    for bad in ("fast", "0/10s", "20/0s", "20:10"):
-        with pytest.raises(UsageError):
-            parse_rate(bad)
-
-
 def test_every_command_has_help_with_an_example():
     for cmd in ("run", "resume", "retry", "cancel"):
         proc = batchgen(cmd, "--help")
         assert proc.returncode == 0 and "Example:" in proc.stdout, cmd
     assert "Exit codes" in batchgen("run", "--help").stdout
-
-
-def test_only_http_base_urls_with_a_host_are_accepted():
-    for bad in (
-        "notaurl",
-        "ftp://host",
-        "http://",
-        "http://h:port",
-        "https://h/?q=1",
-        "http://a b",
-    ):
-        with pytest.raises(UsageError, match="is not an API base URL"):
-            check_base_url(RunOptions(base_url=bad))
-    for good in ("https://runbase.net", "http://127.0.0.1:8787", "https://proxy.example/runbase/"):
-        assert check_base_url(RunOptions(base_url=good)) == good
 
 
 def test_a_bad_base_url_exits_2_before_anything_is_written(tmp_path):

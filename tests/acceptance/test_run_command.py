@@ -26,7 +26,7 @@ import pytest
 
 from batchgen.files.media import probe
 from batchgen.sim import SimConfig, Simulator
-from tests.test_engine_helpers import KEY
+from tests.support.engine import KEY
 
 SUBJECTS = ["fox", "red panda", "heron", "otter", "lynx", "owl", "crane", "hare"]
 

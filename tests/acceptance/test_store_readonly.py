@@ -13,75 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
-from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
-
-SUBJECTS = [f"s{i:03d}" for i in range(400)]  # x 2 ratios: 800 jobs, several pages
-
-
-def stored(folder: Path) -> Path:
-    db_path = folder / "state.db"
-    db = open_db(db_path)
-    batches.sync_batch(db, load_manifest(write_manifest(folder, SUBJECTS)))
-    db.dispose()  # the last connection closing folds the WAL back in
-    assert not db_path.with_name("state.db-wal").exists()
-    return db_path
-
-
-def files(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {
-        p.name: (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.iterdir())
-        if p.name.startswith("state.db")
-    }
-
-
-def test_a_read_stays_consistent_while_a_writer_starts_and_checkpoints(tmp_path):
-    """The hazard of ``immutable=1``: a writer folding its WAL into the file mid-read."""
-    db_path = stored(tmp_path)
-    reader = open_db(db_path, readonly=True)
-    with reader.connect() as conn:
-        result = conn.exec_driver_sql("SELECT key, last_error FROM job ORDER BY id")
-        head = result.fetchmany(50)
-        # A run starts meanwhile: every row grows (pages split and move), half go away,
-        # and the WAL is folded back into the main file.
-        writer = open_db(db_path)
-        with writer.begin() as w:
-            w.exec_driver_sql("UPDATE job SET last_error = printf('%.2000c', 'x')")
-            w.exec_driver_sql("DELETE FROM job WHERE id % 2 = 0")
-        raw = writer.raw_connection()
-        # PASSIVE: copy into the main file every frame no reader still needs.
-        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
-        raw.close()
-        rest = result.fetchall()
-    # The read saw the database as it was when it began, whole and unchanged.
-    assert len(head) + len(rest) == 2 * len(SUBJECTS)
-    assert {error for _key, error in [*head, *rest]} == {None}
-    # The next read sees the writer's commits.
-    with reader.connect() as conn:
-        n, errors = conn.exec_driver_sql(
-            "SELECT count(*), count(DISTINCT last_error) FROM job"
-        ).one()
-    assert (n, errors) == (len(SUBJECTS), 1)
-    writer.dispose()
-
-
-def test_a_read_writes_nothing_and_leaves_no_file(tmp_path):
-    db_path = stored(tmp_path)
-    before = files(tmp_path)
-    reader = open_db(db_path, readonly=True)
-    batch = batches.find_batch(reader, None)
-    assert batch.id is not None
-    assert batches.batch_counts(reader, batch.id).total == 2 * len(SUBJECTS)
-    with pytest.raises(OperationalError, match="readonly"), reader.begin() as conn:
-        conn.exec_driver_sql("UPDATE job SET state = 'failed'")
-    assert files(tmp_path) == before  # same bytes and mtimes, no -wal, no -shm
-    reader.dispose()
-    assert files(tmp_path) == before
+from tests.support.manifests import write_manifest
+from tests.support.paths import REPO
+from tests.support.stored import SUBJECTS, files, stored
 
 
 def test_a_read_after_a_killed_writer_sees_its_commits_and_changes_no_byte(tmp_path):
@@ -172,7 +109,7 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder, tmp
     warm = tmp_path / "warm.db"
     shutil.copy(db_path, warm)
     before = files(shared_folder)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     status = subprocess.run(
         [sys.executable, "-c", _READ_AS_NOBODY, str(warm), str(db_path), str(NOBODY)],
         capture_output=True,
@@ -183,14 +120,3 @@ def test_status_reads_a_database_in_a_folder_it_may_not_write(shared_folder, tmp
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["jobs"] == 2 * len(SUBJECTS)
     assert files(shared_folder) == before
-
-
-def test_a_path_with_url_characters_is_the_file_it_names(tmp_path):
-    folder = tmp_path / "a #b?c"
-    folder.mkdir()
-    db_path = folder / "state 100%20?.db"
-    batches.sync_batch(open_db(db_path), load_manifest(write_manifest(tmp_path, ["fox"])))
-    assert sorted(p.name for p in folder.iterdir() if ".db" in p.name)[0] == "state 100%20?.db"
-    reader = open_db(db_path, readonly=True)
-    assert batches.find_batch(reader, "sweep").name == "sweep"
-    reader.dispose()

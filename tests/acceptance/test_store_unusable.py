@@ -18,7 +18,7 @@ import pytest
 from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 
 SUBJECTS = [f"s{i:03d}" for i in range(300)]  # a database of some 50 pages
 WRITERS = [("run", "M"), ("resume",), ("retry", "sweep"), ("cancel", "sweep")]

@@ -12,90 +12,27 @@ exit codes and bad option values: test_unattended_stops.py.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from batchgen.run.lock import read_holder
-from batchgen.sim import SimConfig, Simulator
+from batchgen.sim import Simulator
 from batchgen.store import jobs as store
-from tests.integration.test_watch import parse_prom, value
-from tests.test_engine_helpers import bid, make_batch, prompts
-
-ANSI = "\x1b"
-KEY = "sk-unattended-7f3a9c0123456789"  # distinctive, so finding it anywhere means a leak
-API_ROUTES = ("POST /api/v1/runs", "GET /api/v1/runs/{id}")
-
-
-def sim_config(**kw: Any) -> SimConfig:
-    kw.setdefault("tiny_videos", True)  # these tests are about running unattended, not pixels
-    return SimConfig(keys=[KEY], **kw)
-
-
-def cron_env(home: Path, base_url: str, **extra: str) -> dict[str, str]:
-    """What cron gives a job: next to nothing (no TERM, no LANG, no TTY)."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "RUNBASE_BASE_URL": base_url}
-    env.update(RUNBASE_API_KEY=KEY)
-    env.update(extra)
-    return env
-
-
-async def start(*args: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchgen", *args,
-        env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # no controlling terminal, like cron
-    )  # fmt: skip
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError
-
-
-@asynccontextmanager
-async def receiver(status: list[int]) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A local webhook: answers ``status`` in turn (then 200); returns what arrived."""
-    got: list[dict[str, Any]] = []
-    answers = list(status)
-
-    async def hook(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=answers.pop(0) if answers else 200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/hook")), got
-    finally:
-        await server.close()
-
-
-def assert_no_key(*paths: Path) -> None:
-    for path in paths:
-        for p in [path, *path.parent.glob(path.name + "*")]:  # the DB's -wal and -shm too
-            if p.is_file():
-                assert KEY.encode() not in p.read_bytes(), p
+from tests.support.engine import bid, make_batch, prompts
+from tests.support.observe import parse_prom, value
+from tests.support.processes import (
+    ANSI,
+    API_ROUTES,
+    KEY,
+    assert_no_key,
+    cron_env,
+    finish,
+    receiver,
+    sim_config,
+    start,
+)
+from tests.support.waiting import until
 
 
 async def test_a_cron_run_leaves_log_summary_metrics_and_a_notification(tmp_path: Path) -> None:

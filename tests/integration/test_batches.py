@@ -15,88 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
-from sqlmodel import Session
 
 from batchgen.errors import StateError
 from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store import jobs as store
-from batchgen.store.charges import LedgerEntry
-from batchgen.store.schema import SCHEMA_VERSION, Job, open_db
-
-
-def write_manifest(
-    folder: Path,
-    subjects: list[str],
-    *,
-    name: str = "sweep",
-    ratios: tuple[str, ...] = ("16:9", "9:16"),
-    extra: str = "",
-    file: str = "sweep.yaml",
-) -> Path:
-    """A manifest of ``subjects`` x ``ratios`` jobs (5 s at 720p)."""
-    text = (
-        f"name: {name}\n"
-        "out_dir: out\n"
-        'filename: "{index:03d}-{subject}"\n'
-        "defaults:\n"
-        '  prompt: "a {subject} in a meadow"\n'
-        "  resolution: 720p\n"
-        '  duration: "5"\n'
-        "matrix:\n"
-        f"  subject: {json.dumps(subjects)}\n"
-        f"  aspect_ratio: {json.dumps(list(ratios))}\n" + extra
-    )
-    path = folder / file
-    path.write_text(text, encoding="utf-8")
-    return path
+from batchgen.store.schema import SCHEMA_VERSION, open_db
+from tests.support.manifests import write_manifest
+from tests.support.stored import by_subject, finish, rows
 
 
 def sync(db: Engine, manifest: Path) -> batches.SyncResult:
     return batches.sync_batch(db, load_manifest(manifest))
-
-
-def rows(db_path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    out = [dict(r) for r in conn.execute("SELECT * FROM job ORDER BY idx, id")]
-    conn.close()
-    return out
-
-
-def by_subject(db_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (json.loads(r["axes_json"])["subject"], json.loads(r["input_json"])["aspect_ratio"]): r
-        for r in rows(db_path)
-    }
-
-
-def finish(db: Engine, job_id: int, state: JobState = JobState.SUCCEEDED) -> None:
-    """Take a stored job through a paid run, as the engine would."""
-    with Session(db, expire_on_commit=False) as s:
-        job = s.get(Job, job_id)
-    assert job is not None
-    path = [JobState.SUBMITTING, JobState.RUNNING]
-    if state == JobState.SUCCEEDED:
-        path += [JobState.DOWNLOADING, JobState.SUCCEEDED]
-    elif state == JobState.FAILED:
-        path += [JobState.FAILED]
-    for new in path:
-        fields: dict[str, Any] = {}
-        rows: list[LedgerEntry] = []
-        if new == JobState.SUBMITTING:
-            fields = {"attempts": 1, "idem_key": f"idem-{job_id}"}
-        elif new == JobState.RUNNING:
-            fields = {"run_id": f"run-{job_id}", "cost_micro_usd": 242_000}
-            rows = [LedgerEntry("charge", 242_000, f"run-{job_id}")]
-        elif new == JobState.SUCCEEDED:
-            fields = {"output_paths_json": json.dumps([f"{job_id}.mp4"])}
-        elif new == JobState.FAILED:
-            fields = {"last_error": "the model refused", "error_code": "model_error"}
-        moved = store.move(db, job, new, ledger_rows=rows, **fields)
-        assert moved is not None
-        job = moved
 
 
 @pytest.fixture

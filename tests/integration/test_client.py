@@ -29,10 +29,11 @@ from batchgen.errors import (
     TransportError,
     UsageExceeded,
 )
-from batchgen.events import RequestEvent, RunSummary, TransitionEvent
+from batchgen.events import RequestEvent
 from batchgen.runbase.client import ROUTE_CREATE, ROUTE_GET, Run, RunbaseClient, error_for
 from batchgen.runbase.client import parse_retry_after as parse_header
 from batchgen.runbase.ratelimit import RequestLimiter
+from tests.support.runs import Recorder
 
 MODEL = "bytedance/seedance-1-pro"
 
@@ -90,20 +91,6 @@ async def canned() -> AsyncIterator[Canned]:
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         state.url = str(server.make_url("")).rstrip("/")
         yield state
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[RequestEvent] = []
-
-    def transition(self, ev: TransitionEvent) -> None:
-        pass
-
-    def request(self, ev: RequestEvent) -> None:
-        self.events.append(ev)
-
-    def finished(self, summary: RunSummary) -> None:
-        pass
 
 
 def fast_limiter() -> RequestLimiter:

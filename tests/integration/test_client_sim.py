@@ -30,7 +30,7 @@ from batchgen.errors import (
 from batchgen.runbase.client import ROUTE_CREATE, ROUTE_GET, RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
-from tests.integration.test_client import Recorder
+from tests.support.runs import Recorder
 
 MODEL = "bytedance/seedance-1-pro"
 INPUT = {

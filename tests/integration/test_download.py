@@ -13,9 +13,7 @@ import pytest
 from batchgen.files.download import DownloadError, fetch_outputs, file_names
 from batchgen.files.media import Expectation
 from batchgen.retry import RetryPolicy
-from tests.integration.test_download_support import Fault, FileServer, make_mp4, mp4_16x9, server
-
-__all__ = ["mp4_16x9", "server"]  # fixtures, re-exported for pytest
+from tests.support.files import Fault, FileServer, make_mp4
 
 EXPECT = Expectation(aspect_ratio="16:9", duration_s=5.0)
 NO_WAIT = RetryPolicy.zero()

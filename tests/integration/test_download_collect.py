@@ -13,9 +13,7 @@ import aiohttp
 from batchgen.engine.collect import make_collect
 from batchgen.files.sidecar import read_sidecar
 from batchgen.store.schema import Batch, Job
-from tests.integration.test_download_support import Fault, FileServer, mp4_16x9, server
-
-__all__ = ["mp4_16x9", "server"]
+from tests.support.files import Fault, FileServer
 
 
 def batch(out: Path, template: str) -> Batch:

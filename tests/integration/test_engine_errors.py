@@ -16,27 +16,28 @@ from batchgen.engine.dispatcher import EngineConfig
 from batchgen.errors import ExitCode
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.retry import RetryPolicy
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import Job
-from tests.test_engine_helpers import (
+from tests.support.engine import (
     KEY,
     Drive,
-    StandInConfig,
-    StandInSim,
     bid,
     make_batch,
     prompts,
+    tiny_sim_config,
+    wait_for,
 )
 
 FAST = 0.002  # 41.4 s of generation -> about 0.08 s
 
 
 @asynccontextmanager
-async def simulator(**config: Any) -> AsyncIterator[StandInSim]:
+async def simulator(**config: Any) -> AsyncIterator[Simulator]:
     config.setdefault("time_scale", FAST)
     config.setdefault("rate", (20, 0.5))
-    async with StandInSim(StandInConfig(**config)) as sim:
+    async with Simulator(tiny_sim_config(**config)) as sim:
         yield sim
 
 
@@ -52,7 +53,7 @@ def recorded_cost(db: Engine, batch_id: int) -> int:
     return sum(j.cost_micro_usd for j in all_jobs(db, batch_id))
 
 
-def assert_no_double_charge(sim: StandInSim, db: Engine, batch_id: int) -> None:
+def assert_no_double_charge(sim: Simulator, db: Engine, batch_id: int) -> None:
     st = sim.stats()
     assert st["charged_micro_usd"] - st["refunded_micro_usd"] == recorded_cost(db, batch_id)
     run_ids = [j.run_id for j in all_jobs(db, batch_id) if j.run_id]
@@ -125,7 +126,7 @@ async def test_account_refusals_stop_submitting_but_paid_runs_finish(tmp_path, c
     assert_no_double_charge(sim, db, bid(batch))
 
 
-async def _with_lost_run(tmp_path, on_lost: str) -> tuple[Any, Any, Any, StandInSim]:
+async def _with_lost_run(tmp_path, on_lost: str) -> tuple[Any, Any, Any, Simulator]:
     async with simulator() as sim:
         db, batch = make_batch(tmp_path / "s.db", prompts(3), tmp_path / "out")
         job = all_jobs(db, bid(batch))[0]
@@ -243,7 +244,7 @@ def _crash_after_post(db: Engine, batch_id: int) -> Callable[[], None]:
     return lambda: None
 
 
-async def _post_directly(sim: StandInSim, idem: str) -> None:
+async def _post_directly(sim: Simulator, idem: str) -> None:
     import aiohttp
 
     async with (
@@ -295,7 +296,6 @@ async def test_cancel_from_elsewhere_is_noticed_and_paid_runs_still_finish(tmp_p
         drive.config = EngineConfig(flags_every_s=0.05, concurrency=5)
 
         async def cancel_soon(engine):
-            from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
             store.cancel(db, bid(batch), abandon=False, now=0)
@@ -314,7 +314,6 @@ async def test_interrupt_then_a_new_engine_finishes_without_paying_twice(tmp_pat
         drive = Drive(db, batch, sim.base_url, tmp_path / "out", rate=(10, 0.5))
 
         async def interrupt(engine):
-            from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
             engine.stop("interrupted", "interrupted (test)")
@@ -360,7 +359,6 @@ async def test_small_pages_reach_every_job_and_a_sweep_finds_jobs_requeued_behin
         drive.config = EngineConfig(page_size=4)
 
         async def requeue_behind(engine):
-            from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("succeeded", 0) >= 10)
             store.requeue(db, bid(batch), failed=True, in_doubt=False, now=0)
@@ -410,7 +408,6 @@ async def test_a_big_batch_is_paged_never_loaded_whole(tmp_path):
         held: list[int] = []
 
         async def watch_then_stop(engine):
-            from tests.test_engine_helpers import wait_for
 
             for _ in range(20):
                 await asyncio.sleep(0.05)
@@ -445,16 +442,15 @@ async def test_a_refused_post_sent_nothing_so_it_is_simply_sent_again(tmp_path):
     db, batch = make_batch(tmp_path / "s.db", prompts(3), tmp_path / "out")
     drive = Drive(db, batch, f"http://127.0.0.1:{port}", tmp_path / "out", observers=[Spy()])
     drive.config = EngineConfig(max_attempts=1000)
-    sims: list[StandInSim] = []
+    sims: list[Simulator] = []
 
     def refused() -> list[TransitionEvent]:
         return [m for m in moves if m.from_state == "submitting" and m.to_state == "queued"]
 
     async def service_comes_up(engine: Any) -> None:
-        from tests.test_engine_helpers import wait_for
 
         await wait_for(lambda: len(refused()) >= 3)
-        sim = StandInSim(StandInConfig(port=port, time_scale=FAST, rate=(20, 0.5)))
+        sim = Simulator(tiny_sim_config(port=port, time_scale=FAST, rate=(20, 0.5)))
         await sim.__aenter__()
         sims.append(sim)
 
@@ -531,7 +527,6 @@ async def test_a_key_revoked_mid_run_stops_at_once_and_a_resume_pays_nothing_twi
         drive.config = EngineConfig(concurrency=4)
 
         async def revoke(engine: Any) -> None:
-            from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
             sim.state.keyring.find = lambda presented: None  # type: ignore[method-assign]
@@ -563,7 +558,6 @@ async def test_cancel_abandon_gives_up_the_paid_runs_too(tmp_path):
         drive.config = EngineConfig(flags_every_s=0.05, concurrency=5)
 
         async def abandon_soon(engine: Any) -> None:
-            from tests.test_engine_helpers import wait_for
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
             store.cancel(db, bid(batch), abandon=True, now=0)

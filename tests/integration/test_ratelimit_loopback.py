@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
-from tests.unit.test_ratelimit import max_in_any_window
+from tests.support.ratelimit import max_in_any_window
 
 
 class Arrivals:

@@ -15,11 +15,12 @@ from batchgen.manifest.images import REQUEST_BODY_LIMIT, data_uri_length
 from batchgen.manifest.loader import load_manifest
 from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
 from batchgen.store.schema import open_db
-from tests.manifest_helpers import png, write
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim
+from tests.support.engine import KEY, tiny_sim_config
+from tests.support.manifests import png, write
 
 runner = CliRunner()
 MANIFEST = (
@@ -73,7 +74,7 @@ async def test_a_413_fails_only_that_job_uncharged_and_names_the_image(tmp_path:
     images(tmp_path)
     path = write(tmp_path, MANIFEST)
     db_path = tmp_path / "state.db"
-    async with StandInSim(StandInConfig(time_scale=0.002, rate=(20, 0.5))) as sim:
+    async with Simulator(tiny_sim_config(time_scale=0.002, rate=(20, 0.5))) as sim:
         options = RunOptions(
             base_url=sim.base_url, rate=(20, 0.5), poll_policy=PollPolicy(min_interval_s=0.01)
         )

@@ -21,11 +21,11 @@ from batchgen.events import RequestEvent, TransitionEvent
 from batchgen.observe.metrics import parse
 from batchgen.run.runner import arun_batch
 from batchgen.runbase.ratelimit import RequestLimiter
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
-from tests.acceptance.test_run_library import FAST, Watcher, opts
-from tests.acceptance.test_unattended import cron_env, finish, start
-from tests.test_engine_helpers import KEY, StandInConfig, StandInSim, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts
+from tests.support.runs import FAST, Watcher, opts
 
 N = 4
 
@@ -92,7 +92,7 @@ async def test_an_unknown_error_anywhere_stops_with_70_and_keeps_every_paid_run(
     db, batch = make_batch(db_path, prompts(N), tmp_path / "out")
     log_file = tmp_path / "run.jsonl"
     metrics = tmp_path / "m.prom"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         with monkeypatch.context() as mp:
             extra = inject(where, mp)
             watcher = Watcher()
@@ -147,29 +147,3 @@ async def test_a_post_that_raised_stays_submitting_never_queued(
     counts = store.counts(db, bid(batch))
     assert counts["submitting"] == 1 and counts["queued"] == N - 1
     assert summary.counts == {"submitting": 1, "queued": N - 1}
-
-
-async def test_a_key_ending_in_a_carriage_return_exits_70_in_one_line(tmp_path: Path) -> None:
-    """A key file with Windows line endings, loaded the way examples/crontab loads it.
-    (Another check may refuse such a key up front with exit 2; either way, never 0.)"""
-    async with StandInSim(StandInConfig(time_scale=0.01, rate=(20, 0.5))) as sim:
-        db_path = tmp_path / "state.db"
-        db, batch = make_batch(db_path, prompts(2), tmp_path / "out")
-        env = cron_env(tmp_path, sim.base_url, RUNBASE_API_KEY=KEY + "\r")
-        args = ("resume", batch.name, "--db", str(db_path), "--rate", "20/0.5s")
-        trail = ("--summary-file", str(tmp_path / "s.json"), "--log-file", str(tmp_path / "l"))
-        code, _, stderr = await finish(await start(*args, *trail, env=env, cwd=tmp_path))
-        assert code in (2, 70), stderr
-        assert "Traceback" not in stderr and "was never retrieved" not in stderr
-        summary: dict[str, Any] = json.loads((tmp_path / "s.json").read_text())
-        assert summary["exit_code"] == code
-        assert sim.stats()["runs_created"] == 0
-        if code == 70:
-            assert [ln for ln in stderr.splitlines() if "internal error" in ln] != []
-            assert store.counts(db, bid(batch))["queued"] >= 1
-
-        # -v shows the traceback on the terminal
-        if code == 70:
-            verbose = ("-v", *args)
-            code, _, stderr = await finish(await start(*verbose, env=env, cwd=tmp_path))
-            assert code == 70 and "Traceback" in stderr

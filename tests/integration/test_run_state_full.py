@@ -23,10 +23,11 @@ import batchgen.run.runner as runner
 from batchgen.errors import ExitCode
 from batchgen.events import TransitionEvent
 from batchgen.run.runner import arun_batch
+from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
-from tests.acceptance.test_run_library import FAST, Watcher, opts
-from tests.test_engine_helpers import KEY, StandInSim, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts
+from tests.support.runs import FAST, Watcher, opts
 
 N = 30
 PRICE = 484_000  # the simulator's price of the default input (1080p, 5 s)
@@ -71,7 +72,7 @@ async def test_a_full_disk_stops_with_75_at_once_and_resume_pays_nothing_more(
     db_path = tmp_path / "s.db"
     db, batch = make_batch(db_path, prompts(N), tmp_path / "out")
     log_file = tmp_path / "run.jsonl"
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         with monkeypatch.context() as mp:
             filler = DiskFills(after=2)
             fill_disk_when(filler, mp)
@@ -130,7 +131,7 @@ async def test_a_paid_run_whose_id_cannot_be_recorded_is_named_and_stays_in_doub
             raise disk_full_error()
         return real_move(engine, job, new, **kw)
 
-    async with StandInSim(FAST) as sim:
+    async with Simulator(FAST) as sim:
         with monkeypatch.context() as mp:
             mp.setattr(store, "move", move)
             summary = await arun_batch(

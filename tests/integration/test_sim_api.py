@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from batchgen.sim import DEFAULT_KEY, accounts
-from tests.test_sim_helpers import (
+from tests.support.simapi import (
     MODEL,
     ROUTE_CREATE,
     ROUTE_FILES,

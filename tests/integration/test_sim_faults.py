@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.test_sim_helpers import ROUTE_CREATE, ROUTE_GET, requests_to, running
+from tests.support.simapi import ROUTE_CREATE, ROUTE_GET, requests_to, running
 
 
 async def test_error_rate_answers_500_and_creates_nothing():

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from batchgen.sim import SimConfig, Simulator
 from batchgen.store import jobs as store
-from tests.acceptance.test_unattended import ANSI, KEY, assert_no_key, receiver
-from tests.acceptance.test_unattended_dates import MANIFEST, batches
-from tests.integration.test_watch import parse_prom, value
-from tests.test_engine_helpers import bid, make_batch, prompts
+from tests.support.engine import bid, make_batch, prompts
+from tests.support.nightly import EXAMPLES, MANIFEST, batches, parse_crontab
+from tests.support.observe import parse_prom, value
+from tests.support.processes import ANSI, KEY, assert_no_key, receiver
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HOOK = "https://hooks.example.com/batchgen"
 N = 4  # jobs in MANIFEST
 
@@ -54,38 +53,6 @@ def relocate(text: str, paths: dict[str, Path], hook: str) -> str:
     for old, new in paths.items():
         text = text.replace(old, str(new))
     return text.replace(HOOK, hook)
-
-
-def cron_job(line: str) -> str:
-    """The command of a crontab line, as cron hands it to the shell."""
-    command = line.split(None, 5)[5]
-    # cron: an unescaped % ends the command (the rest is stdin); \% is a literal %
-    out, i = [], 0
-    while i < len(command):
-        if command.startswith("\\%", i):
-            out.append("%")
-            i += 2
-        elif command[i] == "%":
-            break
-        else:
-            out.append(command[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_crontab(text: str) -> tuple[dict[str, str], list[str]]:
-    env: dict[str, str] = {}
-    jobs: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
-        if m:
-            env[m.group(1)] = m.group(2).strip().strip('"')
-        else:
-            jobs.append(cron_job(line))
-    return env, jobs
 
 
 def parse_unit(text: str) -> dict[str, list[str]]:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from batchgen.errors import Problem, UsageError
 from batchgen.events import RequestEvent, RunSummary, TransitionEvent
@@ -20,6 +19,7 @@ from batchgen.observe.files import JsonLog, SummaryFile
 from batchgen.observe.metrics import MetricsFile
 from batchgen.observe.notify import Notifier
 from batchgen.observe.watch import build_observers
+from tests.support.observe import parse_prom, value
 
 KEY = "sk-live-abcdef0123456789"
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -44,30 +44,8 @@ def summary(
     )
 
 
-# ------------------------------------------------------------------ the parser
-# prometheus_client's own parser (what Prometheus's Python tooling reads), independent of
-# how batchgen.observe.metrics renders, plus the rules node_exporter's collector adds.
-
-
-def parse_prom(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """sample name -> [(labels, value)]; fails on anything the textfile collector would reject."""
-    assert text.endswith("\n")
-    families: dict[str, list[tuple[dict[str, str], float]]] = {}
-    seen: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        assert family.name not in seen, f"a second block for {family.name}"
-        seen.add(family.name)
-        assert family.type in ("gauge", "counter"), f"{family.name} has no TYPE"
-        assert family.documentation, f"{family.name} has no HELP"
-        for sample in family.samples:
-            families.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return families
-
-
-def value(fams: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    found = [v for lab, v in fams[name] if all(lab.get(k) == x for k, x in labels.items())]
-    assert len(found) == 1, (name, labels, fams.get(name))
-    return found[0]
+# ------------------------------------------------------------------ a strict parser
+# Written here, independent of batchgen.observe.metrics.parse, to the text format 0.0.4 rules.
 
 
 # ------------------------------------------------------------------ log

@@ -6,23 +6,8 @@ import io
 import re
 
 from batchgen.events import RequestEvent
-from batchgen.observe.progress import PlainProgress, RequestTally, Snapshot, make_progress
-
-
-def snap(**kw) -> Snapshot:
-    base = dict(
-        batch="nightly\x1b[31m-2024",
-        counts={"queued": 3, "running": 2, "succeeded": 5, "failed": 0},
-        requests_per_s=1.9,
-        limit_per_s=2.0,
-        requests=42,
-        spend_micro_usd=2_420_000,
-        budget_micro_usd=10_000_000,
-        elapsed_s=65,
-        eta_s=130,
-    )
-    base.update(kw)
-    return Snapshot(**base)  # type: ignore[arg-type]
+from batchgen.observe.progress import PlainProgress, RequestTally, make_progress
+from tests.support.observe import snap
 
 
 def test_plain_lines_are_timestamped_and_free_of_control_characters():

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from batchgen.manifest.images import materialize
 from batchgen.manifest.loader import LoadedManifest, Overrides, load_manifest
 from batchgen.runbase.models import load_model
-from tests.manifest_helpers import png
+from tests.support.manifests import png
 
 RATIOS = ["16:9", "9:16", "4:3", "3:4", "1:1", "21:9"]
 WORDS = st.text(alphabet="abcdefgh xyz", min_size=1, max_size=6).filter(lambda s: s.strip() == s)

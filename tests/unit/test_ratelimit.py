@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from batchgen.clock import FakeClock
 from batchgen.runbase.ratelimit import RequestLimiter
+from tests.support.ratelimit import max_in_any_window
 
 
 class ManualClock:
@@ -62,18 +63,6 @@ class ManualClock:
             if not await self.step() and not all(t.done() for t in tasks):
                 await self.settle()
         raise AssertionError("virtual time did not finish the tasks")
-
-
-def max_in_any_window(times: Sequence[float], window: float) -> int:
-    """Most sends inside any half-open window [t, t + window)."""
-    ts = sorted(times)
-    best = 0
-    j = 0
-    for i, t in enumerate(ts):
-        while ts[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 async def grant_times(

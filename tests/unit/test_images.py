@@ -19,7 +19,7 @@ from batchgen.manifest.images import (
     reference,
     sniff,
 )
-from tests.manifest_helpers import JPEG, WEBP, png
+from tests.support.manifests import JPEG, WEBP, png
 
 
 def test_sniff_knows_jpeg_png_and_webp_by_their_bytes() -> None:

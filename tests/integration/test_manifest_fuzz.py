@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from batchgen.cli import app
 from batchgen.errors import UsageError
 from batchgen.manifest.loader import load_manifest
+from tests.support.paths import REPO
 
 KEYS = ["name", "model", "out_dir", "filename", "defaults", "matrix", "rows", "include",
         "exclude", "repeat", "images", "limits", "prompt", "subject", "aspect_ratio",
@@ -106,7 +108,7 @@ def test_loading_any_values_file_never_crashes(kind: str, lines: list[str], as_a
 # with deep nesting and nested aliases. Whatever it is, the answer is exit 0 or exit 2
 # with a message, never another code, an exception or a traceback.
 
-_EXAMPLES = Path(__file__).resolve().parents[2] / "manifests"
+_EXAMPLES = REPO / "manifests"
 _SEEDS = sorted(p.name for p in _EXAMPLES.glob("*.yaml"))
 _runner = CliRunner()
 _copy: list[Path] = []
@@ -200,6 +202,7 @@ def _hostile_yaml(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.serial  # a time limit: measured alone, not beside parallel workers
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_hostile_yaml())
 def test_deep_nesting_and_alias_bombs_exit_0_or_2_quickly(text: str) -> None:

@@ -13,9 +13,10 @@ import yaml
 from batchgen.manifest.images import materialize, parse_reference
 from batchgen.manifest.loader import Overrides, load_manifest
 from batchgen.runbase.models import load_model
-from tests.manifest_helpers import load, png, write
+from tests.support.manifests import load, png, write
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
 
 

@@ -15,10 +15,10 @@ from batchgen.run.signals import SIGNALS, interrupt_on_signals
 from batchgen.sim import Simulator
 from batchgen.states import JobState
 from batchgen.store import jobs as store
-from tests.acceptance.test_unattended import cron_env, finish, receiver, sim_config, start, until
-from tests.integration.test_unattended_stops import read_trail, trail
-from tests.integration.test_watch import value
-from tests.test_engine_helpers import bid, make_batch, prompts
+from tests.support.engine import bid, make_batch, prompts
+from tests.support.observe import read_trail, trail, value
+from tests.support.processes import cron_env, finish, receiver, sim_config, start
+from tests.support.waiting import until
 
 SEQUENCES = [
     ("SIGHUP",),

@@ -1,5 +1,5 @@
-"""Helpers for the engine tests: batches written straight into the state DB, a simple
-collect step, and the simulator (the real ``batchgen.sim``, over loopback).
+"""Batches written straight into the state DB, a simple collect step, and one engine run
+(`Drive`) against the simulator (the real ``batchgen.sim``, over loopback).
 """
 
 from __future__ import annotations
@@ -22,19 +22,15 @@ from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.retry import RetryPolicy
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
-from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
+from batchgen.sim import DEFAULT_KEY, SimConfig
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job, open_db
 
 MODEL = "bytedance/seedance-1-pro"
 KEY = DEFAULT_KEY  # the key a simulator without configured keys accepts
 
-# The engine tests were written against a stand-in with these names; they now mean
-# the real simulator.
-StandInSim = Simulator
 
-
-def StandInConfig(**kw: Any) -> SimConfig:
+def tiny_sim_config(**kw: Any) -> SimConfig:
     """The simulator the engine tests use: tiny clips, since they test the engine."""
     kw.setdefault("tiny_videos", True)
     return SimConfig(**kw)

@@ -3,42 +3,15 @@ API has answered once, and one final line, not two, when nothing changed."""
 
 from __future__ import annotations
 
-import io
 import re
 import socket
 from pathlib import Path
 
-from batchgen.events import RequestEvent
-from batchgen.observe.progress import PlainProgress, RequestTally
 from batchgen.sim import SimConfig, Simulator
-from tests.acceptance.test_unattended import KEY, cron_env, finish, start
-from tests.unit.test_engine_progress import snap
+from tests.support.processes import KEY, cron_env, finish, start
 
 MANIFEST = "name: b\nout_dir: out\ndefaults:\n  prompt: a fox\n  resolution: 720p\n  duration: 5\n"
 PROGRESS = re.compile(r"^\S+ batch b: ")
-
-
-def test_only_an_http_answer_counts_as_an_answer() -> None:
-    tally = RequestTally()
-    tally.request(RequestEvent(at=0, method="POST", route="POST /api/v1/runs", status=None))
-    assert tally.total == 1 and tally.answered == 0
-    tally.request(RequestEvent(at=0, method="POST", route="POST /api/v1/runs", status=500))
-    assert tally.answered == 1
-
-
-def test_a_snapshot_without_an_answer_claims_no_rate_and_no_eta() -> None:
-    line = snap(requests_per_s=None, eta_s=None).line()
-    assert "req/s" not in line and "no answer from the API yet" in line and "eta ?" in line
-
-
-def test_the_last_line_is_not_printed_twice() -> None:
-    out = io.StringIO()
-    progress = PlainProgress(out, every_s=0)
-    progress.update(snap(counts={"succeeded": 3}))
-    progress.close(snap(counts={"succeeded": 3}))
-    progress = PlainProgress(out, every_s=0)
-    progress.close(snap(counts={"succeeded": 3}))  # nothing printed before: print it
-    assert len(out.getvalue().splitlines()) == 2
 
 
 def _free_port() -> int:

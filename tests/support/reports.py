@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,16 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from batchgen.engine.schedule import PollPolicy
+from batchgen.manifest.loader import load_manifest
+from batchgen.report.layout import Layout, choose_layout, find_axes
+from batchgen.report.page import write_report
 from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
-from batchgen.store.schema import Batch, Job
-from tests.test_engine_helpers import make_batch
+from batchgen.store.batches import sync_batch
+from batchgen.store.reports import JobRow
+from batchgen.store.schema import Batch, Job, open_db
+from tests.support.engine import make_batch
 
 INJECTION = "<script>alert(1)</script> & \"double\" 'single' </td></table>"
 UNICODE = "日本語の狐 Ελληνικά 🦊🎬"
@@ -136,3 +142,67 @@ def big_batch(
             rows,
         )
     return db, batch
+
+
+def rows_of(manifest: Path) -> list[JobRow]:
+    """The manifest's jobs as the report reads them (queued, nothing run)."""
+    return [
+        JobRow(
+            id=j.idx,
+            key=j.key,
+            idx=j.idx,
+            variant=j.variant,
+            listed=True,
+            input=j.input,
+            axes=j.axes,
+            state="queued",
+            run_id=None,
+            attempts=0,
+            estimate_micro_usd=0,
+            cost_micro_usd=0,
+            submitted_at=None,
+            run_created_at=None,
+            run_completed_at=None,
+            finished_at=None,
+            output_paths=[],
+            checksums=[],
+            last_error=None,
+            error_code=None,
+            media_note=None,
+        )
+        for j in load_manifest(manifest).jobs()
+    ]
+
+
+def layout_of(manifest: Path, rows: str | None = None, cols: str | None = None) -> Layout:
+    jobs = rows_of(manifest)
+    axes, _, names = find_axes(jobs)
+    return choose_layout(axes, rows, cols, "batch b", jobs=jobs, names=names)
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def page_of(tmp_path: Path, manifest: Path) -> tuple[str, dict[str, object]]:
+    """Store the manifest's batch (nothing run) and write its report."""
+    db = open_db(tmp_path / "state.db")
+    synced = sync_batch(db, load_manifest(manifest))
+    out = write_report(db, synced.batch_id, tmp_path / "report.html")
+    page = out.read_text(encoding="utf-8")
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
+    assert found is not None
+    return page, json.loads(found.group(1))
+
+
+def check_export_rows(ran: Demo, rows: list[dict[str, Any]]) -> None:
+    assert len(rows) == 10
+    assert [int(r["idx"]) for r in rows] == list(range(10))
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert INJECTION in by_prompt and UNICODE in by_prompt
+    failed = by_prompt[BAD_PROMPT]
+    assert failed["state"] == "failed" and failed["error_code"] == "invalid_input"
+    assert "7:3" in failed["error"]
+    assert all(r["batch"] == "demo" and r["out_dir"] == str(ran.out_dir) for r in rows)

@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 from batchgen.manifest.expand import canonical_json, job_key
-from tests.manifest_helpers import load, write
-
-ROOT = Path(__file__).resolve().parents[2]
-
-SWEEP = """
-defaults: {prompt: "a {subject} in {style}", resolution: 720p}
-matrix:
-  subject: [cat, dog]
-  style: [ink, oil, clay]
-  aspect_ratio: ["16:9", "9:16"]
-repeat: 2
-"""
+from tests.support.manifests import SWEEP, load
 
 
 def test_order_is_the_product_in_manifest_order_with_variants_adjacent(tmp_path: Path) -> None:
@@ -77,26 +62,6 @@ def test_changing_a_value_changes_only_its_jobs(tmp_path: Path) -> None:
     first = {j.key for j in load(tmp_path, SWEEP).jobs()}
     second = {j.key for j in load(tmp_path, SWEEP.replace("clay", "chalk")).jobs()}
     assert len(first & second) == 16  # the 8 clay jobs became 8 chalk jobs
-
-
-def test_keys_are_the_same_in_a_fresh_python_process(tmp_path: Path) -> None:
-    path = write(tmp_path, SWEEP)
-    here = [j.key for j in load(tmp_path, SWEEP).jobs()]
-    code = (
-        "import json, sys; from pathlib import Path; "
-        "from batchgen.manifest.loader import load_manifest; "
-        "print(json.dumps([j.key for j in load_manifest(Path(sys.argv[1])).jobs()]))"
-    )
-    for seed in ("1", "2"):
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": seed},
-        )
-        assert json.loads(out.stdout) == here
 
 
 def test_an_include_the_matrix_has_collapses_into_the_matrix_job(tmp_path: Path) -> None:

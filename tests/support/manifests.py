@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import textwrap
 import zlib
@@ -48,3 +49,43 @@ def png(width: int = 4, height: int = 3, color: tuple[int, int, int] = (200, 10,
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + b"\x00" * 32 + b"\xff\xd9"
 WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 28
+
+
+def write_manifest(
+    folder: Path,
+    subjects: list[str],
+    *,
+    name: str = "sweep",
+    ratios: tuple[str, ...] = ("16:9", "9:16"),
+    extra: str = "",
+    file: str = "sweep.yaml",
+) -> Path:
+    """A manifest of ``subjects`` x ``ratios`` jobs (5 s at 720p)."""
+    text = (
+        f"name: {name}\n"
+        "out_dir: out\n"
+        'filename: "{index:03d}-{subject}"\n'
+        "defaults:\n"
+        '  prompt: "a {subject} in a meadow"\n'
+        "  resolution: 720p\n"
+        '  duration: "5"\n'
+        "matrix:\n"
+        f"  subject: {json.dumps(subjects)}\n"
+        f"  aspect_ratio: {json.dumps(list(ratios))}\n" + extra
+    )
+    path = folder / file
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SWEEP = """
+defaults: {prompt: "a {subject} in {style}", resolution: 720p}
+matrix:
+  subject: [cat, dog]
+  style: [ink, oil, clay]
+  aspect_ratio: ["16:9", "9:16"]
+repeat: 2
+"""
+
+
+GOOD = 'defaults: {prompt: "a {subject}"}\nmatrix:\n  subject: [fox, heron]\n'

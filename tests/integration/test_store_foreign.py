@@ -17,7 +17,7 @@ from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.reader import SCHEMA_VERSION
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
+from tests.support.manifests import write_manifest
 
 runner = CliRunner()
 

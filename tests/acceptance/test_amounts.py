@@ -18,9 +18,9 @@ from batchgen.run.runner import arun_batch
 from batchgen.settings import MAX_BUDGET_USD
 from batchgen.sim import Simulator
 from batchgen.store import jobs as store
-from tests.acceptance.test_run_cli import batchgen
-from tests.acceptance.test_run_library import opts
-from tests.test_engine_helpers import KEY, StandInConfig, bid, make_batch, prompts
+from tests.support.engine import KEY, bid, make_batch, prompts, tiny_sim_config
+from tests.support.processes import batchgen
+from tests.support.runs import opts
 
 DEAD = "http://127.0.0.1:9"  # nothing listens: a request sent would show as a failure
 ENV = {"RUNBASE_API_KEY": KEY, "RUNBASE_BASE_URL": DEAD}
@@ -110,7 +110,7 @@ async def test_a_budget_stored_as_infinity_is_refused_not_overflowed(tmp_path: P
         conn.exec_driver_sql(
             "UPDATE batch SET settings_json = ?", (json.dumps({"budget_usd": math.inf}),)
         )
-    async with Simulator(StandInConfig(time_scale=0.01)) as sim:
+    async with Simulator(tiny_sim_config(time_scale=0.01)) as sim:
         summary = await arun_batch(
             db_path, api_key=KEY, batch="test-batch", options=opts(sim.base_url)
         )

@@ -6,23 +6,12 @@ arguments of any command with pydantic, so a command that runs has it.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from batchgen.manifest.loader import load_manifest
 from batchgen.store import batches
 from batchgen.store.schema import open_db
-from tests.integration.test_batches import write_manifest
-
-HEAVY = ("sqlalchemy", "sqlmodel", "pydantic")
-
-
-def imported_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
-    """The heavy top-level packages in ``sys.modules`` after ``code``, in a fresh process."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    modules = json.loads(done.stdout.splitlines()[-1])
-    return sorted({m.split(".")[0] for m in modules} & set(heavy))
+from tests.support.manifests import write_manifest
+from tests.support.processes import imported_after
 
 
 def test_importing_the_cli_imports_no_sqlalchemy_sqlmodel_or_pydantic():

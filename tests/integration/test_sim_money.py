@@ -6,7 +6,8 @@ import asyncio
 import datetime as dt
 import statistics
 
-from tests.test_sim_helpers import running
+from tests.support.simapi import running
+from tests.support.waiting import until
 
 
 def took_s(body: dict[str, str]) -> float:
@@ -61,7 +62,7 @@ async def test_the_refund_happens_when_the_run_fails_even_if_nobody_looks():
     async with running(fail_rate=1.0, balance_usd=0.5) as (sim, api):
         first = await api.post({"prompt": "x"})
         refused = await api.post({"prompt": "y"})
-        await asyncio.sleep(0.5)  # the first run failed meanwhile (time scale 0.002)
+        await until(lambda: sim.stats()["runs_failed"] == 1)  # the first run failed meanwhile
         second = await api.post({"prompt": "y"})
         stats = sim.stats()
     assert first.status == 200

@@ -21,7 +21,9 @@ from aiohttp.test_utils import TestServer
 from batchgen.run.lock import read_holder
 from batchgen.sim import Simulator
 from batchgen.store import jobs as store
-from tests.acceptance.test_unattended import (
+from tests.support.engine import bid, make_batch, prompts
+from tests.support.observe import read_trail, trail, value
+from tests.support.processes import (
     ANSI,
     API_ROUTES,
     KEY,
@@ -31,25 +33,8 @@ from tests.acceptance.test_unattended import (
     receiver,
     sim_config,
     start,
-    until,
 )
-from tests.integration.test_watch import parse_prom, value
-from tests.test_engine_helpers import bid, make_batch, prompts
-
-
-def trail(folder: Path) -> tuple[str, ...]:
-    return (
-        "--log-file", str(folder / "run.jsonl"),
-        "--summary-file", str(folder / "summary.json"),
-        "--metrics-file", str(folder / "batchgen.prom"),
-    )  # fmt: skip
-
-
-def read_trail(
-    folder: Path,
-) -> tuple[dict[str, object], dict[str, list[tuple[dict[str, str], float]]]]:
-    summary = json.loads((folder / "summary.json").read_text())
-    return summary, parse_prom((folder / "batchgen.prom").read_text())
+from tests.support.waiting import until
 
 
 async def test_sigterm_while_waiting_for_the_lock_exits_75_at_once_and_reports(

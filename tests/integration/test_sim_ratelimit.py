@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from tests.test_sim_helpers import ROUTE_CREATE, ROUTE_GET, Answer, Api, requests_to, running
+from tests.support.simapi import ROUTE_CREATE, ROUTE_GET, Answer, Api, requests_to, running
 
 N, W = 5, 0.5
 LONG_W = 30.0  # for tests that never wait for the window: no machine is that slow

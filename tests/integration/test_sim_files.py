@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 import pytest
 
-from tests.test_sim_helpers import running
+from tests.support.simapi import running
 
 
 def decode(data: bytes) -> tuple[str, int, int, float, int, bytes]:

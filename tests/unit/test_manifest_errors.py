@@ -8,7 +8,7 @@ import pytest
 
 from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.manifest.loader import load_manifest
-from tests.manifest_helpers import JPEG, problems, write
+from tests.support.manifests import JPEG, problems, write
 
 
 def one(found: list[Problem]) -> Problem:
