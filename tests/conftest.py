@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.pg_server import PostgresUnavailable, TestServer, given_server, start_server
+from tests.support.postgres import (
+    PostgresUnavailable,
+    TestServer,
+    given_server,
+    shared_server,
+    start_server,
+)
 
 # Read before the caller's BATCHGEN_ variables are cleared below: a PostgreSQL server to
 # use instead of starting one (a URL; the tests create and drop their databases on it).
@@ -35,8 +41,18 @@ def postgres_server() -> Iterator[TestServer]:
     """One real PostgreSQL server for the session (started on first use, stopped at the
     end), or the one ``$BATCHGEN_TEST_POSTGRES`` names. None to be had stops the whole
     run with one line: a PostgreSQL test is never skipped or mocked."""
+    # the workers of a parallel run (xdist) share one server; their controller is the
+    # process whose end makes it an orphan
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     try:
-        server = given_server(_TEST_POSTGRES) if _TEST_POSTGRES else start_server()
+        if _TEST_POSTGRES:
+            server = given_server(_TEST_POSTGRES)
+        elif run:
+            with shared_server(run, os.getppid()) as server:
+                yield server
+            return
+        else:
+            server = start_server()
     except PostgresUnavailable as exc:
         pytest.exit(f"no PostgreSQL for the tests: {exc}", returncode=3)
     try:

@@ -13,7 +13,7 @@ import sys
 
 from batchgen.states import JobState
 from batchgen.store.pg.store import PostgresStore
-from tests.integration.pg_kit import sql
+from tests.support.pgkit import sql
 
 LEASE = 1.5
 T0 = 1_700_000_000.0

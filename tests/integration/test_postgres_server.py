@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.pg_server import TestServer
+from tests.support.postgres import TestServer
 
 
 def test_a_real_server_answers_in_a_schema_of_the_tests_own(postgres_url: str) -> None:

@@ -33,7 +33,7 @@ from batchgen.store.pg.store import PostgresStore
 from batchgen.store.records import BatchFlags, JobRecord, LedgerEntry, RunTimes
 from batchgen.store.schema import Batch, Charge, Event, Job, open_db
 from batchgen.store.sqlite_store import SqliteStore, job_record
-from tests.integration.pg_kit import PostgresKit
+from tests.support.pgkit import PostgresKit
 
 Q, S, D, R, DL, OK, F, C = (
     JobState.QUEUED,

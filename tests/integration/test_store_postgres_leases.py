@@ -21,7 +21,7 @@ from batchgen.store.pg import db
 from batchgen.store.pg.rows import BudgetReached, job_record
 from batchgen.store.pg.store import PostgresStore
 from batchgen.store.records import JobRecord, LedgerEntry
-from tests.integration.pg_kit import sql
+from tests.support.pgkit import sql
 
 Q, S, D, R = JobState.QUEUED, JobState.SUBMITTING, JobState.IN_DOUBT, JobState.RUNNING
 T0 = 1_700_000_000.0

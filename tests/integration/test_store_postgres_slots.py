@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.store.pg.slots import KeySlots
 from batchgen.store.pg.store import PostgresStore
-from tests.integration.pg_kit import sql
+from tests.support.pgkit import sql
 
 LIMIT, WINDOW, MARGIN = 5, 0.6, 0.1
 SPAN = WINDOW + MARGIN

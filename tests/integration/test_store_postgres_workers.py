@@ -21,7 +21,7 @@ import pytest
 from batchgen.states import JobState
 from batchgen.store.pg.store import PostgresStore
 from batchgen.store.records import JobRecord, LedgerEntry
-from tests.integration.pg_kit import sql
+from tests.support.pgkit import sql
 
 JOBS = 300
 PRICE = 100

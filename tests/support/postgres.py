@@ -8,10 +8,15 @@ are closed to the ``postgres`` user), owned by ``postgres`` and run as that user
 ``runuser`` when the tests run as root (the server refuses to run as root). It listens on
 127.0.0.1 only, on a free port, with its socket in its own folder; it is a test server, so
 it trades durability for speed (``fsync=off``): nothing here tests a power cut.
+
+``shared_server`` lets the workers of one parallel run (pytest-xdist) share one server:
+the first to need it starts it, the last to leave stops it (a count in a locked file).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import pwd
 import re
@@ -20,8 +25,11 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -168,8 +176,9 @@ def sweep_orphans(bindir: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def start_server() -> TestServer:
-    """``initdb`` and start a throwaway server; ``PostgresUnavailable`` when it cannot."""
+def start_server(session_pid: int | None = None) -> TestServer:
+    """``initdb`` and start a throwaway server; ``PostgresUnavailable`` when it cannot.
+    ``session_pid``: the process whose end makes the server an orphan (this one)."""
     bindir = find_bindir()
     if bindir is None:
         raise PostgresUnavailable(
@@ -178,7 +187,7 @@ def start_server() -> TestServer:
     sweep_orphans(bindir)
     as_user = None
     folder = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=_ROOT))
-    (folder / "session.pid").write_text(str(os.getpid()))
+    (folder / "session.pid").write_text(str(session_pid or os.getpid()))
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
@@ -222,3 +231,52 @@ def given_server(url: str) -> TestServer:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PostgresUnavailable(f"BATCHGEN_TEST_POSTGRES does not answer: {first}") from None
     return TestServer(url=url)
+
+
+@contextmanager
+def shared_server(run: str, session_pid: int) -> Iterator[TestServer]:
+    """One throwaway server for every process of the test run ``run`` (the xdist
+    workers of one session, whose controller is ``session_pid``): started by the first
+    to ask, stopped by the last to leave. Each gets a view whose ``stop`` drops only
+    the schemas it made."""
+    state = Path(_ROOT) / f"{_PREFIX}run-{run}.json"
+    with _locked(state) as shared:
+        if not shared:
+            server = start_server(session_pid)
+            assert server.folder is not None and server.bindir is not None
+            shared.update(url=server.url, folder=str(server.folder), bindir=str(server.bindir),
+                          as_user=server.as_user, users=0)  # fmt: skip
+        shared["users"] += 1
+    view = TestServer(url=shared["url"])
+    try:
+        yield view
+    finally:
+        view.stop()
+        with _locked(state) as shared:
+            shared["users"] -= 1
+            if shared["users"] <= 0:
+                folder, bindir = Path(shared["folder"]), Path(shared["bindir"])
+                last = TestServer(shared["url"], folder, bindir, shared["as_user"])
+                last.stop()
+                shared.clear()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON state in ``path`` under an exclusive lock, written back on exit (the
+    file removed when the state is emptied)."""
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read()
+        data: dict[str, Any] = json.loads(text) if text.strip() else {}
+        try:
+            yield data
+        finally:
+            f.seek(0)
+            f.truncate()
+            if data:
+                f.write(json.dumps(data))
+                f.flush()
+            else:
+                path.unlink(missing_ok=True)
