@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The PostgreSQL tests start a throwaway server of their own (tests/pg_server.py): they need
+# The PostgreSQL tests start a throwaway server of their own (tests/support/postgres.py): they need
 # Debian's server binaries (initdb, pg_ctl, postgres under /usr/lib/postgresql/*/bin, not on
 # PATH). Install them when missing, without letting the package create or start a cluster of
 # its own on 5432. Nothing to do when $BATCHGEN_TEST_POSTGRES names a server to use instead.
