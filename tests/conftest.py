@@ -18,7 +18,7 @@ from tests.support.postgres import (
 )
 
 # Read before the caller's BATCHGEN_ variables are cleared below: a PostgreSQL server to
-# use instead of starting one (a URL; the tests create and drop their databases on it).
+# use instead of starting one (a URL; the tests create and drop their schemas in it).
 # Carried to the xdist workers under a name the clearing below leaves alone (they
 # inherit this process's cleared environment).
 _TEST_POSTGRES = os.environ.get("BATCHGEN_TEST_POSTGRES") or os.environ.get(
