@@ -15,6 +15,7 @@ the first to need it starts it, the last to leave stops it (a count in a locked 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,6 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,11 @@ def sweep_orphans(bindir: Path) -> None:
             orphan.stop()
         except PostgresUnavailable:
             shutil.rmtree(folder, ignore_errors=True)
+    # the shared state of a parallel run whose server is gone (see shared_server)
+    for state in Path(_ROOT).glob(_PREFIX + "run-*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if not Path(json.loads(state.read_text() or "{}").get("folder", "/")).is_dir():
+                state.unlink()
 
 
 def start_server(session_pid: int | None = None) -> TestServer:
@@ -233,7 +238,7 @@ def given_server(url: str) -> TestServer:
     return TestServer(url=url)
 
 
-@contextmanager
+@contextlib.contextmanager
 def shared_server(run: str, session_pid: int) -> Iterator[TestServer]:
     """One throwaway server for every process of the test run ``run`` (the xdist
     workers of one session, whose controller is ``session_pid``): started by the first
@@ -261,7 +266,7 @@ def shared_server(run: str, session_pid: int) -> Iterator[TestServer]:
                 shared.clear()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _locked(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON state in ``path`` under an exclusive lock, written back on exit (the
     file removed when the state is emptied)."""
