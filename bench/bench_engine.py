@@ -26,6 +26,7 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch, Job, open_db
+from batchgen.store.sqlite_store import SqliteStore
 
 MODEL = "bytedance/seedance-1-pro"
 WINDOW_S = 10.0
@@ -135,14 +137,17 @@ async def bench_engine(args: argparse.Namespace, inputs: list[dict[str, Any]]) -
         async with Simulator(config) as sim:
             limiter = RequestLimiter(LIMIT, WINDOW_S * ts, margin_s=0.15 * ts)
             async with (
+                aclosing(SqliteStore(db)) as job_store,
                 aiohttp.ClientSession() as files,
                 RunbaseClient(
                     sim.base_url, key, limiter=limiter, observers=[_Recorder(figures)]
                 ) as client,
             ):
-                collect = make_collect(files, batch, out_dir=out)
+                assert batch.id is not None
+                record = await job_store.batch(batch.id)
+                collect = make_collect(files, record, out_dir=out)
                 engine = RunEngine(
-                    db, batch, client=client, limiter=limiter, collect=collect,
+                    job_store, record, client=client, limiter=limiter, collect=collect,
                     materialize=lambda x: x,
                     config=EngineConfig(concurrency=args.concurrency, max_attempts=5),
                     budget=Budget(None),

@@ -364,6 +364,7 @@ def cancel(
         raise UsageError(
             [Problem(file=str(db), message="no state database here", fix="point --db at it")]
         )
+    from batchgen.store import commands
     from batchgen.store import jobs as store
     from batchgen.store.batches import find_batch
     from batchgen.store.schema import open_db
@@ -371,7 +372,7 @@ def cancel(
     engine = open_db(db)
     found = find_batch(engine, batch)
     assert found.id is not None
-    done = store.cancel(engine, found.id, abandon=abandon, now=time.time())
+    done = commands.cancel(engine, found.id, abandon=abandon, now=time.time())
     counts = {k: v for k, v in store.counts(engine, found.id).items() if v}
     if json_out:
         print(json.dumps({"batch": found.name, "canceled": done, "counts": counts}, indent=2))

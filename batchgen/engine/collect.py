@@ -1,4 +1,4 @@
-"""Downloading: bring a succeeded run's files home, with its own concurrency.
+"""Collecting: bring a succeeded run's files home, with its own concurrency.
 
 Downloads never go through the API limiter; only the refresh of expired URLs (one
 GET of the run) does. A job becomes ``succeeded`` only after every file is in place.
@@ -6,7 +6,6 @@ GET of the run) does. A job becomes ``succeeded`` only after every file is in pl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,32 +14,50 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.engine.state import ActiveRun, Collector, EngineBase
-from batchgen.errors import AuthError, Forbidden, RunbaseError, RunNotFound
+from batchgen.engine.state import ActiveRun, ApiClient, CollectStep, EngineState
+from batchgen.errors import RunbaseError, RunNotFound
 from batchgen.files import download, media, sidecar
 from batchgen.manifest import naming
-from batchgen.retry import RetryPolicy
+from batchgen.retry import Action, Attempt, RetryPolicy, Stage, decide
 from batchgen.runbase.models import load_model
+from batchgen.runbase.transport import transport_error
 from batchgen.states import JobState
-from batchgen.store import jobs as store
-from batchgen.store.schema import Batch, Job
+from batchgen.store.records import (
+    DOWNLOAD_FAILED,
+    OUTPUT_LOST,
+    BatchRecord,
+    JobChanges,
+    JobRecord,
+)
 
 log = logging.getLogger("batchgen.engine")
 
 
-class Downloader(EngineBase):
-    def _launch_downloads(self, now: float) -> None:
-        if self._leaving:
+class Collector:
+    """Owns ``EngineState.downloads``: brings home the runs the poller left in
+    ``EngineState.downloading``, at most ``download_concurrency`` at a time."""
+
+    def __init__(self, state: EngineState, client: ApiClient, collect: CollectStep) -> None:
+        self.state = state
+        #: only for a refresh of expired URLs (one GET of the run)
+        self.client = client
+        #: fetches, checks and writes one job's files (``make_collect`` in the product)
+        self.collect = collect
+
+    def launch_downloads(self, now: float) -> None:
+        st = self.state
+        if st.leaving:
             return
-        for job_id, act in self._downloading.items():
-            if len(self._downloads) >= self.cfg.download_concurrency:
+        for job_id, act in st.downloading.items():
+            if len(st.downloads) >= st.cfg.download_concurrency:
                 return
-            if job_id not in self._downloads and act.next_download <= now:
-                self._downloads[job_id] = self._spawn(self._download(act))
+            if job_id not in st.downloads and act.next_download <= now:
+                st.downloads[job_id] = st.spawn(self._download(act))
 
     async def _download(self, act: ActiveRun) -> None:
+        st = self.state
         job = act.job
-        assert job.id is not None and job.run_id is not None
+        assert job.run_id is not None
         run_id = job.run_id
 
         async def refresh() -> list[str]:
@@ -49,56 +66,59 @@ class Downloader(EngineBase):
             return act.urls
 
         try:
-            urls = act.urls or await refresh()
-            fields = await self.collect(job, urls, refresh)
-        except (AuthError, Forbidden) as exc:
-            self.stop("account", f"account: {exc}", hard=True)
-            return
-        except RunNotFound as exc:
-            self._downloading.pop(job.id, None)
-            self._move(
-                job,
-                JobState.FAILED,
-                finished_at=self.clock.now(),
-                last_error=(
-                    f"run {run_id} (paid) is gone (404 {exc.code or 'run_not_found'}): "
-                    "its video cannot be fetched again; only "
-                    "`batchgen retry BATCH --job KEY --pay-again` pays for a new one"
-                ),
-                error_code=store.OUTPUT_LOST,
-            )
-            return
-        # a file that could not be fetched or written (disk full), a failed refresh: again
-        # later. Anything else is an error batchgen does not know: it stops the run (70).
-        except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:
-            act.dl_errors += 1
-            if act.dl_errors >= self.cfg.max_attempts:
-                self._downloading.pop(job.id, None)
-                discard = getattr(self.collect, "discard", None)
-                if discard is not None:
-                    discard(job)
-                self._move(
-                    job,
-                    JobState.FAILED,
-                    finished_at=self.clock.now(),
-                    last_error=f"download failed: {exc}",
-                    error_code=store.DOWNLOAD_FAILED,
-                )
-            else:
-                act.urls = []
-                act.next_download = self.clock.monotonic() + self.retry.delay(act.dl_errors)
-                log.warning("job #%d: download failed (%s); again later", job.idx, exc)
-            return
+            try:
+                urls = act.urls or await refresh()
+                fields = await self.collect(job, urls, refresh)
+            # a file that could not be fetched or written (disk full), a failed refresh:
+            # decide() says. Anything else is an error batchgen does not know: exit 70.
+            except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:
+                await self._failed(act, exc)
+                return
+            st.downloading.pop(job.id, None)
+            done: JobChanges = {**fields, "finished_at": st.clock.now()}
+            await st.move(job, JobState.SUCCEEDED, **done)
         finally:
-            self._downloads.pop(job.id, None)
-            self._wake.set()
-        self._downloading.pop(job.id, None)
-        self._move(job, JobState.SUCCEEDED, finished_at=self.clock.now(), **fields)
+            st.downloads.pop(job.id, None)
+            st.wake.set()
+
+    async def _failed(self, act: ActiveRun, exc: BaseException) -> None:
+        st = self.state
+        job = act.job
+        if isinstance(exc, aiohttp.ClientError):  # a collect step that does its own fetching
+            exc = transport_error(exc, what="download")
+        decision = decide(exc, Attempt(failures=act.dl_errors), Stage.DOWNLOAD, st.retry)
+        if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
+            st.stop("account", f"account: {exc}", hard=True)
+            return
+        if decision.action is Action.STOP_SUBMITTING:  # the run is paid: fetched later
+            st.stop("account", f"account: {exc}")
+        if decision.counted:
+            act.dl_errors += 1
+        if decision.action is not Action.FAIL_JOB:
+            act.urls = []  # fresh links on the next try
+            act.next_download = st.clock.monotonic() + decision.delay_s
+            log.warning("job #%d: download failed (%s); again later", job.idx, exc)
+            return
+        st.downloading.pop(job.id, None)
+        if isinstance(exc, RunNotFound):
+            error = (
+                f"run {job.run_id} (paid) is gone (404 {exc.code or 'run_not_found'}): "
+                "its video cannot be fetched again; only "
+                "`batchgen retry BATCH --job KEY --pay-again` pays for a new one"
+            )
+            code = OUTPUT_LOST
+        else:
+            discard = getattr(self.collect, "discard", None)
+            if discard is not None:
+                discard(job)
+            error, code = f"download failed: {exc}", DOWNLOAD_FAILED
+        now = st.clock.now()
+        await st.move(job, JobState.FAILED, finished_at=now, last_error=error, error_code=code)
 
 
 def make_collect(
     session: aiohttp.ClientSession,
-    batch: Batch,
+    batch: BatchRecord,
     *,
     out_dir: Path | None = None,
     clock_now: Callable[[], float] | None = None,
@@ -112,24 +132,24 @@ def make_collect(
     root = Path(out_dir or batch.out_dir)
     now = clock_now or time.time
 
-    def stem_of(job: Job) -> str:
+    def stem_of(job: JobRecord) -> str:
         # with the model's defaults, so {resolution} works when the input does not set it
-        full = _with_defaults(batch.model, json.loads(job.input_json))
+        full = _with_defaults(batch.model, dict(job.input))
         return naming.output_stem(
             batch.filename_template,
             index=job.idx,
             key=job.key,
-            axes=json.loads(job.axes_json or "{}"),
+            axes=dict(job.axes),
             input=full,
             batch=batch.name,
             variant=job.variant,
         )
 
     async def collect(
-        job: Job, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
-    ) -> dict[str, Any]:
-        input_ = json.loads(job.input_json)
-        axes = json.loads(job.axes_json or "{}")
+        job: JobRecord, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
+    ) -> JobChanges:
+        input_ = dict(job.input)
+        axes = dict(job.axes)
         full = _with_defaults(batch.model, input_)
         stem = stem_of(job)
         expect = media.Expectation(
@@ -147,7 +167,7 @@ def make_collect(
             expect=expect,
             retry=retry,
             # a repair after the files were damaged keeps a video that is still intact
-            known_sha256=json.loads(job.checksums_json or "[]"),
+            known_sha256=list(job.checksums),
         )
         notes = [f.note for f in saved if f.note]
         rel = [_relative(f.path, root) for f in saved]
@@ -190,12 +210,12 @@ def make_collect(
                 },
             )
         return {
-            "output_paths_json": json.dumps(rel),
-            "checksums_json": json.dumps([f.sha256 for f in saved]),
+            "output_paths": tuple(rel),
+            "checksums": tuple(f.sha256 for f in saved),
             "media_note": "; ".join(notes) or None,
         }
 
-    def discard(job: Job) -> None:
+    def discard(job: JobRecord) -> None:
         download.discard_partials(root, stem_of(job))
 
     return FileCollector(collect, discard)
@@ -206,15 +226,15 @@ class FileCollector:
 
     def __init__(
         self,
-        collect: Collector,
-        discard: Callable[[Job], None],
+        collect: CollectStep,
+        discard: Callable[[JobRecord], None],
     ) -> None:
         self._collect = collect
         self.discard = discard
 
     def __call__(
-        self, job: Job, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
-    ) -> Awaitable[dict[str, Any]]:
+        self, job: JobRecord, urls: list[str], refresh: Callable[[], Awaitable[list[str]]]
+    ) -> Awaitable[JobChanges]:
         return self._collect(job, urls, refresh)
 
 

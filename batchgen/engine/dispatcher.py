@@ -1,11 +1,15 @@
 """The run engine: takes a batch's jobs to done under one shared request limit.
 
-One dispatcher loop owns every decision; requests run as tasks that report back.
+One dispatcher loop owns every decision; requests run as tasks that report back. The
+engine is four objects around one ``EngineState`` (state.py): the dispatcher (here: the
+loop, the queue paging, recovery, the end), the ``Submitter`` (submit.py), the
+``Poller`` (poll.py) and the ``Collector`` (collect.py). The submitter hands each run it
+creates to the poller (a reference given at construction); nothing else calls across.
 
 - **Scheduling.** Every POST and GET takes a slot from the key's ``RequestLimiter``
   with a priority: polls that are due (0), then the submission (1), then early polls
   (2), which are only started when the limiter has slack. When a poll is due comes
-  from ``polling.DurationModel``: learned from the API's own ``createdAt`` /
+  from ``schedule.DurationModel``: learned from the API's own ``createdAt`` /
   ``completedAt``, so most runs need exactly one poll.
 - **Never pay twice.** At most one POST is in flight. Before it, the job's intent is
   committed (state ``submitting``, attempt number, idempotency key
@@ -15,11 +19,15 @@ One dispatcher loop owns every decision; requests run as tasks that report back.
   key (``--in-doubt resubmit``) or held for ``batchgen retry --in-doubt``. A new
   attempt (new key) is only made after the run failed (refunded) or was lost (404,
   ``--on-lost resubmit``).
-- **Errors.** From the type: 400 fails the job for good; 401 (or 403 on a poll) stops
-  everything at once; 402/403/``USAGE_EXCEEDED`` on a POST stop submissions while paid
-  runs are still polled and downloaded; 500s and network errors back off with full
-  jitter (``RetryPolicy``) up to ``max_attempts`` per attempt; a failed run is
-  resubmitted up to ``max_attempts`` attempts; a 429 is the client's business.
+- **Errors.** Submitter, poller and collector ask ``batchgen.retry.decide`` about every
+  error and do what it answers: 400 fails the job for good; 401 stops everything at
+  once; 402/403/``USAGE_EXCEEDED`` stop submissions while paid runs are still polled
+  and downloaded (a refusal that lasts on those GETs stops the batch); 500s and
+  network errors back off with full jitter up to ``max_attempts`` per attempt; a
+  failed run is resubmitted up to ``max_attempts`` attempts; a 429 is the client's.
+- **State.** Only through the ``JobStore`` (``store.interface``), every move awaited:
+  the SQLite store commits in its own thread, never on the loop's; the loop waits on
+  the injected clock, so the unit tests run it on the in-memory store and virtual time.
 - **Stopping.** ``stop("interrupted")`` (signal, ``--max-runtime``): no new
   submission, polls waiting for a slot are dropped, the POST and downloads in flight
   finish and are recorded. ``stop(..., hard=True)``: everything is cancelled now
@@ -31,17 +39,35 @@ One dispatcher loop owns every decision; requests run as tasks that report back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import heapq
 import logging
+from collections.abc import Callable, Sequence
 
-from batchgen.engine.collect import Downloader
+from batchgen.clock import Clock, SystemClock
+from batchgen.engine.budget import Budget
+from batchgen.engine.collect import Collector
 from batchgen.engine.poll import Poller
-from batchgen.engine.state import STOP_CODES, ActiveRun, EngineConfig, Outcome, idem_key
+from batchgen.engine.schedule import DurationModel
+from batchgen.engine.state import (
+    STOP_CODES,
+    ActiveRun,
+    ApiClient,
+    CollectStep,
+    EngineConfig,
+    EngineState,
+    Materializer,
+    Outcome,
+    idem_key,
+)
 from batchgen.engine.submit import Submitter
 from batchgen.errors import ExitCode
+from batchgen.events import Observer
+from batchgen.retry import RetryPolicy
+from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
-from batchgen.store import jobs as store
+from batchgen.store.interface import JobStore
+from batchgen.store.records import BatchRecord
 
 __all__ = ["EngineConfig", "Outcome", "RunEngine", "idem_key"]
 
@@ -49,164 +75,276 @@ __all__ = ["EngineConfig", "Outcome", "RunEngine", "idem_key"]
 log = logging.getLogger("batchgen.engine")
 
 
-class RunEngine(Submitter, Poller, Downloader):
+class RunEngine:
     """Takes one batch to done. ``await engine.run()`` -> ``Outcome``."""
 
+    def __init__(
+        self,
+        store: JobStore,
+        batch: BatchRecord,
+        *,
+        client: ApiClient,
+        limiter: RequestLimiter,
+        collect: CollectStep,
+        materialize: Materializer,
+        config: EngineConfig | None = None,
+        budget: Budget | None = None,
+        durations: DurationModel | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
+        on_tick: Callable[[RunEngine], None] | None = None,
+    ) -> None:
+        cfg = config or EngineConfig()
+        # decide() reads the user's choices from the policy: the engine's settings win
+        policy = dataclasses.replace(
+            retry or RetryPolicy(),
+            max_attempts=cfg.max_attempts,
+            in_doubt=cfg.in_doubt,
+            on_lost=cfg.on_lost,
+            unreachable_s=cfg.unreachable_s,
+        )
+        self.state = st = EngineState(
+            store=store,
+            batch=batch,
+            cfg=cfg,
+            budget=budget or Budget(None),
+            durations=durations or DurationModel(),
+            retry=policy,
+            clock=clock or SystemClock(),
+            observers=list(observers),
+        )
+        #: the key's limiter (the runner's progress line reads its rate)
+        self.limiter = limiter
+        self.poller = Poller(st, client, limiter)
+        self.submitter = Submitter(st, client, materialize, self.poller)
+        self.collector = Collector(st, client, collect)
+        #: called once per turn of the loop (the runner's progress line)
+        self.on_tick = on_tick
+        #: monotonic time at which the run stops submitting (``--max-runtime``)
+        self.deadline: float | None = None
+        # paging the queued jobs in: the last (idx, id) read, whether the end was
+        # reached, and whether a sweep from the start found nothing more
+        self._cursor: tuple[int, int] = (-1, -1)
+        self._exhausted = False
+        self._swept = False
+        #: when the batch row was last read for ``batchgen cancel``
+        self._flags_at = -1.0
+        #: ``cancel --abandon`` seen: running jobs are no longer polled
+        self._abandon = False
+
+    # ------------------------------------------------------------ what the runner uses
+
+    def stop(self, kind: str, reason: str, *, hard: bool = False) -> None:
+        """Stop submitting (``kind`` in STOP_RANK); ``hard`` cancels everything now."""
+        self.state.stop(kind, reason, hard=hard)
+
+    def fail(self, exc: BaseException) -> None:
+        """An error nothing in the engine handles: the run stops, ``run`` raises it."""
+        self.state.fail(exc)
+
+    @property
+    def batch(self) -> BatchRecord:
+        return self.state.batch
+
+    @property
+    def budget(self) -> Budget:
+        return self.state.budget
+
+    @property
+    def clock(self) -> Clock:
+        return self.state.clock
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.state.counts
+
+    @property
+    def in_doubt_seen(self) -> set[int]:
+        return self.state.in_doubt_seen
+
+    @property
+    def active(self) -> int:
+        return self.state.active
+
+    @property
+    def stopping(self) -> str | None:
+        return self.state.stopping
+
+    # ------------------------------------------------------------ the loop
+
     async def run(self) -> Outcome:
-        self._recover()
+        st = self.state
         try:
+            st.counts = await st.store.counts(st.batch.id)
+            await self._recover()
             while True:
-                now = self.clock.monotonic()
-                if self._hard is not None or self._crash is not None:
+                # cleared before the turn, not after: a task may end while it awaits
+                st.wake.clear()
+                now = st.clock.monotonic()
+                if st.hard is not None or st.crash is not None:
                     break
-                self._check_flags(now)
-                if self.deadline is not None and now >= self.deadline and not self._leaving:
-                    self.stop("interrupted", "max runtime reached")
-                if self._leaving:
-                    self._drop_waiting_polls()
-                self._refill()
+                await self._check_flags(now)
+                if self.deadline is not None and now >= self.deadline and not st.leaving:
+                    st.stop("interrupted", "max runtime reached")
+                if st.leaving:
+                    self.poller.drop_waiting_polls()
+                await self._refill()
                 self._promote(now)
-                self._launch_polls(now)
-                self._maybe_submit()
-                self._maybe_early_poll(now)
-                self._launch_downloads(now)
+                self.poller.launch_polls(now)
+                self.submitter.maybe_submit()
+                self.poller.maybe_early_poll(now)
+                self.collector.launch_downloads(now)
                 if self.on_tick is not None:
                     self.on_tick(self)
                 if self._done():
                     break
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._next_wake(now))
+                await self._sleep(self._next_wake(now))
         except Exception as exc:  # the dispatcher itself (a state read or write, a bug)
-            self.fail(exc)
+            st.fail(exc)
         finally:
             await self._cancel_all()
-        if self._crash is not None:
-            raise self._crash
-        return self._outcome()
+        if st.crash is not None:
+            raise st.crash
+        return await self._outcome()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until a task wakes the loop, or ``seconds`` on the injected clock (so the unit
+        tests run the engine on virtual time)."""
+        st = self.state
+        if st.wake.is_set():
+            return
+        waker = asyncio.ensure_future(st.wake.wait())
+        sleeper = asyncio.ensure_future(st.clock.sleep(seconds))
+        try:
+            await asyncio.wait((waker, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            sleeper.cancel()
 
     # ------------------------------------------------------------ startup
 
-    def _recover(self) -> None:
-        now_wall = self.clock.now()
-        for job in store.recover_submitting(self.db, self.batch_id, now=now_wall):
-            self._count(JobState.SUBMITTING, JobState.IN_DOUBT)
-            self._emit(job, JobState.SUBMITTING, JobState.IN_DOUBT, "found submitting")
-        mono = self.clock.monotonic()
-        for job in store.load_active(self.db, self.batch_id):
-            assert job.id is not None
-            state = JobState(job.state)
+    async def _recover(self) -> None:
+        st = self.state
+        now_wall = st.clock.now()
+        for job in await st.store.recover_submitting(st.batch.id, now=now_wall):
+            st.count(JobState.SUBMITTING, JobState.IN_DOUBT)
+            st.emit(job, JobState.SUBMITTING, JobState.IN_DOUBT, "found submitting")
+        mono = st.clock.monotonic()
+        for job in await st.store.load_active(st.batch.id):
+            state = job.state
             if state is JobState.IN_DOUBT:
-                self.in_doubt_seen.add(job.id)
-                self.budget.reserve(job.id, job.estimate_micro_usd)
-                if self.cfg.in_doubt == "resubmit":
-                    self._resend.append(job)
+                st.in_doubt_seen.add(job.id)
+                st.budget.reserve(job.id, job.estimate_micro_usd)
+                if st.cfg.in_doubt == "resubmit":
+                    st.resend.append(job)
                 else:
-                    self._held[job.id] = job
+                    st.held[job.id] = job
             elif state in (JobState.RUNNING, JobState.DOWNLOADING):
                 age = max(0.0, now_wall - (job.submitted_at or now_wall))
-                act = ActiveRun(job, self._cls(job), submitted=mono - age)
+                act = ActiveRun(job, st.run_class(job), submitted=mono - age)
                 if state is JobState.RUNNING:
-                    self._add_running(act, mono)
+                    self.poller.add_running(act)
                 else:
-                    self._downloading[job.id] = act
+                    st.downloading[job.id] = act
 
     # ------------------------------------------------------------ the queue
 
-    def _refill(self) -> None:
-        if self._stop is not None or self._leaving:
+    async def _refill(self) -> None:
+        st = self.state
+        if st.stop_kind is not None or st.leaving:
             return
-        if len(self._ready) >= self.cfg.page_size // 2:
+        if len(st.ready) >= st.cfg.page_size // 2:
             return
         if self._exhausted:
-            if self._ready or self._resend or self._later or self._swept:
+            if st.ready or st.resend or st.later or self._swept:
                 return
             # A sweep from the start finds jobs re-queued behind the cursor (retry).
             self._swept, self._exhausted, self._cursor = True, False, (-1, -1)
-        rows = store.page_queued(
-            self.db, self.batch_id, after=self._cursor, limit=self.cfg.page_size
-        )
-        if len(rows) < self.cfg.page_size:
+        rows = await st.store.page_queued(st.batch.id, after=self._cursor, limit=st.cfg.page_size)
+        if len(rows) < st.cfg.page_size:
             self._exhausted = True
-        now_wall, mono = self.clock.now(), self.clock.monotonic()
+        now_wall, mono = st.clock.now(), st.clock.monotonic()
         for job in rows:
-            assert job.id is not None
             self._cursor = (job.idx, job.id)
-            if job.id in self._queued_ids or self._holds_paid_run(job):
+            if job.id in st.queued_ids or await self.submitter.holds_paid_run(job):
                 continue
             self._swept = False
-            self._queued_ids.add(job.id)
+            st.queued_ids.add(job.id)
             if job.next_attempt_at > now_wall:
-                self._defer(job, mono + job.next_attempt_at - now_wall)
+                st.defer(job, mono + job.next_attempt_at - now_wall)
             else:
-                self._ready.append(job)
+                st.ready.append(job)
 
     def _promote(self, now: float) -> None:
-        while self._later and self._later[0][0] <= now:
-            _, _, job = heapq.heappop(self._later)
-            if job.state == JobState.IN_DOUBT.value:
-                self._resend.append(job)
+        st = self.state
+        while st.later and st.later[0][0] <= now:
+            _, _, job = heapq.heappop(st.later)
+            if job.state is JobState.IN_DOUBT:
+                st.resend.append(job)
             else:
-                self._ready.appendleft(job)
+                st.ready.appendleft(job)
 
     def _has_submittable(self) -> bool:
-        return bool(self._resend or self._ready or self._later or not self._exhausted)
+        st = self.state
+        return bool(st.resend or st.ready or st.later or not self._exhausted)
 
-    def _check_flags(self, now: float) -> None:
-        if now - self._flags_at < self.cfg.flags_every_s:
+    async def _check_flags(self, now: float) -> None:
+        st = self.state
+        if now - self._flags_at < st.cfg.flags_every_s:
             return
         self._flags_at = now
-        canceled, abandon = store.batch_flags(self.db, self.batch_id)
-        if canceled and self._stop != "canceled":
-            self.stop("canceled", "canceled (batchgen cancel)")
-            self.counts = store.counts(self.db, self.batch_id)
-            for job in [*self._ready, *self._resend, *(j for _, _, j in self._later)]:
-                assert job.id is not None
-                self._queued_ids.discard(job.id)
-                if job.state == JobState.IN_DOUBT.value:
-                    self._held[job.id] = job  # cancel leaves in-doubt jobs to a person
-            self._ready.clear()
-            self._later.clear()
-            self._resend.clear()
-        if abandon and not self._abandon:
+        flags = await st.store.batch_flags(st.batch.id)
+        if flags.canceled and st.stop_kind != "canceled":
+            st.stop("canceled", "canceled (batchgen cancel)")
+            st.counts = await st.store.counts(st.batch.id)
+            for job in [*st.ready, *st.resend, *(j for _, _, j in st.later)]:
+                st.queued_ids.discard(job.id)
+                if job.state is JobState.IN_DOUBT:
+                    st.held[job.id] = job  # cancel leaves in-doubt jobs to a person
+            st.ready.clear()
+            st.later.clear()
+            st.resend.clear()
+        if flags.abandon and not self._abandon:
             self._abandon = True
-            for job_id in list(self._running):
-                task = self._polls.get(job_id)
-                if task is not None:
-                    task.cancel()
-                self._running.pop(job_id, None)
-            self._probes.clear()
+            self.poller.abandon()
 
     def _done(self) -> bool:
-        busy = bool(self._polls or self._downloads or self._submit_task)
-        if self._leaving:
+        st = self.state
+        busy = bool(st.polls or st.downloads or st.submit_task)
+        if st.leaving:
             return not busy
-        if self._stop is None and self._has_submittable():
+        if st.stop_kind is None and self._has_submittable():
             return False
-        if self._stop is None and not self._exhausted:
+        if st.stop_kind is None and not self._exhausted:
             return False
-        return not (busy or self._running or self._downloading)
+        return not (busy or st.running or st.downloading)
 
     def _next_wake(self, now: float) -> float:
-        tick = min(0.25, max(0.02, self.durations.policy.min_interval_s / 2))
+        st = self.state
+        tick = min(0.25, max(0.02, st.durations.policy.min_interval_s / 2))
         nxt = now + tick
-        for act in self._running.values():
-            busy = act.job.id in self._polls and act.job.id != self._early_waiting_id
+        early = self.poller.early_waiting_id
+        for act in st.running.values():
+            busy = act.job.id in st.polls and act.job.id != early
             if not busy and act.next_poll < nxt:
                 nxt = act.next_poll
-        if self._later:
-            nxt = min(nxt, self._later[0][0])
+        if st.later:
+            nxt = min(nxt, st.later[0][0])
         return max(0.0, nxt - now)
 
+    # ------------------------------------------------------------ the end
+
     async def _cancel_all(self) -> None:
-        if self._crash is not None:
+        st = self.state
+        if st.crash is not None:
             # the POST in flight may be answered with a paid run's id: record (or name) it
-            await self._grace([self._submit_task] if self._submit_task else [])
-        elif self._hard is None and self._leaving:
-            await self._grace([t for t in (self._submit_task, *self._downloads.values()) if t])
+            await self._grace([st.submit_task] if st.submit_task else [])
+        elif st.hard is None and st.leaving:
+            await self._grace([t for t in (st.submit_task, *st.downloads.values()) if t])
         tasks = [
             t
-            for t in (self._submit_task, *self._polls.values(), *self._downloads.values())
+            for t in (st.submit_task, *st.polls.values(), *st.downloads.values())
             if t is not None and not t.done()
         ]
         for task in tasks:
@@ -216,35 +354,37 @@ class RunEngine(Submitter, Poller, Downloader):
 
     async def _grace(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait up to ``grace_s`` for ``tasks``; a hard stop (a second signal) ends it."""
+        st = self.state
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.cfg.grace_s
-        post = self._submit_task
-        while self._hard is None:
+        end = loop.time() + st.cfg.grace_s
+        post = st.submit_task
+        while st.hard is None:
             # an error meanwhile: only the POST in flight is still worth its answer
-            pending = [t for t in tasks if not t.done() and (self._crash is None or t is post)]
+            pending = [t for t in tasks if not t.done() and (st.crash is None or t is post)]
             if not pending:
                 return
             left = end - loop.time()
             if left <= 0:
                 return
-            self._wake.clear()
-            wake = asyncio.ensure_future(self._wake.wait())
+            st.wake.clear()
+            wake = asyncio.ensure_future(st.wake.wait())
             await asyncio.wait([*pending, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
             wake.cancel()
 
-    def _outcome(self) -> Outcome:
-        if self._hard is not None:
-            return self._hard
+    async def _outcome(self) -> Outcome:
+        st = self.state
+        if st.hard is not None:
+            return st.hard
         # Other processes (retry, cancel) may have moved jobs: decide on the stored truth.
-        self.counts = store.counts(self.db, self.batch_id)
-        all_done = all(n == 0 for st, n in self.counts.items() if st != "succeeded")
-        if self._stop is not None and not (self._stop == "canceled" and all_done):
-            return Outcome(STOP_CODES[self._stop], self._stop_reason)
-        if self.counts.get(JobState.FAILED.value, 0):
+        st.counts = await st.store.counts(st.batch.id)
+        all_done = all(n == 0 for state, n in st.counts.items() if state != "succeeded")
+        if st.stop_kind is not None and not (st.stop_kind == "canceled" and all_done):
+            return Outcome(STOP_CODES[st.stop_kind], st.stop_reason)
+        if st.counts.get(JobState.FAILED.value, 0):
             return Outcome(ExitCode.JOBS_FAILED, "jobs failed")
-        if self._held:
+        if st.held:
             return Outcome(
                 ExitCode.JOBS_FAILED,
-                f"{len(self._held)} job(s) held in doubt: batchgen retry BATCH --in-doubt",
+                f"{len(st.held)} job(s) held in doubt: batchgen retry BATCH --in-doubt",
             )
         return Outcome(ExitCode.OK, "done")

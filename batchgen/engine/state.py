@@ -1,10 +1,12 @@
-"""Shared state of the run engine and the bookkeeping its parts use.
+"""The run engine's one shared state, and the bookkeeping every collaborator uses.
 
-``RunEngine`` (engine.py) is assembled from parts that each own one stage:
-``Submitter`` (submitter.py), ``Poller`` (poller.py), ``Downloader`` (collector.py).
-They share the state declared here and change jobs only through ``_move``, which
-commits the transition (``store.jobs.move``), keeps the in-memory counts, and tells
-the observers.
+The engine (``dispatcher.RunEngine``) is four objects: the dispatcher owns the loop,
+``Submitter`` (submit.py), ``Poller`` (poll.py) and ``Collector`` (collect.py) each own
+one stage. They share exactly one ``EngineState`` (below): every attribute two of them
+read or write is declared and documented in it; what only one of them uses lives in
+that one. Jobs change only through ``EngineState.move``, which commits the transition
+through the ``JobStore`` (``store.interface``; the engine sees only its plain
+records), keeps the in-memory counts and tells the observers.
 """
 
 from __future__ import annotations
@@ -17,22 +19,17 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Unpack
 
-from sqlalchemy import Engine
-
-from batchgen.clock import Clock, SystemClock
+from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
-from batchgen.errors import ExitCode, StateWriteError
+from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
 from batchgen.retry import RetryPolicy
-from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
-from batchgen.store import jobs as store
-from batchgen.store.charges import LedgerEntry
-from batchgen.store.failures import state_failure
-from batchgen.store.schema import Batch, Job
+from batchgen.store.interface import JobStore
+from batchgen.store.records import BatchRecord, JobChanges, JobRecord, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +59,8 @@ class ApiClient(Protocol):
 
 
 #: brings a succeeded run's files home: (job, urls, refresh) -> fields for ``succeeded``
-Collector = Callable[
-    [Job, list[str], Callable[[], Awaitable[list[str]]]], Awaitable[dict[str, Any]]
+CollectStep = Callable[
+    [JobRecord, list[str], Callable[[], Awaitable[list[str]]]], Awaitable[JobChanges]
 ]
 #: turns a job's canonical input into the API input (local images -> data URIs)
 Materializer = Callable[[dict[str, Any]], dict[str, Any]]
@@ -111,7 +108,9 @@ STOP_CODES = {
 
 @dataclass
 class ActiveRun:
-    job: Job
+    """A job with a run: polled while running, then downloaded."""
+
+    job: JobRecord
     cls: RunClass
     submitted: float  # monotonic
     next_poll: float = 0.0
@@ -123,122 +122,121 @@ class ActiveRun:
     next_download: float = 0.0
 
 
-class EngineBase:
-    """The engine's state and the bookkeeping every part of it shares."""
+@dataclass(eq=False)
+class EngineState:
+    """Everything the dispatcher, submitter, poller and collector share."""
 
-    def __init__(
-        self,
-        db: Engine,
-        batch: Batch,
-        *,
-        client: ApiClient,
-        limiter: RequestLimiter,
-        collect: Collector,
-        materialize: Materializer,
-        config: EngineConfig | None = None,
-        budget: Budget | None = None,
-        durations: DurationModel | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-        observers: Sequence[Observer] = (),
-        on_tick: Callable[[Any], None] | None = None,
-    ) -> None:
-        assert batch.id is not None
-        self.db = db
-        self.batch = batch
-        self.batch_id: int = batch.id
-        self.client = client
-        self.limiter = limiter
-        self.collect = collect
-        self.materialize = materialize
-        self.cfg = config or EngineConfig()
-        self.budget = budget or Budget(None)
-        self.durations = durations or DurationModel()
-        self.retry = retry or RetryPolicy(max_attempts=self.cfg.max_attempts)
-        self.clock: Clock = clock or SystemClock()
-        self.observers = list(observers)
-        self.on_tick = on_tick
+    # ------------------------------------------------ given at construction, never replaced
+    #: where jobs, their events and the ledger live (the engine's only way to them)
+    store: JobStore
+    batch: BatchRecord
+    cfg: EngineConfig
+    #: the batch's spend limit: reserved before a POST, settled by its answer
+    budget: Budget
+    #: how long runs take: when each one is polled
+    durations: DurationModel
+    #: backoff of transient errors (submit, poll, download)
+    retry: RetryPolicy
+    clock: Clock
+    observers: list[Observer]
 
-        self._ready: deque[Job] = deque()  # queued, due now, in idx order
-        self._resend: deque[Job] = deque()  # in doubt: resend with the same key
-        self._later: list[tuple[float, int, Job]] = []  # (due monotonic, seq, job) backoff
-        self._seq = itertools.count()
-        self._queued_ids: set[int] = set()  # queued jobs held in the structures above
-        self._held: dict[int, Job] = {}  # in doubt, waiting for a person
-        self._running: dict[int, ActiveRun] = {}
-        self._downloading: dict[int, ActiveRun] = {}
-        self._probes: dict[RunClass, int] = {}
-        self._cursor: tuple[int, int] = (-1, -1)
-        self._exhausted = False
-        self._swept = False
+    # ------------------------------------------------ the queue (queued jobs in memory)
+    #: queued, due now, in idx order (the dispatcher pages them in, the submitter takes)
+    ready: deque[JobRecord] = field(default_factory=deque)
+    #: in doubt: sent again with the same idempotency key, before anything new
+    resend: deque[JobRecord] = field(default_factory=deque)
+    #: backing off: a heap of (due monotonic, sequence, job)
+    later: list[tuple[float, int, JobRecord]] = field(default_factory=list)
+    #: tie-breaker of ``later``
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+    #: the ids of the queued jobs held in ``ready``, ``resend`` and ``later``
+    queued_ids: set[int] = field(default_factory=set)
+    #: in doubt, waiting for a person (``--in-doubt hold``, attempts used up, cancel)
+    held: dict[int, JobRecord] = field(default_factory=dict)
+    #: the submitter could not reserve the next job's estimate (the poller then need
+    #: not keep a request spare for a submission)
+    budget_blocked: bool = False
 
-        self._submit_task: asyncio.Task[None] | None = None
-        self._submitting: Job | None = None
-        self._polls: dict[int, asyncio.Task[None]] = {}
-        self._early: asyncio.Task[None] | None = None  # the one early poll, if any
-        self._early_id: int | None = None  # ... and its job
-        self._early_sent = False  # ... and whether it is on the wire (out of the limiter)
-        self._downloads: dict[int, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
+    # ------------------------------------------------ runs
+    #: job id -> its run while ``running`` (the poller's)
+    running: dict[int, ActiveRun] = field(default_factory=dict)
+    #: job id -> its run while ``downloading`` (the collector's)
+    downloading: dict[int, ActiveRun] = field(default_factory=dict)
+    #: run class -> the job polled to learn how long runs of that class take
+    probes: dict[RunClass, int] = field(default_factory=dict)
 
-        self._stop: str | None = None  # key of STOP_RANK
-        self._stop_reason = ""
-        self._hard: Outcome | None = None
-        #: the first error no part of the engine knows how to handle: the run stops now
-        self._crash: BaseException | None = None
-        self._leaving = False
-        self._budget_blocked = False
-        self._flags_at = -1.0
-        self._abandon = False
-        #: POSTs in a row that could not even connect: the service is unreachable
-        self._unreachable = 0
-        self._unreachable_since = 0.0
-        self.deadline: float | None = None  # monotonic; set by the runner
+    # ------------------------------------------------ tasks in flight
+    #: the one POST in flight, and its job
+    submit_task: asyncio.Task[None] | None = None
+    submitting: JobRecord | None = None
+    #: job id -> its poll in flight (or waiting for a slot)
+    polls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    #: job id -> its download in flight
+    downloads: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    #: set by anything the dispatcher should look at now (a task ended, a stop)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-        self.counts: dict[str, int] = store.counts(db, self.batch_id)
-        self.in_doubt_seen: set[int] = set()
-        self.started = self.clock.monotonic()
+    # ------------------------------------------------ stopping
+    #: why submitting stopped (a key of STOP_RANK), None while it goes on
+    stop_kind: str | None = None
+    stop_reason: str = ""
+    #: a hard stop: everything is cancelled now, with this outcome
+    hard: Outcome | None = None
+    #: the first error no part of the engine knows how to handle: the run stops now
+    crash: BaseException | None = None
+    #: no new request of any kind: the run is winding down
+    leaving: bool = False
 
-    @property
-    def _early_waiting_id(self) -> int | None:
-        """The job of the early poll still waiting for spare capacity (None: no such poll;
-        one already sent is a poll in flight like any other: its answer is coming)."""
-        return None if self._early is None or self._early_sent else self._early_id
+    # ------------------------------------------------ what the runner reads
+    #: jobs by state, kept by ``move`` (read from the store when the run starts, and
+    #: again when others may have moved jobs)
+    counts: dict[str, int] = field(default_factory=dict)
+    #: jobs found or put in doubt during this run
+    in_doubt_seen: set[int] = field(default_factory=set)
 
-    # ------------------------------------------------------------ public
+    # ------------------------------------------------------------ stopping
 
     def stop(self, kind: str, reason: str, *, hard: bool = False) -> None:
         """Stop submitting (``kind`` in STOP_RANK); ``hard`` cancels everything now."""
         if hard:
-            if self._hard is None:
+            if self.hard is None:
                 code = STOP_CODES.get(kind, ExitCode.INTERRUPTED)
-                self._hard = Outcome(code, reason)
-        elif self._stop is None or STOP_RANK[kind] > STOP_RANK[self._stop]:
-            self._stop, self._stop_reason = kind, reason
+                self.hard = Outcome(code, reason)
+        elif self.stop_kind is None or STOP_RANK[kind] > STOP_RANK[self.stop_kind]:
+            self.stop_kind, self.stop_reason = kind, reason
         if kind == "interrupted" or hard:
-            self._leaving = True
-        self._wake.set()
+            self.leaving = True
+        self.wake.set()
 
     def fail(self, exc: BaseException) -> None:
         """An error no part of the engine handles (a bug, a state write that failed):
         stop at once; ``run`` raises it once the tasks are wound down. Every transition is
         committed before its request, so what was paid is on record; a job whose POST
         may have been sent stays ``submitting`` (in doubt on resume), never queued."""
-        if self._crash is None:
-            self._crash = exc
-            self._leaving = True
-        elif exc is not self._crash:
+        if self.crash is None:
+            self.crash = exc
+            self.leaving = True
+        elif exc is not self.crash:
             # a paid run's id that could not be recorded must never go unsaid: it is
             # logged, and it becomes the reason the run stopped unless one already is
             if isinstance(exc, StateWriteError) and exc.unrecorded:
                 log.error("%s", exc)
-                first = self._crash
+                first = self.crash
                 if not (isinstance(first, StateWriteError) and first.unrecorded):
-                    self._crash = exc
+                    self.crash = exc
             log.debug("a further error after the first", exc_info=exc)
-        self._wake.set()
+        self.wake.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    @property
+    def stopping(self) -> str | None:
+        return self.stop_reason or (self.hard.reason if self.hard else None)
+
+    @property
+    def active(self) -> int:
+        """Runs held against the concurrency: running, plus the POST in flight."""
+        return len(self.running) + (1 if self.submitting is not None else 0)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task whose unexpected error stops the run (never "was never retrieved")."""
         task = asyncio.create_task(coro)
         task.add_done_callback(self._task_done)
@@ -248,55 +246,42 @@ class EngineBase:
         if not task.cancelled() and task.exception() is not None:
             self.fail(task.exception() or RuntimeError("task failed"))
 
-    @property
-    def stopping(self) -> str | None:
-        return self._stop_reason or (self._hard.reason if self._hard else None)
+    # ------------------------------------------------------------ the queue
 
-    @property
-    def active(self) -> int:
-        return len(self._running) + (1 if self._submitting is not None else 0)
+    def defer(self, job: JobRecord, due: float) -> None:
+        heapq.heappush(self.later, (due, next(self.seq), job))
 
-    def _defer(self, job: Job, due: float) -> None:
-        heapq.heappush(self._later, (due, next(self._seq), job))
-
-    def _requeue(self, job: Job, delay: float) -> None:
+    def requeue(self, job: JobRecord, delay: float) -> None:
         assert job.id is not None
-        self._queued_ids.add(job.id)
+        self.queued_ids.add(job.id)
         if delay > 0:
-            self._defer(job, self.clock.monotonic() + delay)
+            self.defer(job, self.clock.monotonic() + delay)
         else:
-            self._ready.appendleft(job)
+            self.ready.appendleft(job)
 
-    def _cls(self, job: Job) -> RunClass:
-        return run_class(self.batch.model, store.job_input(job))
+    def run_class(self, job: JobRecord) -> RunClass:
+        return run_class(self.batch.model, dict(job.input))
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _move(
+    async def move(
         self,
-        job: Job,
+        job: JobRecord,
         new: JobState,
         *,
         detail: dict[str, Any] | str | None = None,
-        ledger_rows: Sequence[LedgerEntry] = (),
-        **fields: Any,
-    ) -> Job | None:
-        old = JobState(job.state)
+        ledger: Sequence[LedgerEntry] = (),
+        **changes: Unpack[JobChanges],
+    ) -> JobRecord | None:
+        """Commit ``job``'s move to ``new`` (awaited: durable when it returns); None when
+        another process moved it first."""
+        old = job.state
         try:
-            moved = store.move(
-                self.db,
-                job,
-                new,
-                at=self.clock.now(),
-                detail=detail,
-                ledger_rows=ledger_rows,
-                **fields,
+            moved = await self.store.move(
+                job, new, at=self.clock.now(), detail=detail, ledger=ledger, **changes
             )
-        except Exception as exc:
-            failure = state_failure(exc, self.db.url.database)
-            if failure is None:
-                raise
-            run_id = fields.get("run_id") or job.run_id
+        except (StateWriteError, StateError) as failure:
+            run_id = changes.get("run_id") or job.run_id
             paid = ""
             if run_id and old is JobState.SUBMITTING:
                 paid = (
@@ -307,36 +292,41 @@ class EngineBase:
                 paid = f" (run {run_id})"
             message = f"job #{job.idx} {old.value} -> {new.value}: {failure}{paid}"
             unrecorded = bool(run_id) and old is JobState.SUBMITTING
-            raise StateWriteError(message, run_id=run_id, unrecorded=unrecorded) from exc
+            raise StateWriteError(message, run_id=run_id, unrecorded=unrecorded) from failure
         if moved is None:
             log.info("job %s changed elsewhere (no longer %s); leaving it", job.key, old.value)
-            self._forget(job)
+            self.forget(job)
             return None
-        self._count(old, new)
+        self.count(old, new)
         # observers (the --log-file) get the error a move records, and the run it left
-        why = detail if isinstance(detail, str) else fields.get("last_error")
-        self._emit(moved, old, new, why, run_id=moved.run_id or job.run_id)
+        why = detail if isinstance(detail, str) else changes.get("last_error")
+        self.emit(moved, old, new, why, run_id=moved.run_id or job.run_id)
         return moved
 
-    def _forget(self, job: Job) -> None:
+    def forget(self, job: JobRecord) -> None:
         """Drop the stale copy ``job`` (another process changed the row) from memory."""
         assert job.id is not None
-        self._queued_ids.discard(job.id)
-        if self._held.get(job.id) is job:
-            del self._held[job.id]
-        for table in (self._running, self._downloading):
+        self.queued_ids.discard(job.id)
+        if self.held.get(job.id) is job:
+            del self.held[job.id]
+        for table in (self.running, self.downloading):
             act = table.get(job.id)
             if act is not None and act.job is job:
                 del table[job.id]
-                if self._probes.get(act.cls) == job.id:
-                    del self._probes[act.cls]
+                if self.probes.get(act.cls) == job.id:
+                    del self.probes[act.cls]
 
-    def _count(self, old: JobState, new: JobState) -> None:
+    def count(self, old: JobState, new: JobState) -> None:
         self.counts[old.value] = self.counts.get(old.value, 0) - 1
         self.counts[new.value] = self.counts.get(new.value, 0) + 1
 
-    def _emit(
-        self, job: Job, old: JobState, new: JobState, detail: str | None, run_id: str | None = None
+    def emit(
+        self,
+        job: JobRecord,
+        old: JobState,
+        new: JobState,
+        detail: str | None,
+        run_id: str | None = None,
     ) -> None:
         ev = TransitionEvent(
             at=self.clock.now(),
@@ -353,11 +343,3 @@ class EngineBase:
                 obs.transition(ev)
             except Exception as exc:  # a bug in an observer: stop the run (exit 70)
                 self.fail(exc)
-
-    # ------------------------------------------------------------ provided by the parts
-
-    def _add_running(self, act: ActiveRun, now: float) -> None:
-        raise NotImplementedError
-
-    def _on_run(self, act: ActiveRun, run: RunLike) -> None:
-        raise NotImplementedError

@@ -20,24 +20,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
 
-from batchgen.engine.state import ActiveRun, EngineBase, idem_key
-from batchgen.errors import (
-    InvalidRequest,
-    RateLimited,
-    RunbaseError,
-    ServerError,
-    TransportError,
-    UsageError,
-)
+from batchgen.engine.poll import Poller
+from batchgen.engine.state import ActiveRun, ApiClient, EngineState, Materializer, idem_key
+from batchgen.errors import InvalidRequest, RunbaseError, ServerError, TransportError, UsageError
 from batchgen.manifest.images import too_large_message
+from batchgen.retry import Action, Attempt, Decision, Stage, decide
 from batchgen.runbase.models import load_model
 from batchgen.states import JobState
-from batchgen.store import charges, ledger
-from batchgen.store import jobs as store
-from batchgen.store.charges import LedgerEntry
-from batchgen.store.schema import Job
+from batchgen.store.records import JobChanges, JobRecord, LedgerEntry
 
 log = logging.getLogger("batchgen.engine")
 
@@ -46,88 +37,106 @@ log = logging.getLogger("batchgen.engine")
 CREATED_AT_PRECISION_S = 0.005
 
 
-class Submitter(EngineBase):
-    def _maybe_submit(self) -> None:
-        if self._submit_task is not None or self._stop is not None or self._leaving:
+class Submitter:
+    """Owns the one POST in flight (``EngineState.submit_task``): takes the next job from
+    the queue, commits its intent, sends it, and hands the run to the poller."""
+
+    def __init__(
+        self,
+        state: EngineState,
+        client: ApiClient,
+        materialize: Materializer,
+        poller: Poller,
+    ) -> None:
+        self.state = state
+        self.client = client
+        self.materialize = materialize
+        #: takes every run a POST created (and the answer of a replayed finished run)
+        self.poller = poller
+        #: POSTs in a row that could not even connect: the service is unreachable
+        self._unreachable = 0
+        self._unreachable_since = 0.0
+
+    def maybe_submit(self) -> None:
+        st = self.state
+        if st.submit_task is not None or st.stop_kind is not None or st.leaving:
             return
-        if self.active >= self.cfg.concurrency:
+        if st.active >= st.cfg.concurrency:
             return
-        job = self._resend[0] if self._resend else (self._ready[0] if self._ready else None)
+        job = st.resend[0] if st.resend else (st.ready[0] if st.ready else None)
         if job is None:
             return
         assert job.id is not None
         estimate = self._estimate(job)
-        if not self.budget.reserve(job.id, estimate):
-            self._budget_blocked = True
-            if self.active == 0:
-                remaining = (self.budget.remaining() or 0) / 1e6
-                self.stop(
+        if not st.budget.reserve(job.id, estimate):
+            st.budget_blocked = True
+            if st.active == 0:
+                remaining = (st.budget.remaining() or 0) / 1e6
+                st.stop(
                     "budget",
                     f"budget: next job needs ${estimate / 1e6:.3f}, ${remaining:.3f} left",
                 )
             return
-        self._budget_blocked = False
+        st.budget_blocked = False
         self._next_job()
         # Out of the queue now; a requeue after a failed POST puts it back.
-        self._queued_ids.discard(job.id)
-        self._submitting = job
-        self._submit_task = self._spawn(self._submit(job, estimate))
+        st.queued_ids.discard(job.id)
+        st.submitting = job
+        st.submit_task = st.spawn(self._submit(job, estimate))
 
-    def _holds_paid_run(self, job: Job) -> bool:
+    async def holds_paid_run(self, job: JobRecord) -> bool:
         """A queued job that holds a paid run (left so by an older batchgen, say) is
         polled, never submitted again: True when it was moved to ``running``."""
+        st = self.state
         if job.run_id is None:
             return False
-        assert job.id is not None
-        if not ledger.run_paid(self.db, job.id, job.run_id):
+        if not await st.store.run_paid(job.id, job.run_id):
             return False  # its run failed and was refunded: a new attempt may pay
-        moved = self._move(job, JobState.RUNNING, detail="holds a paid run: polled, not resent")
+        detail = "holds a paid run: polled, not resent"
+        moved = await st.move(job, JobState.RUNNING, detail=detail)
         if moved is not None:
-            mono = self.clock.monotonic()
-            self._add_running(ActiveRun(moved, self._cls(moved), submitted=mono), mono)
+            mono = st.clock.monotonic()
+            self.poller.add_running(ActiveRun(moved, st.run_class(moved), submitted=mono))
         return True
 
-    def _next_job(self) -> Job | None:
-        if self._resend:
-            return self._resend.popleft()
-        if self._ready:
-            return self._ready.popleft()
+    def _next_job(self) -> JobRecord | None:
+        st = self.state
+        if st.resend:
+            return st.resend.popleft()
+        if st.ready:
+            return st.ready.popleft()
         return None
 
-    def _estimate(self, job: Job) -> int:
+    def _estimate(self, job: JobRecord) -> int:
         if job.estimate_micro_usd:
             return job.estimate_micro_usd
         try:
-            return load_model(self.batch.model).price_micro_usd(store.job_input(job))
+            return load_model(self.state.batch.model).price_micro_usd(dict(job.input))
         except (KeyError, ValueError):
             return 0
 
-    async def _submit(self, job: Job, estimate: int) -> None:
-        assert job.id is not None
+    async def _submit(self, job: JobRecord, estimate: int) -> None:
+        st = self.state
         try:
             await self._submit_inner(job, estimate)
         finally:
-            self._submitting = None
-            self._submit_task = None
-            self._wake.set()
+            st.submitting = None
+            st.submit_task = None
+            st.wake.set()
 
-    async def _submit_inner(self, job: Job, estimate: int) -> None:
-        assert job.id is not None
-        now_wall = self.clock.now()
+    async def _submit_inner(self, job: JobRecord, estimate: int) -> None:
+        st = self.state
         if job.idem_key and not job.run_id:
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
         else:
             attempt = job.attempts + 1
-            key = idem_key(job.key, attempt, self.batch.name)
+            key = idem_key(job.key, attempt, st.batch.name)
         try:
-            api_input = self.materialize(store.job_input(job))
+            api_input = self.materialize(dict(job.input))
         except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
-            self.budget.release(job.id)
-            self._move(
-                job, JobState.FAILED, last_error=str(exc), error_code="input", finished_at=now_wall
-            )
+            await self._failed(job, exc, self._decide(job, exc), code="input")
             return
-        moved = self._move(
+        moved = await st.move(
             job,
             JobState.SUBMITTING,
             detail={"attempt": attempt, "idem_key": key},
@@ -136,35 +145,33 @@ class Submitter(EngineBase):
             estimate_micro_usd=estimate,
         )
         if moved is None:
-            self.budget.release(job.id)
+            st.budget.release(job.id)
             return
         job = moved
-        assert job.id is not None
-        possible, lost_at = ledger.possible_for_key(self.db, job.id, key)
-        sent_at = self.clock.now()
+        possible, lost_at = await st.store.possible_for_key(job.id, key)
+        sent_at = st.clock.now()
         try:
             run = await self.client.create_run(
-                self.batch.model, api_input, idempotency_key=key, priority=1
+                st.batch.model, api_input, idempotency_key=key, priority=1
             )
         except RunbaseError as exc:
             if isinstance(exc, InvalidRequest) and exc.status == 413:  # name the image
-                message = too_large_message(exc.message, store.job_input(job), api_input)
+                message = too_large_message(exc.message, dict(job.input), api_input)
                 exc = InvalidRequest(message, code=exc.code, status=413)
-            self._submit_failed(job, exc)
+            await self._submit_failed(job, exc)
             return
         self._unreachable = 0
         cost = run.cost_micro_usd
         if cost is None:
             cost = estimate
-        assert job.id is not None
-        self.budget.settle(job.id, cost, estimate)
+        st.budget.settle(job.id, cost, estimate)
         rows = [LedgerEntry("charge", cost, run.id)]
         if possible > 0:
             threshold = min((lost_at + sent_at) / 2, sent_at - CREATED_AT_PRECISION_S)
             if _created_before(run.created_at, threshold):
                 why = f"settled: run {run.id} was made by the POST whose answer was lost"
                 rows.append(LedgerEntry("possible", -possible, run.id, why))
-                self.budget.settle_possible(possible)
+                st.budget.settle_possible(possible)
             else:
                 log.warning(
                     "job %s: the resend made a new run %s (the service ignored the "
@@ -173,114 +180,131 @@ class Submitter(EngineBase):
                     run.id,
                     possible / 1e6,
                 )
-        mono = self.clock.monotonic()
-        recorded = self._move(
+        mono = st.clock.monotonic()
+        recorded = await st.move(
             job,
             JobState.RUNNING,
             detail={"run_id": run.id, "cost_micro_usd": cost},
-            ledger_rows=rows,
+            ledger=rows,
             run_id=run.id,
             cost_micro_usd=cost,
-            submitted_at=self.clock.now(),
+            submitted_at=st.clock.now(),
             errors=0,
             last_error=None,
             error_code=None,
         )
         if recorded is None:
             log.error("job %s: run %s created but the job changed meanwhile", job.key, run.id)
-            charges.record(self.db, job, rows, self.clock.now())
+            await st.store.record_ledger(job, rows, at=st.clock.now())
             return
-        act = ActiveRun(recorded, self._cls(recorded), submitted=mono)
-        self._add_running(act, mono)
+        act = ActiveRun(recorded, st.run_class(recorded), submitted=mono)
+        self.poller.add_running(act)
         if run.status in ("succeeded", "failed"):  # an idempotent replay of a finished run
-            self._on_run(act, run)
+            await self.poller.on_run(act, run)
 
-    def _submit_failed(self, job: Job, exc: RunbaseError) -> None:
-        assert job.id is not None
-        now_wall = self.clock.now()
-        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
-        if isinstance(exc, InvalidRequest):
-            self.budget.release(job.id)
-            self._move(job, JobState.FAILED, idem_key=None, finished_at=now_wall, **err)
-        elif exc.stops_batch or exc.stops_submitting:
-            # Answered with a refusal: nothing was created. Back in the queue for later.
-            self.budget.release(job.id)
-            self._move(job, JobState.QUEUED, **err)
-            self.stop("account", f"account: {exc}", hard=exc.stops_batch)
-        elif isinstance(exc, TransportError) and exc.sent:
-            self._unreachable = 0
-            self._in_doubt(job, exc)
-        elif isinstance(exc, TransportError):
-            self._refused(job, exc)
+    def _decide(self, job: JobRecord, exc: BaseException) -> Decision:
+        """``retry.decide`` for a failed submission of ``job``."""
+        now = self.state.clock.monotonic()
+        since = self._unreachable_since if self._unreachable else now
+        attempt = Attempt(
+            failures=job.errors,
+            attempts=job.attempts,
+            refused_in_a_row=self._unreachable,
+            refused_for_s=now - since,
+        )
+        try:
+            return decide(exc, attempt, Stage.SUBMIT, self.state.retry)
+        except ValueError:  # not ours (a ValueError of the input): the job cannot be sent
+            return Decision(Action.FAIL_JOB)
+
+    async def _submit_failed(self, job: JobRecord, exc: RunbaseError) -> None:
+        """The POST failed: ``decide`` says what happens to the job and the batch."""
+        st = self.state
+        decision = self._decide(job, exc)
+        refused = isinstance(exc, TransportError) and not exc.sent
+        if refused:  # could not even connect: nothing was sent, not this job's fault
+            if self._unreachable == 0:
+                self._unreachable_since = st.clock.monotonic()
+            self._unreachable += 1
         else:
             self._unreachable = 0
-            # A 429 storm, or a 5xx (a run may exist: its reservation stays held).
-            # Again later with the same key.
-            if not isinstance(exc, ServerError):
-                self.budget.release(job.id)
-            counts = not isinstance(exc, RateLimited)  # a 429 storm is not the job's fault
-            errors = job.errors + (1 if counts else 0)
-            if errors >= self.cfg.max_attempts:
-                self.budget.release(job.id)
-                self._move(job, JobState.FAILED, finished_at=now_wall, errors=errors, **err)
-                return
-            delay = self.retry.delay(errors - 1 if counts else 0)
-            moved = self._move(
-                job, JobState.QUEUED, errors=errors, next_attempt_at=now_wall + delay, **err
-            )
-            if moved is not None:
-                self._requeue(moved, delay)
+        if decision.maybe_charged:  # sent, no answer: it may have created a run
+            await self._in_doubt(job, exc, decision)
+        elif decision.action in (Action.RETRY, Action.STOP_SUBMITTING):
+            await self._again(job, exc, decision)
+        elif decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
+            st.budget.release(job.id)
+            await st.move(job, JobState.QUEUED, last_error=str(exc), error_code=exc.code)
+            if refused:
+                lasted = st.clock.monotonic() - self._unreachable_since
+                st.stop(
+                    "interrupted",
+                    f"cannot reach the API for {lasted:.0f}s ({exc}); nothing was sent: "
+                    "resume when it is reachable",
+                    hard=True,
+                )
+            else:
+                st.stop("account", f"account: {exc}", hard=True)
+        else:
+            await self._failed(job, exc, decision, code=exc.code)
 
-    def _refused(self, job: Job, exc: RunbaseError) -> None:
-        """Could not even connect (refused, DNS): nothing was sent, and it is not this
-        job's fault, so it costs no attempt. If it lasts, the service (or our network) is
-        down: stop, resumable, rather than fail every job of the batch in turn."""
-        assert job.id is not None
-        now = self.clock.monotonic()
-        if self._unreachable == 0:
-            self._unreachable_since = now
-        self._unreachable += 1
-        self.budget.release(job.id)
-        err: dict[str, Any] = {"last_error": str(exc), "error_code": exc.code}
-        lasted = now - self._unreachable_since
-        if self._unreachable >= self.cfg.max_attempts and lasted >= self.cfg.unreachable_s:
-            self._move(job, JobState.QUEUED, **err)
-            self.stop(
-                "interrupted",
-                f"cannot reach the API for {lasted:.0f}s ({exc}); nothing was sent: "
-                "resume when it is reachable",
-                hard=True,
-            )
+    async def _failed(
+        self, job: JobRecord, exc: BaseException, decision: Decision, *, code: str | None
+    ) -> None:
+        """The job fails for good (a refused request or input, its tries used up)."""
+        st = self.state
+        st.budget.release(job.id)
+        now = st.clock.now()
+        changes: JobChanges = {"finished_at": now, "last_error": str(exc), "error_code": code}
+        if isinstance(exc, InvalidRequest):
+            changes["idem_key"] = None  # refused as asked: no run was made with that key
+        elif isinstance(exc, RunbaseError) and decision.counted:
+            changes["errors"] = job.errors + 1  # the last of its transient failures
+        await st.move(job, JobState.FAILED, **changes)
+
+    async def _again(self, job: JobRecord, exc: RunbaseError, decision: Decision) -> None:
+        """Back in the queue with the same key: again after ``decision.delay_s``, or (the
+        account refused it) for a later run, as ``stop`` ends this one's submissions."""
+        st = self.state
+        # A 5xx may have created a run: its reservation stays held; nothing else could.
+        if not isinstance(exc, ServerError) or decision.action is Action.STOP_SUBMITTING:
+            st.budget.release(job.id)
+        changes: JobChanges = {"last_error": str(exc), "error_code": exc.code}
+        if decision.action is Action.STOP_SUBMITTING:
+            await st.move(job, JobState.QUEUED, **changes)
+            st.stop("account", f"account: {exc}")
             return
-        delay = self.retry.delay(min(self._unreachable - 1, 8))
-        moved = self._move(job, JobState.QUEUED, next_attempt_at=self.clock.now() + delay, **err)
+        delay = decision.delay_s
+        changes["errors"] = job.errors + (1 if decision.counted else 0)
+        changes["next_attempt_at"] = st.clock.now() + delay
+        moved = await st.move(job, JobState.QUEUED, **changes)
         if moved is not None:
-            self._requeue(moved, delay)
+            st.requeue(moved, delay)
 
-    def _in_doubt(self, job: Job, exc: RunbaseError) -> None:
-        assert job.id is not None
+    async def _in_doubt(self, job: JobRecord, exc: RunbaseError, decision: Decision) -> None:
+        st = self.state
         errors = job.errors + 1
         # Sent, no answer: it may have created and charged a run. Counted as charged.
-        amount = self.budget.lost(job.id, job.estimate_micro_usd)
+        amount = st.budget.lost(job.id, job.estimate_micro_usd)
         rows = [LedgerEntry("possible", amount, None, f"POST answer lost ({exc})")]
-        moved = self._move(
+        moved = await st.move(
             job,
             JobState.IN_DOUBT,
             detail={"why": str(exc)},
-            ledger_rows=rows,
+            ledger=rows,
             errors=errors,
             last_error=str(exc),
             error_code=exc.code,
         )
         if moved is None:
-            charges.record(self.db, job, rows, self.clock.now())
+            await st.store.record_ledger(job, rows, at=st.clock.now())
             return
-        self.in_doubt_seen.add(job.id)
-        if self.cfg.in_doubt == "hold" or errors >= self.cfg.max_attempts:
-            self._held[job.id] = moved
+        st.in_doubt_seen.add(job.id)
+        if decision.action is Action.HOLD:
+            st.held[job.id] = moved
         else:
-            self._queued_ids.add(job.id)
-            self._defer(moved, self.clock.monotonic() + self.retry.delay(errors - 1))
+            st.queued_ids.add(job.id)
+            st.defer(moved, st.clock.monotonic() + decision.delay_s)
 
 
 def _created_before(created_at: str | None, threshold: float) -> bool:

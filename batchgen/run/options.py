@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from yarl import URL
 
@@ -145,51 +145,60 @@ def check_base_url(options: RunOptions) -> str:
     that aiohttp takes, with no credentials in it, and https unless the host is loopback
     or ``allow_insecure`` is set (the key would cross the network in clear)."""
     url = base_url_from(options.base_url, os.environ)
-    from_flag = bool(options.base_url)
-    where = "--base-url" if from_flag else "$RUNBASE_BASE_URL"
-    file = "<command line>" if from_flag else "<environment>"
-    shown = mask_url(url)
+    problem = _base_url_problem(url, allow_insecure=options.allow_insecure)
+    if problem is None:
+        return url
+    where = "--base-url" if options.base_url else "$RUNBASE_BASE_URL"
+    file = "<command line>" if options.base_url else "<environment>"
+    message, fix = problem
+    raise UsageError([Problem(file=file, message=f"{where} {mask_url(url)!r} {message}", fix=fix)])
 
-    def refuse(message: str, fix: str) -> UsageError:
-        return UsageError([Problem(file=file, message=f"{where} {shown!r} {message}", fix=fix)])
 
+def _base_url_problem(url: str, *, allow_insecure: bool) -> tuple[str, str] | None:
+    """(what is wrong, the fix) for the first rule ``url`` breaks, in the order a user
+    would fix them; None when it is a base URL we may send the key to."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port that is not a number or out of range
-        host = parts.hostname
     except ValueError:
-        parts, port, host = None, None, None
+        parts, port = None, None
     if url != url.rstrip("\r\n"):
-        raise refuse(
+        return (
             "ends with a line break or carriage return (a file with Windows line endings?)",
             "remove it (dos2unix FILE, or load the file with tr -d '\\r')",
         )
     if parts is not None and (parts.username is not None or parts.password is not None):
-        raise refuse(
+        return (
             "has credentials in it (user:password@)",
             "remove them: the API takes only the key from $RUNBASE_API_KEY",
         )
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not host
-        or port == 0
-        or parts.query
-        or parts.fragment
-        or any(c.isspace() or not c.isprintable() for c in url)
-        or not _aiohttp_takes(url)
-    ):
-        raise refuse(
+    if parts is None or not _is_base_url(url, parts.scheme, parts.hostname, port, parts):
+        return (
             "is not an API base URL",
             f"give one like {DEFAULT_BASE_URL} (http or https, a host, no query)",
         )
-    if parts.scheme == "http" and not is_loopback_host(host) and not options.allow_insecure:
-        raise refuse(
+    if parts.scheme == "http" and not allow_insecure and not is_loopback_host(parts.hostname or ""):
+        return (
             "is plain http to a host that is not loopback: the API key would cross "
             "the network unencrypted",
             "use https, or add --allow-insecure if you really mean it",
         )
-    return url
+    return None
+
+
+def _is_base_url(
+    url: str, scheme: str, host: str | None, port: int | None, parts: SplitResult
+) -> bool:
+    """http(s), a host, no port 0, no query or fragment, printable, and taken by aiohttp."""
+    return (
+        scheme in ("http", "https")
+        and bool(host)
+        and port != 0
+        and not parts.query
+        and not parts.fragment
+        and not any(c.isspace() or not c.isprintable() for c in url)
+        and _aiohttp_takes(url)
+    )
 
 
 def _aiohttp_takes(url: str) -> bool:

@@ -31,7 +31,7 @@ from batchgen.errors import Problem, UsageError
 from batchgen.files import outputs
 from batchgen.manifest.loader import LoadedManifest, Overrides, load_manifest
 from batchgen.run.options import RunOptions, check_out_dir
-from batchgen.store import batches
+from batchgen.store import batches, commands
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch
 
@@ -118,12 +118,12 @@ def ready_batch(
     batch_id = batch.id
     assert batch_id is not None
     if uncancel and batch.canceled:
-        store.uncancel(db, batch_id, now=clock.now())
+        commands.uncancel(db, batch_id, now=clock.now())
         batch = store.get_batch(db, batch_id)
     again = pay_again_ids(db, batch_id, requeue.pay_again)  # exit 2 before any write
     store.touch_batch(db, batch_id, clock.now())  # `resume` picks it
     if requeue.failed or requeue.in_doubt or again:
-        done = store.requeue(
+        done = commands.requeue(
             db,
             batch_id,
             failed=requeue.failed,

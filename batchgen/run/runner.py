@@ -10,7 +10,8 @@ The order of one run, and why:
    new ``run``, re-queue on ``retry`` (``batchgen.run.prepare``).
 5. Resolve the settings (``batchgen.settings``: command line, environment, the batch),
    recover (jobs left ``submitting`` become ``in_doubt``), seed the poll schedule
-   from runs that already finished, and hand over to ``RunEngine``.
+   from runs that already finished, and hand over to ``RunEngine`` with the SQLite
+   ``JobStore`` (its writes drained before the summary is read).
 6. Whatever happened, build the ``RunSummary`` and call ``finished`` on every
    observer (log, summary file, metrics, notification, live report;
    ``batchgen.run.summary``).
@@ -22,6 +23,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.settings import StoredBatch, command_line_problems, resolve_settings, stored_settings
 from batchgen.store import batches, ledger
 from batchgen.store.schema import Batch, open_db
+from batchgen.store.sqlite_store import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +319,9 @@ class _Run:
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with (
+            # the engine's one way to the database, committing in its own writer thread;
+            # closed last: drained (every write landed) before the summary is read
+            aclosing(SqliteStore(self.db)) as job_store,
             aiohttp.ClientSession(timeout=timeout) as files,
             RunbaseClient(
                 settings.base_url,
@@ -326,12 +332,13 @@ class _Run:
                 clock=self.clock,
             ) as client,
         ):
+            record = await job_store.batch(batch.id)
             engine = RunEngine(
-                self.db,
-                batch,
+                job_store,
+                record,
                 client=client,
                 limiter=limiter,
-                collect=make_collect(files, batch, out_dir=out_dir, clock_now=self.clock.now),
+                collect=make_collect(files, record, out_dir=out_dir, clock_now=self.clock.now),
                 materialize=materialize,
                 config=EngineConfig(
                     concurrency=concurrency,

@@ -12,23 +12,27 @@ import aiohttp
 
 from batchgen.engine.collect import make_collect
 from batchgen.files.sidecar import read_sidecar
+from batchgen.store.records import BatchRecord, JobRecord
 from batchgen.store.schema import Batch, Job
+from batchgen.store.sqlite_store import batch_record, job_record
 from tests.support.files import Fault, FileServer
 
 
-def batch(out: Path, template: str) -> Batch:
-    return Batch(
-        id=1,
-        name="demo",
-        model="bytedance/seedance-1-pro",
-        manifest_path="m.yaml",
-        manifest_sha256="0" * 64,
-        out_dir=str(out),
-        filename_template=template,
+def batch(out: Path, template: str) -> BatchRecord:
+    return batch_record(
+        Batch(
+            id=1,
+            name="demo",
+            model="bytedance/seedance-1-pro",
+            manifest_path="m.yaml",
+            manifest_sha256="0" * 64,
+            out_dir=str(out),
+            filename_template=template,
+        )
     )
 
 
-def job(**kw: Any) -> Job:
+def job(**kw: Any) -> JobRecord:
     fields: dict[str, Any] = {
         "id": 5,
         "batch_id": 1,
@@ -43,7 +47,7 @@ def job(**kw: Any) -> Job:
         "submitted_at": 1.0,
     }
     fields.update(kw)
-    return Job(**fields)
+    return job_record(Job(**fields))
 
 
 async def test_collect_names_files_writes_sidecars_and_returns_fields(
@@ -67,8 +71,8 @@ async def test_collect_names_files_writes_sidecars_and_returns_fields(
     assert sorted(os.listdir(out)) == [name, name + ".json"]
     assert refreshed == 1
     digest = hashlib.sha256(mp4_16x9).hexdigest()
-    assert json.loads(fields["output_paths_json"]) == [name]
-    assert json.loads(fields["checksums_json"]) == [digest]
+    assert fields["output_paths"] == (name,)
+    assert fields["checksums"] == (digest,)
     # a 64x36 file where the model's default resolution (1080p) was asked: kept, and said
     assert fields["media_note"] == "frame 64x36 is not 1080p (1920x1080) as asked"
     side = read_sidecar(out / name)
@@ -93,7 +97,8 @@ async def test_a_video_unlike_what_was_asked_is_kept_recorded_and_said(
         with caplog.at_level("WARNING", logger="batchgen"):
             fields = await collect(job(input_json=portrait), [server.url("a.mp4")], refresh)
     name = "004-3f2a9c0d4e.mp4"
-    assert fields["media_note"] and "9:16" in fields["media_note"]
+    note = fields.get("media_note")
+    assert note and "9:16" in note
     assert read_sidecar(out / name)["media_note"] == fields["media_note"]
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert said == [f"job #4: {name} is not what was asked: {fields['media_note']}"]

@@ -18,6 +18,7 @@ from batchgen.events import RequestEvent, RunSummary, TransitionEvent
 from batchgen.retry import RetryPolicy
 from batchgen.sim import Simulator
 from batchgen.states import JobState
+from batchgen.store import commands
 from batchgen.store import jobs as store
 from batchgen.store.schema import Job
 from tests.support.engine import (
@@ -282,7 +283,7 @@ async def test_in_doubt_hold_waits_for_retry_then_resends_the_same_key(tmp_path)
         outcome, _ = await drive.run()
         assert outcome.exit_code == ExitCode.JOBS_FAILED and "in doubt" in outcome.reason
         assert jobs_by_state(db, bid(batch)) == {"succeeded": 2, "in_doubt": 1}
-        store.requeue(db, bid(batch), failed=False, in_doubt=True, now=0)
+        commands.requeue(db, bid(batch), failed=False, in_doubt=True, now=0)
         outcome, _ = await drive.run()
         st = sim.stats()
     assert outcome.exit_code == ExitCode.OK
@@ -298,7 +299,7 @@ async def test_cancel_from_elsewhere_is_noticed_and_paid_runs_still_finish(tmp_p
         async def cancel_soon(engine):
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
-            store.cancel(db, bid(batch), abandon=False, now=0)
+            commands.cancel(db, bid(batch), abandon=False, now=0)
 
         outcome, _ = await drive.run(during=cancel_soon)
         st = sim.stats()
@@ -361,7 +362,7 @@ async def test_small_pages_reach_every_job_and_a_sweep_finds_jobs_requeued_behin
         async def requeue_behind(engine):
 
             await wait_for(lambda: engine.counts.get("succeeded", 0) >= 10)
-            store.requeue(db, bid(batch), failed=True, in_doubt=False, now=0)
+            commands.requeue(db, bid(batch), failed=True, in_doubt=False, now=0)
 
         outcome, _ = await drive.run(during=requeue_behind)
         st = sim.stats()
@@ -411,7 +412,8 @@ async def test_a_big_batch_is_paged_never_loaded_whole(tmp_path):
 
             for _ in range(20):
                 await asyncio.sleep(0.05)
-                held.append(len(engine._ready) + len(engine._later) + len(engine._queued_ids))
+                st = engine.state
+                held.append(len(st.ready) + len(st.later) + len(st.queued_ids))
             await wait_for(lambda: engine.counts.get("succeeded", 0) >= 4)
             engine.stop("interrupted", "enough")
 
@@ -560,7 +562,7 @@ async def test_cancel_abandon_gives_up_the_paid_runs_too(tmp_path):
         async def abandon_soon(engine: Any) -> None:
 
             await wait_for(lambda: engine.counts.get("running", 0) >= 3)
-            store.cancel(db, bid(batch), abandon=True, now=0)
+            commands.cancel(db, bid(batch), abandon=True, now=0)
 
         outcome, _ = await drive.run(during=abandon_soon)
         st = sim.stats()

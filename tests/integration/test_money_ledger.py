@@ -14,6 +14,7 @@ from batchgen.events import RunSummary
 from batchgen.run.runner import arun_batch
 from batchgen.sim import DEFAULT_KEY, SimConfig, Simulator
 from batchgen.states import JobState
+from batchgen.store import commands
 from batchgen.store import jobs as store
 from batchgen.store.batches import find_batch
 from batchgen.store.schema import Job, open_db
@@ -54,7 +55,7 @@ async def test_a_rerun_after_cancel_abandon_fetches_the_paid_runs_and_pays_nothi
         db = open_db(db_path)
         batch_id = find_batch(db, "sweep").id
         assert batch_id is not None
-        store.cancel(db, batch_id, abandon=True, now=time.time())
+        commands.cancel(db, batch_id, abandon=True, now=time.time())
         await asyncio.wait_for(first, 20)
         sim.config.hold_polls = False
         runs: list[RunSummary] = []
@@ -193,11 +194,11 @@ def test_run_after_cancel_polls_paid_runs_listed_or_not_and_keeps_doubt(tmp_path
     doubt_moved = store.move(db, doubt, JobState.SUBMITTING, attempts=1, idem_key="b")
     assert doubt_moved is not None
     assert store.move(db, doubt_moved, JobState.IN_DOUBT) is not None
-    store.cancel(db, batch.id, abandon=True, now=time.time())
+    commands.cancel(db, batch.id, abandon=True, now=time.time())
     with Session(db) as s:  # the manifest no longer lists the paid job
         s.connection().exec_driver_sql("UPDATE job SET listed = 0 WHERE run_id = 'run_a'")
         s.commit()
-    assert store.uncancel(db, batch.id, now=time.time()) == 3
+    assert commands.uncancel(db, batch.id, now=time.time()) == 3
     with Session(db) as s:
         states = {j.id: j.state for j in s.exec(select(Job)).all()}
     assert [states[j.id] for j in (paid, doubt, queued)] == ["running", "in_doubt", "queued"]

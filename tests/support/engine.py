@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.sim import DEFAULT_KEY, SimConfig
 from batchgen.store import jobs as store
+from batchgen.store.records import JobChanges, JobRecord
 from batchgen.store.schema import Batch, Job, open_db
+from batchgen.store.sqlite_store import SqliteStore
 
 MODEL = "bytedance/seedance-1-pro"
 KEY = DEFAULT_KEY  # the key a simulator without configured keys accepts
@@ -80,7 +83,7 @@ def prompts(n: int, **extra: str) -> list[dict[str, Any]]:
 def simple_collect(session: aiohttp.ClientSession, out_dir: Path) -> Any:
     """A minimal collect step: fetch the first URL (refreshing on 403), write atomically."""
 
-    async def collect(job: Job, urls: list[str], refresh: Any) -> dict[str, Any]:
+    async def collect(job: JobRecord, urls: list[str], refresh: Any) -> JobChanges:
         for _ in range(5):
             async with session.get(urls[0]) as resp:
                 if resp.status == 403:
@@ -94,8 +97,8 @@ def simple_collect(session: aiohttp.ClientSession, out_dir: Path) -> Any:
             tmp.write_bytes(data)
             tmp.replace(path)
             return {
-                "output_paths_json": json.dumps([path.name]),
-                "checksums_json": json.dumps([hashlib.sha256(data).hexdigest()]),
+                "output_paths": (path.name,),
+                "checksums": (hashlib.sha256(data).hexdigest(),),
             }
         raise RuntimeError("URLs keep expiring")
 
@@ -127,12 +130,13 @@ class Drive:
             spent_micro_usd=store.spent_micro_usd(self.db, self.batch.id),
         )
         async with (
+            aclosing(SqliteStore(self.db)) as job_store,
             aiohttp.ClientSession() as files,
             RunbaseClient(self.base_url, self.key, limiter=limiter, timeout_s=5) as client,
         ):
             engine = RunEngine(
-                self.db,
-                store.get_batch(self.db, self.batch.id),
+                job_store,
+                await job_store.batch(self.batch.id),
                 client=client,
                 limiter=limiter,
                 collect=self.collect or simple_collect(files, self.out_dir),
