@@ -42,6 +42,7 @@ PYTEST_WORKERS ?= 4
 
 test: lint
 	bash tests/ensure_chromium.sh
+	bash tests/ensure_postgres.sh
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not serial"
 	$(BIN)/pytest -q -m serial
 

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
+from tests.support.postgres import (
+    PostgresUnavailable,
+    TestServer,
+    given_server,
+    shared_server,
+    start_server,
+)
+
+# Read before the caller's BATCHGEN_ variables are cleared below: a PostgreSQL server to
+# use instead of starting one (a URL; the tests create and drop their schemas in it).
+# Carried to the xdist workers under a name the clearing below leaves alone (they
+# inherit this process's cleared environment).
+_TEST_POSTGRES = os.environ.get("BATCHGEN_TEST_POSTGRES") or os.environ.get(
+    "PYTEST_BATCHGEN_POSTGRES", ""
+)
+if _TEST_POSTGRES:
+    os.environ["PYTEST_BATCHGEN_POSTGRES"] = _TEST_POSTGRES
 # The suite must behave the same from a terminal, cron, CI or `env -i`: nothing of the
 # caller's shell may reach batchgen, in this process (CliRunner) or in the children that
 # inherit os.environ. A test that wants a terminal, a width or a locale sets it itself.
@@ -32,6 +52,59 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 @pytest.fixture
 def api_key() -> str:
     return "sk-test-0123456789abcdef"
+
+
+def _no_postgres(exc: PostgresUnavailable) -> NoReturn:
+    message = f"no PostgreSQL for the tests: {exc}"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # a worker cannot end the run cleanly (xdist reports an internal error): its
+        # PostgreSQL tests fail, each with this one line
+        pytest.fail(message, pytrace=False)
+    pytest.exit(message, returncode=3)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A server named by ``$BATCHGEN_TEST_POSTGRES`` that does not answer stops the run
+    at once, with one line, before any worker starts."""
+    if _TEST_POSTGRES and not os.environ.get("PYTEST_XDIST_WORKER"):
+        try:
+            given_server(_TEST_POSTGRES)
+        except PostgresUnavailable as exc:
+            _no_postgres(exc)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TestServer]:
+    """One real PostgreSQL server for the session (started on first use, stopped at the
+    end), or the one ``$BATCHGEN_TEST_POSTGRES`` names. None to be had stops the run
+    with one line: a PostgreSQL test is never skipped or mocked."""
+    # the workers of a parallel run (xdist) share one server; their controller is the
+    # process whose end makes it an orphan
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    with contextlib.ExitStack() as stack:
+        try:
+            if _TEST_POSTGRES:
+                server = given_server(_TEST_POSTGRES)
+                stack.callback(server.stop)
+            elif run:
+                server = stack.enter_context(shared_server(run, os.getppid()))
+            else:
+                server = start_server()
+                stack.callback(server.stop)
+        except PostgresUnavailable as exc:
+            _no_postgres(exc)
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: TestServer) -> Iterator[str]:
+    """A fresh, empty schema of its own for each test (dropped after it): the URL's
+    connections see nothing else."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)
 
 
 _TIERS = ("unit", "integration", "acceptance")

@@ -89,8 +89,9 @@ class JobStore(Protocol):
         self, batch_id: int, *, after: tuple[int, int] = (-1, -1), limit: int
     ) -> list[JobRecord]:
         """The next ``limit`` listed queued jobs after the cursor ``(idx, id)``, in
-        ``(idx, id)`` order: the jobs to submit. Reading one claims nothing: the claim
-        is ``record_intent``'s check-and-set."""
+        ``(idx, id)`` order: the jobs to submit. The claim that counts is
+        ``record_intent``'s check-and-set; a store shared by several workers
+        (``PostgresStore``) also leases the page to this one, so that the others skip it."""
         ...
 
     # ------------------------------------------------------------ moving jobs

@@ -1,4 +1,5 @@
-"""The ``JobStore`` contract, run against every implementation (SQLite file, memory).
+"""The ``JobStore`` contract, run against every implementation (SQLite file, memory,
+PostgreSQL).
 
 What the engine relies on: check-and-set moves (a stale move changes nothing and
 returns None), the transition table enforced, ledger rows written with their move
@@ -28,9 +29,11 @@ from batchgen.states import JobState
 from batchgen.store import jobs as job_sql
 from batchgen.store.interface import JobStore
 from batchgen.store.memory import InMemoryStore
+from batchgen.store.pg.store import PostgresStore
 from batchgen.store.records import BatchFlags, JobRecord, LedgerEntry, RunTimes
 from batchgen.store.schema import Batch, Charge, Event, Job, open_db
 from batchgen.store.sqlite_store import SqliteStore, job_record
+from tests.support.pgkit import PostgresKit
 
 Q, S, D, R, DL, OK, F, C = (
     JobState.QUEUED,
@@ -154,9 +157,20 @@ class SqliteKit(Kit):
             return [(c.kind, c.amount_micro_usd, c.run_id, c.attempt, c.idem_key) for c in rows]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+class PgKit(PostgresKit, Kit):
+    pass
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
-    made: Kit = MemoryKit() if request.param == "memory" else SqliteKit(tmp_path / "state.db")
+    made: Kit
+    if request.param == "memory":
+        made = MemoryKit()
+    elif request.param == "sqlite":
+        made = SqliteKit(tmp_path / "state.db")
+    else:  # a real server, started on the first postgres case (tests/conftest.py)
+        url = request.getfixturevalue("postgres_url")
+        made = PgKit(url, await PostgresStore.open(url))
     yield made
     await made.store.aclose()
 

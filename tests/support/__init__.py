@@ -15,4 +15,6 @@
 - `secrets`, `terminal`: planted secrets, hostile text, and checks that neither leaks.
 - `ratelimit`: counting requests in sliding windows.
 - `waiting`: waiting on a condition with a deadline instead of a fixed sleep.
+- `postgres`: a real PostgreSQL server for the tests (throwaway, shared by xdist workers).
+- `pgkit`: a PostgreSQL store's rows set up and read beside the store (contract, leases).
 """

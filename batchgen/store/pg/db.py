@@ -1,0 +1,99 @@
+"""Reaching a PostgreSQL state database: its URL, the schema, and its errors as ours.
+
+The schema is SQLite's (schema version 3: ``batch``, ``job``, ``event``, the spend
+ledger ``charge`` with each row's key fingerprint) plus the claim columns of ``job``
+(owner, lease, epoch) and the ``worker`` table. Workers starting together create it
+once: the creation holds a transaction-scoped advisory lock.
+
+A password in a ``postgresql://`` URL never reaches an output: ``masked`` is the only
+form of the URL that messages carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from batchgen.errors import BatchgenError, StateError, StateWriteError
+from batchgen.store.pg.queries import query
+from batchgen.store.reader import SCHEMA_VERSION
+
+__all__ = ["connect", "ensure_schema", "is_postgres_url", "masked", "pg_failure"]
+
+#: a connection whose rows are dicts (column -> value)
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def is_postgres_url(text: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def masked(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def pg_failure(exc: BaseException, url: str) -> BatchgenError | None:
+    """``exc`` as ours: a lost connection, a server down or out of space can be resumed
+    later (``StateWriteError``, 75); any other refusal is ``StateError`` (2). None when
+    it did not come from PostgreSQL."""
+    if isinstance(exc, BatchgenError):
+        return exc
+    if not isinstance(exc, psycopg.Error):
+        return None
+    where = f"state database {masked(url)}"
+    first = str(exc).strip().splitlines()
+    reason = " ".join(first[0].split()) if first else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.DiskFull):
+        return StateWriteError(
+            f"{where}: cannot write ({reason}); stopped: once the server answers, `batchgen resume`"
+        )
+    return StateError(f"{where}: cannot use it ({reason}); check --db (or $BATCHGEN_DB)")
+
+
+async def connect(url: str) -> Conn:
+    """An autocommit connection (each write opens its own transaction block)."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, row_factory=dict_row, connect_timeout=10
+        )
+    except psycopg.Error as exc:
+        failure = pg_failure(exc, url)
+        assert failure is not None
+        raise failure from None
+
+
+async def ensure_schema(conn: Conn, url: str) -> None:
+    """Create the schema if the database has none; refuse one of a newer batchgen."""
+    async with conn.transaction():
+        await conn.execute(query("lock_schema"))
+        cur = await conn.execute(query("has_meta"))
+        row = await cur.fetchone()
+        if row is None or not next(iter(row.values())):
+            await conn.execute(query("create_schema"))
+            await conn.execute(query("set_schema_version"), {"version": str(SCHEMA_VERSION)})
+            return
+        cur = await conn.execute(query("schema_version"))
+        got = await cur.fetchone()
+    version = int(got["value"]) if got else 0
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state database {masked(url)} has schema version {version}, newer than this "
+            f"batchgen knows ({SCHEMA_VERSION}): upgrade batchgen"
+        )
+    if version < SCHEMA_VERSION:
+        # PostgreSQL stores start at version 3; a lower one is not ours
+        raise StateError(f"{masked(url)}: not a batchgen state database; left untouched")
