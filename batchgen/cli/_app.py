@@ -17,6 +17,7 @@ from batchgen.redact import RedactingFormatter
 from batchgen.runbase.ratelimit import rate_from_text
 from batchgen.settings import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.store.target import refuse_postgres
 from batchgen.textsafe import printable_lines
 
 app = typer.Typer(
@@ -38,6 +39,8 @@ used_db: list[Path] = []
 
 
 def _remember_db(path: Path) -> Path:
+    # a postgresql:// URL taken as a path would become a folder "postgresql:": exit 2
+    refuse_postgres(path)
     used_db[:] = [path]
     return path
 

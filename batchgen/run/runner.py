@@ -71,6 +71,7 @@ from batchgen.settings import StoredBatch, command_line_problems, resolve_settin
 from batchgen.store import batches, ledger
 from batchgen.store.schema import Batch, open_db
 from batchgen.store.sqlite_store import SqliteStore
+from batchgen.store.target import refuse_postgres
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ async def _outcome(
     try:
         if problems:
             raise UsageError(problems)
+        # PostgreSQL is not driven by the runner yet: refused before the key is read
+        refuse_postgres(run.db_path)
         run.key = check_api_key(run.key or None)
         check_base_url(opts)
         return await run.execute(manifest, batch, retry_failed, retry_in_doubt, pay_again=pay_again)
