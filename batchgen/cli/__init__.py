@@ -14,7 +14,7 @@ import sys
 
 from typer.core import TyperCommand
 
-from batchgen.cli import manifest, report, run, sim  # noqa: F401  (they register commands)
+from batchgen.cli import db, manifest, report, run, sim  # noqa: F401  (they register commands)
 from batchgen.cli._app import Command, app, used_db
 from batchgen.errors import CommandError, ExitCode
 from batchgen.redact import redact_text
