@@ -9,7 +9,7 @@ classes marked ``(module)`` live in that module, next to the code that raises th
     │   ├── StateError               the state database is unusable: 2
     │   ├── LockHeldError            another batchgen holds the batch: 75
     │   ├── StateWriteError          a state write failed (disk full): 75, resumable
-    │   └── BudgetReached            an intent over the budget: 4 (batchgen.store.pg.rows)
+    │   └── BudgetReached            an intent over the budget: 4 (batchgen.store.records)
     ├── InputError (ValueError)      one input the user named cannot be used; the
     │   │                            manifest checks turn it into a UsageError problem
     │   ├── FileProblem              a values or rows file        (batchgen.manifest.files)

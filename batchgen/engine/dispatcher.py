@@ -51,7 +51,6 @@ from batchgen.engine.poll import Poller
 from batchgen.engine.schedule import DurationModel
 from batchgen.engine.state import (
     STOP_CODES,
-    ActiveRun,
     ApiClient,
     CollectStep,
     EngineConfig,
@@ -61,6 +60,7 @@ from batchgen.engine.state import (
     idem_key,
 )
 from batchgen.engine.submit import Submitter
+from batchgen.engine.takeover import known_ids, others_unfinished, recover
 from batchgen.errors import ExitCode
 from batchgen.events import Observer
 from batchgen.retry import RetryPolicy
@@ -130,6 +130,10 @@ class RunEngine:
         self._swept = False
         #: when the batch row was last read for ``batchgen cancel``
         self._flags_at = -1.0
+        #: when jobs of gone workers were last looked for (``takeover_every_s``)
+        self._takeover_at = -1.0
+        #: unfinished jobs of the batch that other workers hold (not ending before them)
+        self._others = 0
         #: ``cancel --abandon`` seen: running jobs are no longer polled
         self._abandon = False
 
@@ -185,6 +189,7 @@ class RunEngine:
                 if st.hard is not None or st.crash is not None:
                     break
                 await self._check_flags(now)
+                await self._take_over(now)
                 if self.deadline is not None and now >= self.deadline and not st.leaving:
                     st.stop("interrupted", "max runtime reached")
                 if st.leaving:
@@ -225,28 +230,19 @@ class RunEngine:
     # ------------------------------------------------------------ startup
 
     async def _recover(self) -> None:
+        await recover(self.state, self.poller)
+
+    async def _take_over(self, now: float) -> None:
+        """Every ``takeover_every_s`` (several workers on one batch): the jobs of a worker
+        whose lease ran out (``batchgen.engine.takeover``)."""
         st = self.state
-        now_wall = st.clock.now()
-        for job in await st.store.recover_submitting(st.batch.id, now=now_wall):
-            st.count(JobState.SUBMITTING, JobState.IN_DOUBT)
-            st.emit(job, JobState.SUBMITTING, JobState.IN_DOUBT, "found submitting")
-        mono = st.clock.monotonic()
-        for job in await st.store.load_active(st.batch.id):
-            state = job.state
-            if state is JobState.IN_DOUBT:
-                st.in_doubt_seen.add(job.id)
-                st.budget.reserve(job.id, job.estimate_micro_usd)
-                if st.cfg.in_doubt == "resubmit":
-                    st.resend.append(job)
-                else:
-                    st.held[job.id] = job
-            elif state in (JobState.RUNNING, JobState.DOWNLOADING):
-                age = max(0.0, now_wall - (job.submitted_at or now_wall))
-                act = ActiveRun(job, st.run_class(job), submitted=mono - age)
-                if state is JobState.RUNNING:
-                    self.poller.add_running(act)
-                else:
-                    st.downloading[job.id] = act
+        every = st.cfg.takeover_every_s
+        if every is None or st.leaving or now - self._takeover_at < every:
+            return
+        self._takeover_at = now
+        await recover(st, self.poller, skip=known_ids(st))
+        self._swept = False  # queued jobs a gone worker had claimed: sweep again
+        self._others = await others_unfinished(st)
 
     # ------------------------------------------------------------ the queue
 
@@ -316,7 +312,7 @@ class RunEngine:
             return not busy
         if st.stop_kind is None and self._has_submittable():
             return False
-        if st.stop_kind is None and not self._exhausted:
+        if st.stop_kind is None and (not self._exhausted or self._others):
             return False
         return not (busy or st.running or st.downloading)
 

@@ -82,7 +82,13 @@ class EngineConfig:
     download_concurrency: int = 4
     #: how often the batch row is re-read to notice ``batchgen cancel``
     flags_every_s: float = 1.0
+    #: queued jobs read (on PostgreSQL: claimed) at a time; several workers sharing a
+    #: batch want a small page, so that the work spreads between them
     page_size: int = 200
+    #: how often jobs left by a gone worker are looked for again (its leases ran out:
+    #: ``recover_submitting`` then ``load_active``); None: only at start, as on SQLite,
+    #: where the batch lock makes this process the batch's only one
+    takeover_every_s: float | None = None
     #: how long an interrupted run waits for the POST and downloads in flight
     grace_s: float = 30.0
     #: POSTs refused at connect (nothing sent) for at least this long and max_attempts

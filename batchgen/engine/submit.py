@@ -28,7 +28,7 @@ from batchgen.manifest.images import too_large_message
 from batchgen.retry import Action, Attempt, Decision, Stage, decide
 from batchgen.runbase.models import load_model
 from batchgen.states import JobState
-from batchgen.store.records import JobChanges, JobRecord, LedgerEntry
+from batchgen.store.records import BudgetReached, JobChanges, JobRecord, LedgerEntry
 
 log = logging.getLogger("batchgen.engine")
 
@@ -136,14 +136,23 @@ class Submitter:
         except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
             await self._failed(job, exc, self._decide(job, exc), code="input")
             return
-        moved = await st.move(
-            job,
-            JobState.SUBMITTING,
-            detail={"attempt": attempt, "idem_key": key},
-            attempts=attempt,
-            idem_key=key,
-            estimate_micro_usd=estimate,
-        )
+        try:
+            moved = await st.move(
+                job,
+                JobState.SUBMITTING,
+                detail={"attempt": attempt, "idem_key": key},
+                attempts=attempt,
+                idem_key=key,
+                estimate_micro_usd=estimate,
+            )
+        except BudgetReached as exc:
+            # the store refused the intent (PostgreSQL: the spend of every worker on the
+            # batch, summed in the intent's transaction): this worker's budget stop
+            st.budget.release(job.id)
+            if job.state is JobState.IN_DOUBT:
+                st.held[job.id] = job  # left in doubt, as a budget stop leaves it
+            st.stop("budget", str(exc))
+            return
         if moved is None:
             st.budget.release(job.id)
             return

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from batchgen.errors import CommandError, ExitCode
 from batchgen.states import JobState
 
 #: states whose jobs the engine holds in memory (``load_active`` returns them)
@@ -159,3 +160,12 @@ class RunTimes:
     input: Mapping[str, Any]
     created_at: str
     completed_at: str
+
+
+class BudgetReached(CommandError):
+    """An intent refused by the store: with it the batch's spend could pass its budget
+    (PostgreSQL checks it in the intent's transaction, for every worker at once). The
+    engine takes it as its budget stop (exit 4). Here, not in ``store.pg``, so the
+    engine can catch it without importing psycopg."""
+
+    exit_code = ExitCode.BUDGET

@@ -7,20 +7,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from batchgen.errors import CommandError, ExitCode
 from batchgen.states import JobState
 from batchgen.store.pg.queries import JSON_COLUMNS
-from batchgen.store.records import BatchRecord, JobRecord
+from batchgen.store.records import BatchRecord, BudgetReached, JobRecord
 
 __all__ = ["BudgetReached", "batch_record", "change_params", "job_record"]
 
 Row = Mapping[str, Any]
-
-
-class BudgetReached(CommandError):
-    """An intent refused: with it the batch's spend could pass its budget."""
-
-    exit_code = ExitCode.BUDGET
 
 
 def job_record(row: Row) -> JobRecord:
