@@ -22,6 +22,7 @@ from __future__ import annotations
 from batchgen.engine.poll import Poller
 from batchgen.engine.state import ActiveRun, EngineState
 from batchgen.states import TERMINAL, JobState
+from batchgen.store.records import JobRecord, LedgerEntry
 
 __all__ = ["known_ids", "others_unfinished", "recover"]
 
@@ -62,6 +63,13 @@ async def recover(st: EngineState, poller: Poller, *, skip: set[int] | None = No
     for job in await st.store.load_active(st.batch.id):
         if skip is not None and job.id in skip:
             continue
+        if job.state is JobState.SUBMITTING:
+            # its worker's lease ran out between the two reads: taken over still
+            # submitting; in doubt now, as recover_submitting would have left it
+            moved = await _in_doubt(st, job)
+            if moved is None:
+                continue
+            job = moved
         state = job.state
         if state is JobState.IN_DOUBT:
             st.in_doubt_seen.add(job.id)
@@ -77,3 +85,13 @@ async def recover(st: EngineState, poller: Poller, *, skip: set[int] | None = No
                 poller.add_running(act)
             else:
                 st.downloading[job.id] = act
+
+
+async def _in_doubt(st: EngineState, job: JobRecord) -> JobRecord | None:
+    why = "found submitting at startup: the POST may have charged a run"
+    return await st.move(
+        job,
+        JobState.IN_DOUBT,
+        detail={"why": "found submitting at startup", "idem_key": job.idem_key},
+        ledger=[LedgerEntry("possible", job.estimate_micro_usd, None, why)],
+    )
