@@ -60,8 +60,12 @@ class Collector:
         assert job.run_id is not None
         run_id = job.run_id
 
+        # fresh links come from the key that made the run (its run is not visible to others)
+        key = st.keys.for_job(job)
+        client = key.client if key is not None else self.client
+
         async def refresh() -> list[str]:
-            run = await self.client.get_run(run_id, priority=0)
+            run = await client.get_run(run_id, priority=0)
             act.urls = list(run.urls)
             return act.urls
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, Unpack
 
 from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
+from batchgen.engine.keys import KeyPool
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
 from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
@@ -139,6 +140,8 @@ class EngineState:
     retry: RetryPolicy
     clock: Clock
     observers: list[Observer]
+    #: the API keys, each with its client and limiter (``engine.keys``)
+    keys: KeyPool
 
     # ------------------------------------------------ the queue (queued jobs in memory)
     #: queued, due now, in idx order (the dispatcher pages them in, the submitter takes)

@@ -121,6 +121,8 @@ class Job(SQLModel, table=True):
     checksums_json: str = "[]"
     media_note: str | None = None  # decoder check mismatch, shown not hidden
     updated_at: float = Field(default_factory=time.time)
+    #: fingerprint of the key that created the run (never the key); None: before v4
+    key_fingerprint: str | None = None
 
 
 class Event(SQLModel, table=True):
@@ -281,6 +283,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "updated_at, 'migrated from schema 2: POST answer unknown' FROM job "
         "WHERE run_id IS NULL AND state = 'in_doubt'",
     ],
+    # the key pool: each job remembers the fingerprint of the key that created its run
+    4: ["ALTER TABLE job ADD COLUMN key_fingerprint VARCHAR"],
 }
 
 

@@ -64,6 +64,7 @@ CREATE TABLE job (
     checksums_json text NOT NULL DEFAULT '[]',
     media_note text,
     updated_at double precision NOT NULL,
+    key_fingerprint text,
     -- the claim: which worker holds the job, until when (database clock), and how many
     -- times it has been claimed (a write of an older claim matches no row)
     owner text,
