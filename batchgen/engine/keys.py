@@ -105,7 +105,7 @@ class KeyPool:
         if key is None:
             return None, f"its key {job.key_fingerprint} is not among the keys given"
         if key.revoked:
-            return None, f"its key {key.label} was refused (401: {key.refused})"
+            return None, f"its key {key.label} was refused ({key.refused})"
         return key, ""
 
     def refuse(self, key: PoolKey, why: str, *, revoked: bool = False) -> Stop:
