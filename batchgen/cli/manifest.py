@@ -233,7 +233,14 @@ def _status_dict(batch: status_store.BatchInfo, counts: status_store.BatchCounts
         "failures": [
             {"idx": f.idx, "key": f.key, "code": f.code, "error": f.error} for f in counts.failed
         ],
+        **({"keys": [_key_dict(k) for k in counts.keys]} if counts.keys else {}),
     }
+
+
+def _key_dict(k: status_store.KeyCounts) -> dict[str, Any]:
+    """One key of several (its fingerprint: the key itself is never stored)."""
+    return {"key": k.fingerprint, "jobs": k.jobs, "runs": k.runs,
+            "spend_usd": _usd(k.spent_micro_usd), "unfinished_paid_runs": k.unfinished}  # fmt: skip
 
 
 def _status_text(r: dict[str, Any]) -> str:
@@ -246,6 +253,15 @@ def _status_text(r: dict[str, Any]) -> str:
         f"jobs      {r['jobs']:,}: {shown}",
         f"cost      ${r['cost_usd']:,.2f} so far; "
         f"${r['estimate_queued_usd']:,.2f} estimated for the queued jobs",
+    ]
+    out += [
+        f"key {k['key']}  {k['jobs']:,} jobs, {k['runs']:,} runs, ${k['spend_usd']:,.2f}"
+        + (
+            f", {k['unfinished_paid_runs']:,} paid runs not done"
+            if k["unfinished_paid_runs"]
+            else ""
+        )
+        for k in r.get("keys", [])
     ]
     name = r["batch"]
     if r["maybe_paid_twice"]:

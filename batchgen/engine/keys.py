@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.store.records import JobRecord
@@ -56,8 +56,8 @@ class KeyPool:
     """The keys of one run, in the order they were given."""
 
     keys: Sequence[PoolKey]
-    #: job id -> why its paid run (or its POST in doubt) cannot be followed this run
-    stranded: dict[int, str] = field(default_factory=dict)
+    #: job id -> (the job, why its paid run or POST in doubt cannot be followed)
+    stranded: dict[int, tuple[JobRecord, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -121,17 +121,35 @@ class KeyPool:
         return "go_on" if self.submitting() else "soft"
 
     def strand(self, job: JobRecord, why: str) -> None:
-        self.stranded[job.id] = why
+        self.stranded[job.id] = (job, why)
 
     def stranded_reason(self) -> str | None:
         """The run's reason when paid runs were left unfollowed (None: none were)."""
         if not self.stranded:
             return None
-        first = next(iter(self.stranded.values()))
+        first = next(iter(self.stranded.values()))[1]
         return (
             f"{len(self.stranded)} job(s) with a paid run or a POST in doubt could not "
             f"be followed ({first}): resume with that key"
         )
+
+    def figures(self) -> list[dict[str, Any]]:
+        """Per key (several keys only): its fingerprint, requests sent this run, why it
+        was refused, and the jobs it left unfollowed (runs and spend: the ledger's)."""
+        if not self.several:
+            return []
+        out = []
+        for k in self.keys:
+            left = [
+                {"key": job.key, "idx": job.idx, "run_id": job.run_id, "why": why}
+                for job, why in self.stranded.values()
+                if job.key_fingerprint == k.fingerprint
+            ]
+            out.append(
+                {"key": k.fingerprint, "requests": k.limiter.stats().sent,
+                 "refused": k.refused, "unfollowed": left}
+            )  # fmt: skip
+        return out
 
 
 def single(client: ApiClient, limiter: RequestLimiter) -> KeyPool:
