@@ -45,6 +45,8 @@ class PoolKey:
     refused: str | None = None
     #: answered 401: its runs cannot be polled either
     revoked: bool = False
+    #: POSTs this run chose it for (the last tie-breaker: keys take turns)
+    picked: int = 0
 
     @property
     def label(self) -> str:
@@ -82,14 +84,17 @@ class KeyPool:
         usable = self.submitting()
         if not usable:
             return None
-        return min(
+        key = min(
             usable,
             key=lambda k: (
                 not k.limiter.has_slack(),
                 k.limiter.waiting(),
                 k.limiter.sent_in_window(),
+                k.picked,
             ),
         )
+        key.picked += 1
+        return key
 
     def for_job(self, job: JobRecord) -> PoolKey | None:
         """The key that made ``job``'s run (or sent its POST); None: not given this run.
