@@ -19,6 +19,7 @@ from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
 from batchgen.runbase.shared_window import key_fingerprint
 from batchgen.sim import SimConfig, Simulator
+from tests.support.processes import batchgen
 
 RATE = (20, 1.0)
 KEYS = [f"sk-pool-{i}-{'x' * 24}" for i in range(4)]
@@ -93,19 +94,40 @@ async def test_four_keys_finish_a_sweep_in_about_a_quarter_of_the_time(tmp_path:
 
 
 async def test_a_key_taken_away_mid_run_leaves_the_batch_to_the_others(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# two of the four keys come from a file\n" + "\n".join(KEYS[2:]) + "\n")
+    keys.chmod(0o600)
+    outputs = {
+        "log_file": tmp_path / "run.log",
+        "summary_file": tmp_path / "summary.json",
+        "metrics_file": tmp_path / "metrics.prom",
+    }
     async with Simulator(config()) as sim:
-        run = asyncio.ensure_future(run_with(sim, tmp_path, KEYS, 80))
+        run = asyncio.ensure_future(
+            run_with(sim, tmp_path, KEYS[:2] + KEYS[:1], 80, keys_file=keys, **outputs)
+        )
         while sim.stats()["keys"][1]["runs_created"] < 3:
             await asyncio.sleep(0.005)
         sim.state.take_key_away(2)
         summary, _ = await asyncio.wait_for(run, 60)
+        stats = sim.stats()
     assert summary.exit_code in (0, 1), summary.reason
     fingerprint = key_fingerprint(KEYS[1])
+    figures = {k["key"]: k for k in summary.keys}
+    assert set(figures) == {key_fingerprint(k) for k in KEYS}  # duplicates removed
+    assert figures[fingerprint]["refused"] is not None
+    left = figures[fingerprint]["unfollowed"]
     if summary.exit_code == 1:  # its runs still under way when it was taken away
-        assert fingerprint in summary.reason
+        assert fingerprint in summary.reason and left
+    assert len(left) + summary.counts.get("succeeded", 0) == 80
+    assert stats["runs_created"] == 80  # nothing paid twice
+    metrics = outputs["metrics_file"].read_text()
+    assert f'key="{fingerprint}"' in metrics
+    written = [tmp_path / "state.db", *outputs.values()]
     for key in KEYS:  # never a key in what the run leaves behind
-        assert key.encode() not in (tmp_path / "state.db").read_bytes()
         assert key not in str(summary.to_json())
+        for path in written:
+            assert key.encode() not in path.read_bytes(), path
 
 
 async def test_a_key_emptied_mid_run_stops_submitting_and_the_others_go_on(
@@ -130,6 +152,21 @@ async def test_a_key_emptied_mid_run_stops_submitting_and_the_others_go_on(
         )
     assert set(by_key) == {key_fingerprint(k) for k in KEYS}, by_key
     assert charged == by_key
+
+
+def test_a_keys_file_others_may_read_is_refused_with_exit_2(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[1]}\n")
+    keys.chmod(0o644)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(manifest_text(2))
+    env = {"RUNBASE_API_KEY": KEYS[0], "RUNBASE_API_KEYS": KEYS[2]}
+    db = str(tmp_path / "s.db")
+    done = batchgen("run", str(manifest), "--db", db, "--keys-file", str(keys), env=env)
+    assert done.returncode == 2, done.stderr
+    assert str(keys) in done.stderr and f"chmod 600 {keys}" in done.stderr
+    assert all(k not in done.stderr + done.stdout for k in KEYS)
+    assert not (tmp_path / "s.db").exists()  # refused before anything is written
 
 
 async def test_every_key_refused_stops_the_batch_with_exit_3(tmp_path: Path) -> None:
