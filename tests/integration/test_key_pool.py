@@ -9,6 +9,7 @@ away (401) or emptied (402) mid-run: the others finish the batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -152,6 +153,17 @@ async def test_a_key_emptied_mid_run_stops_submitting_and_the_others_go_on(
         )
     assert set(by_key) == {key_fingerprint(k) for k in KEYS}, by_key
     assert charged == by_key
+    db = str(tmp_path / "state.db")
+    status = batchgen("status", "--json", "--db", db)
+    shown = {k["key"]: k for k in json.loads(status.stdout)["keys"]}
+    assert {fp: k["runs"] for fp, k in shown.items()} == by_key
+    text = batchgen("status", "--db", db).stdout
+    assert all(f"key {fp}" in text for fp in by_key)
+    page = tmp_path / "report.html"
+    assert batchgen("report", "--db", db, "--out", str(page), "--posters", "none").returncode == 0
+    html = page.read_text()
+    assert all(f"key {fp}:" in html for fp in by_key)
+    assert all(key not in html + text + status.stdout for key in KEYS)
 
 
 def test_a_keys_file_others_may_read_is_refused_with_exit_2(tmp_path: Path) -> None:
