@@ -17,17 +17,35 @@ client and one limiter): jobs then carry no fingerprint, exactly as before the p
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.store.records import JobRecord
 
-if TYPE_CHECKING:
-    from batchgen.engine.state import ApiClient
-
 log = logging.getLogger("batchgen.engine")
+
+
+class RunLike(Protocol):
+    id: str
+    status: str
+    cost_micro_usd: int | None
+    urls: list[str]
+    created_at: str | None
+    completed_at: str | None
+    error: str | None
+    error_code: str | None
+
+
+class ApiClient(Protocol):
+    async def create_run(
+        self, model: str, input: dict[str, Any], *, idempotency_key: str, priority: int = 1
+    ) -> RunLike: ...
+
+    async def get_run(
+        self, run_id: str, *, priority: int = 0, on_sent: Callable[[bool], None] | None = None
+    ) -> RunLike: ...
 
 
 #: what a refused key means for the run (``KeyPool.refuse``)
@@ -162,4 +180,4 @@ def single(client: ApiClient, limiter: RequestLimiter) -> KeyPool:
     return KeyPool([PoolKey(None, client, limiter)])
 
 
-__all__ = ["KeyPool", "PoolKey", "Stop", "single"]
+__all__ = ["ApiClient", "KeyPool", "PoolKey", "RunLike", "Stop", "single"]

@@ -141,12 +141,12 @@ async def test_a_key_emptied_mid_run_stops_submitting_and_the_others_go_on(
         sim.state.empty_balance(1)
         summary, _ = await asyncio.wait_for(run, 60)
     assert summary.exit_code == 0, summary.reason  # its paid runs were still polled
-    with sqlite3.connect(tmp_path / "state.db") as db:
+    with sqlite3.connect(tmp_path / "state.db") as conn:
         by_key = dict(
-            db.execute("SELECT key_fingerprint, count(*) FROM job GROUP BY key_fingerprint")
+            conn.execute("SELECT key_fingerprint, count(*) FROM job GROUP BY key_fingerprint")
         )
         charged = dict(
-            db.execute(
+            conn.execute(
                 "SELECT key_fingerprint, count(*) FROM charge WHERE kind = 'charge' "
                 "GROUP BY key_fingerprint"
             )
