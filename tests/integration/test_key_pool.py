@@ -20,6 +20,8 @@ from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
 from batchgen.runbase.shared_window import key_fingerprint
 from batchgen.sim import SimConfig, Simulator
+from batchgen.store.reader import SCHEMA_VERSION
+from batchgen.store.schema import open_db
 from tests.support.processes import batchgen
 
 RATE = (20, 1.0)
@@ -187,3 +189,16 @@ async def test_every_key_refused_stops_the_batch_with_exit_3(tmp_path: Path) -> 
             sim.state.empty_balance(n)
         summary, _ = await run_with(sim, tmp_path, KEYS, 10)
     assert summary.exit_code == 3, summary.reason
+
+
+def test_a_schema_3_database_gains_the_key_fingerprint_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    open_db(path).dispose()
+    with sqlite3.connect(path) as conn:  # what batchgen before the key pool made
+        conn.execute("ALTER TABLE job DROP COLUMN key_fingerprint")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    open_db(path).dispose()
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(job)")}
+        (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert "key_fingerprint" in columns and version == str(SCHEMA_VERSION) == "4"

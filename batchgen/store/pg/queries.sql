@@ -121,6 +121,14 @@ CREATE TABLE worker (
 -- Record the schema version
 INSERT INTO meta (key, value) VALUES ('schema_version', %(version)s);
 
+-- migrate_4 --
+-- Schema 3 -> 4: the fingerprint of the key that made each job's run (the key pool)
+ALTER TABLE job ADD COLUMN IF NOT EXISTS key_fingerprint text;
+
+-- bump_schema_version --
+-- Record a newer schema version
+UPDATE meta SET value = %(version)s WHERE key = 'schema_version';
+
 -- register_worker --
 -- A worker announces itself (its lease starts now, on the database's clock)
 INSERT INTO worker (id, host, pid, lease_until)
