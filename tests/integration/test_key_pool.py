@@ -20,8 +20,10 @@ from batchgen.run.options import RunOptions
 from batchgen.run.runner import arun_batch
 from batchgen.runbase.shared_window import key_fingerprint
 from batchgen.sim import SimConfig, Simulator
+from batchgen.store.pg.store import PostgresStore
 from batchgen.store.reader import SCHEMA_VERSION
 from batchgen.store.schema import open_db
+from tests.support.pgkit import sql
 from tests.support.processes import batchgen
 
 RATE = (20, 1.0)
@@ -202,3 +204,18 @@ def test_a_schema_3_database_gains_the_key_fingerprint_column(tmp_path: Path) ->
         columns = {row[1] for row in conn.execute("PRAGMA table_info(job)")}
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert "key_fingerprint" in columns and version == str(SCHEMA_VERSION) == "4"
+
+
+async def test_a_schema_3_postgres_database_gains_the_key_fingerprint_column(
+    postgres_url: str,
+) -> None:
+    await (await PostgresStore.open(postgres_url)).aclose()
+    sql(postgres_url, "ALTER TABLE job DROP COLUMN key_fingerprint")
+    sql(postgres_url, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    await (await PostgresStore.open(postgres_url)).aclose()
+    columns = sql(
+        postgres_url,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'job' "
+        "AND column_name = 'key_fingerprint'",
+    )
+    assert columns and sql(postgres_url, "SELECT value FROM meta") == [{"value": "4"}]
