@@ -254,15 +254,7 @@ def _status_text(r: dict[str, Any]) -> str:
         f"cost      ${r['cost_usd']:,.2f} so far; "
         f"${r['estimate_queued_usd']:,.2f} estimated for the queued jobs",
     ]
-    out += [
-        f"key {k['key']}  {k['jobs']:,} jobs, {k['runs']:,} runs, ${k['spend_usd']:,.2f}"
-        + (
-            f", {k['unfinished_paid_runs']:,} paid runs not done"
-            if k["unfinished_paid_runs"]
-            else ""
-        )
-        for k in r.get("keys", [])
-    ]
+    out += [_key_line(k) for k in r.get("keys", [])]
     name = r["batch"]
     if r["maybe_paid_twice"]:
         out.append(
@@ -300,6 +292,13 @@ def _status_text(r: dict[str, Any]) -> str:
                 "pays for a new run"
             )
     return "\n".join(printable(line) for line in out)
+
+
+def _key_line(k: dict[str, Any]) -> str:
+    """One key of several: its jobs, runs and spend, and its paid runs not done."""
+    left = k["unfinished_paid_runs"]
+    line = f"key {k['key']}  {k['jobs']:,} jobs, {k['runs']:,} runs, ${k['spend_usd']:,.2f}"
+    return line + (f", {left:,} paid runs not done" if left else "")
 
 
 def _error(d: dict[str, Any]) -> str:
