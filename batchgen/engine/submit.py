@@ -283,12 +283,18 @@ class Submitter:
         st = self.state
         st.budget.release(job.id)
         stop = st.keys.refuse(key, str(exc), revoked=revoked)
-        moved = await st.move(
-            job, JobState.QUEUED, last_error=str(exc), error_code=exc.code, key_fingerprint=None
-        )
+        # a job once in doubt may hold a run its lost POST made with this key: it stays
+        # bound to it (held, reported), never sent with another key
+        held = job.id in st.in_doubt_seen
+        changes: JobChanges = {"last_error": str(exc), "error_code": exc.code}
+        if not held:
+            changes["key_fingerprint"] = None
+        moved = await st.move(job, JobState.QUEUED, **changes)
+        if held:
+            st.keys.strand(moved or job, f"its key {key.label} no longer submits ({exc})")
         if stop != "go_on":
             st.stop("account", f"account: no key may submit (the last: {exc})", hard=stop == "hard")
-        elif moved is not None:
+        elif moved is not None and not held:
             st.requeue(moved, 0.0)
 
     async def _failed(

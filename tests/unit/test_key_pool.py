@@ -223,3 +223,18 @@ async def test_no_key_may_submit_stops_the_batch_with_exit_3() -> None:
     outcome, _ = await bench.run()
     assert outcome.exit_code == ExitCode.ACCOUNT, outcome.reason
     assert bench.by_state() == {"queued": 5}
+
+
+async def test_a_job_in_doubt_is_resent_only_with_its_key_and_held_when_it_is_refused() -> None:
+    bench = Pool(n=4, keys=2)
+    bench.apis[0].broke = True  # fp0 answers 402 from now on
+    job = next(iter(bench.store.jobs.values()))
+    await bench.store.move(
+        job, JobState.SUBMITTING, at=0.0, attempts=1, idem_key="lost", key_fingerprint="fp0"
+    )
+    await bench.store.move(bench.store.jobs[job.id], JobState.IN_DOUBT, at=0.0)
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.JOBS_FAILED and "fp0" in outcome.reason
+    held = bench.store.jobs[job.id]
+    assert held.key_fingerprint == "fp0" and held.run_id is None  # never sent with fp1
+    assert len(bench.apis[1].runs) == 3  # the three others, on the key that may submit
