@@ -67,11 +67,11 @@ async def finish(observers: Sequence[Observer], summary: RunSummary) -> None:
 
 def snapshot(engine: RunEngine, tally: RequestTally, clock: Clock, started: float) -> Snapshot:
     """The progress line's figures now (``started``: the engine's monotonic start)."""
-    lim = engine.limiter
     counts = engine.counts
     remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
     per_job = tally.total / max(1, counts.get("succeeded", 0)) if tally.total else 2.2
-    limit_per_s = lim.max_requests / lim.window_s
+    # every key's rate (one key: its limiter's, as always)
+    limit_per_s = sum(k.limiter.max_requests / k.limiter.window_s for k in engine.state.keys.keys)
     eta: float | None = 0.0  # nothing left
     if remaining or engine.active:
         eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
