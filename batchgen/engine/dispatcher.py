@@ -271,7 +271,8 @@ class RunEngine:
         now_wall, mono = st.clock.now(), st.clock.monotonic()
         for job in rows:
             self._cursor = (job.idx, job.id)
-            if job.id in st.queued_ids or await self.submitter.holds_paid_run(job):
+            held = job.id in st.queued_ids or job.id in st.keys.stranded  # its key is gone
+            if held or await self.submitter.holds_paid_run(job):
                 continue
             self._swept = False
             st.queued_ids.add(job.id)

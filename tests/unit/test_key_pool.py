@@ -238,3 +238,16 @@ async def test_a_job_in_doubt_is_resent_only_with_its_key_and_held_when_it_is_re
     held = bench.store.jobs[job.id]
     assert held.key_fingerprint == "fp0" and held.run_id is None  # never sent with fp1
     assert len(bench.apis[1].runs) == 3  # the three others, on the key that may submit
+
+
+async def test_a_queued_resend_of_a_key_no_longer_given_is_held_once_and_the_run_ends() -> None:
+    bench = Pool(n=3, keys=2)
+    job = next(iter(bench.store.jobs.values()))
+    await bench.store.move(
+        job, JobState.SUBMITTING, at=0.0, attempts=1, idem_key="after-a-500", key_fingerprint="gone"
+    )
+    await bench.store.move(bench.store.jobs[job.id], JobState.QUEUED, at=0.0)
+    outcome, engine = await asyncio.wait_for(bench.run(), 10)
+    assert outcome.exit_code == ExitCode.JOBS_FAILED and "gone" in outcome.reason
+    assert bench.store.jobs[job.id].state is JobState.QUEUED  # a resume with it sends it
+    assert sum(a.posts for a in bench.apis) == 2 and list(engine.state.keys.stranded) == [job.id]
