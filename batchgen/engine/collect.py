@@ -34,6 +34,10 @@ from batchgen.store.records import (
 log = logging.getLogger("batchgen.engine")
 
 
+class _Unfollowed(Exception):
+    """A link refresh no key given may make (its key is gone or refused): held."""
+
+
 class Collector:
     """Owns ``EngineState.downloads``: brings home the runs the poller left in
     ``EngineState.downloading``, at most ``download_concurrency`` at a time."""
@@ -62,10 +66,12 @@ class Collector:
         run_id = job.run_id
 
         # fresh links come from the key that made the run (its run is not visible to others)
-        key = st.keys.for_job(job)
+        key, why = st.keys.follow(job)
         client = key.client if key is not None else self.client
 
         async def refresh() -> list[str]:
+            if key is None:  # another key would answer 404: the paid run is held instead
+                raise _Unfollowed(why)
             run = await client.get_run(run_id, priority=0)
             act.urls = list(run.urls)
             return act.urls
@@ -74,6 +80,10 @@ class Collector:
             try:
                 urls = act.urls or await refresh()
                 fields = await self.collect(job, urls, refresh)
+            except _Unfollowed as exc:
+                st.downloading.pop(job.id, None)
+                st.keys.strand(job, str(exc))
+                return
             # a file that could not be fetched or written (disk full), a failed refresh:
             # decide() says. Anything else is an error batchgen does not know: exit 70.
             except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:

@@ -251,3 +251,17 @@ async def test_a_queued_resend_of_a_key_no_longer_given_is_held_once_and_the_run
     assert outcome.exit_code == ExitCode.JOBS_FAILED and "gone" in outcome.reason
     assert bench.store.jobs[job.id].state is JobState.QUEUED  # a resume with it sends it
     assert sum(a.posts for a in bench.apis) == 2 and list(engine.state.keys.stranded) == [job.id]
+
+
+async def test_a_download_whose_links_only_a_missing_key_can_refresh_is_held() -> None:
+    bench = Pool(n=2, keys=2)
+    job = next(iter(bench.store.jobs.values()))
+    await bench.store.move(
+        job, JobState.SUBMITTING, at=0.0, attempts=1, idem_key="k", key_fingerprint="gone"
+    )
+    await bench.store.move(bench.store.jobs[job.id], JobState.RUNNING, at=0.0, run_id="r-0")
+    await bench.store.move(bench.store.jobs[job.id], JobState.DOWNLOADING, at=0.0)
+    outcome, _ = await bench.run()
+    assert outcome.exit_code == ExitCode.JOBS_FAILED and "gone" in outcome.reason
+    assert bench.store.jobs[job.id].state is JobState.DOWNLOADING  # not failed as lost
+    assert sum(a.gets for a in bench.apis) >= 1 and all("r-0" not in a.runs for a in bench.apis)
