@@ -54,6 +54,9 @@ class RunSummary:
     possible_micro_usd: int = 0
     #: the jobs behind ``possible_micro_usd``: key, idx, possible_usd, paid_runs
     maybe_paid_twice: list[dict[str, Any]] = field(default_factory=list)
+    #: several keys: per key fingerprint, its requests, runs, spend, whether it was
+    #: refused, and its paid runs left unfollowed (empty with one key: as before)
+    keys: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +79,7 @@ class RunSummary:
             "possible_usd": self.possible_micro_usd / 1_000_000,
             "possible_micro_usd": self.possible_micro_usd,
             "maybe_paid_twice": self.maybe_paid_twice,
+            **({"keys": self.keys} if self.keys else {}),
         }
 
 

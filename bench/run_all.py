@@ -13,6 +13,7 @@ BENCHES = [
     "bench.bench_sim",
     "bench.bench_ratelimit",
     "bench.bench_limiter_shared",
+    "bench.bench_keys",
 ]
 
 

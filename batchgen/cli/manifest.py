@@ -233,7 +233,14 @@ def _status_dict(batch: status_store.BatchInfo, counts: status_store.BatchCounts
         "failures": [
             {"idx": f.idx, "key": f.key, "code": f.code, "error": f.error} for f in counts.failed
         ],
+        **({"keys": [_key_dict(k) for k in counts.keys]} if counts.keys else {}),
     }
+
+
+def _key_dict(k: status_store.KeyCounts) -> dict[str, Any]:
+    """One key of several (its fingerprint: the key itself is never stored)."""
+    return {"key": k.fingerprint, "jobs": k.jobs, "runs": k.runs,
+            "spend_usd": _usd(k.spent_micro_usd), "unfinished_paid_runs": k.unfinished}  # fmt: skip
 
 
 def _status_text(r: dict[str, Any]) -> str:
@@ -247,6 +254,7 @@ def _status_text(r: dict[str, Any]) -> str:
         f"cost      ${r['cost_usd']:,.2f} so far; "
         f"${r['estimate_queued_usd']:,.2f} estimated for the queued jobs",
     ]
+    out += [_key_line(k) for k in r.get("keys", [])]
     name = r["batch"]
     if r["maybe_paid_twice"]:
         out.append(
@@ -284,6 +292,13 @@ def _status_text(r: dict[str, Any]) -> str:
                 "pays for a new run"
             )
     return "\n".join(printable(line) for line in out)
+
+
+def _key_line(k: dict[str, Any]) -> str:
+    """One key of several: its jobs, runs and spend, and its paid runs not done."""
+    left = k["unfinished_paid_runs"]
+    line = f"key {k['key']}  {k['jobs']:,} jobs, {k['runs']:,} runs, ${k['spend_usd']:,.2f}"
+    return line + (f", {left:,} paid runs not done" if left else "")
 
 
 def _error(d: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from batchgen.cli.run_options import (
     InDoubt,
     InDoubtOpt,
     InsecureOpt,
+    KeysFileOpt,
     LogFileOpt,
     MetricsOpt,
     NotifyOpt,
@@ -40,6 +41,7 @@ from batchgen.cli.run_options import (
     SummaryOpt,
     VerifyOpt,
     WaitLockOpt,
+    key_args,
     lenient,
 )
 from batchgen.errors import ExitCode, Problem, UsageError
@@ -114,6 +116,7 @@ def run(
     ] = None,
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
+    keys_file: KeysFileOpt = None,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -175,7 +178,7 @@ def run(
         problems=problems,
         verify=verify,
     )
-    _finish(run_batch(db, api_key=key, manifest=manifest, options=options), json_out)
+    _finish(run_batch(db, manifest=manifest, **key_args(key, options, keys_file)), json_out)
 
 
 def _resume_options(
@@ -228,6 +231,7 @@ def resume(
     db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
+    keys_file: KeysFileOpt = None,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -256,7 +260,7 @@ def resume(
         allow_insecure=allow_insecure,
         verify=verify,
     )  # fmt: skip
-    _finish(run_batch(db, api_key=key, batch=batch, options=options), json_out)
+    _finish(run_batch(db, batch=batch, **key_args(key, options, keys_file)), json_out)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -282,6 +286,7 @@ def retry(
     db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
+    keys_file: KeysFileOpt = None,
     rate: RateOpt = None,
     concurrency: ConcOpt = None,
     budget_usd: BudgetOpt = None,
@@ -328,9 +333,8 @@ def retry(
     )  # fmt: skip
     summary = run_batch(
         db,
-        api_key=key,
         batch=batch,
-        options=options,
+        **key_args(key, options, keys_file),
         retry_failed=failed,
         retry_in_doubt=in_doubt,
         pay_again=job or [],

@@ -5,15 +5,20 @@ text they end with, and ``lenient`` (a bad value becomes a problem the run still
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 
 import typer
 
 from batchgen.cli._app import finite_option
 from batchgen.errors import Problem, UsageError
+
+if TYPE_CHECKING:
+    from batchgen.run.options import RunOptions
 
 T = TypeVar("T")
 
@@ -50,6 +55,14 @@ InsecureOpt = Annotated[
         "--allow-insecure",
         help="Allow a plain http:// --base-url to a host that is not loopback "
         "(the API key then crosses the network unencrypted).",
+    ),
+]
+KeysFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys-file",
+        help="More API keys, one a line (mode 600); with $RUNBASE_API_KEY(S): the key pool.",
+        show_default=False,
     ),
 ]
 RateOpt = Annotated[
@@ -140,3 +153,20 @@ def lenient(
     except UsageError as exc:
         problems.extend(exc.problems)
         return None
+
+
+class KeyArgs(TypedDict):
+    api_key: str | None
+    api_keys: list[str]
+    options: RunOptions
+
+
+def key_args(key: str | None, options: RunOptions, keys_file: Path | None) -> KeyArgs:
+    """``run_batch``'s keys: $RUNBASE_API_KEY (``key``), $RUNBASE_API_KEYS and
+    ``--keys-file`` (the key pool; all checked by ``run_batch``, exit 2)."""
+    from batchgen.run.keys import split_keys
+
+    more = split_keys(os.environ.get("RUNBASE_API_KEYS"))
+    return KeyArgs(
+        api_key=key, api_keys=more, options=dataclasses.replace(options, keys_file=keys_file)
+    )

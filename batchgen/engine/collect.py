@@ -6,6 +6,7 @@ GET of the run) does. A job becomes ``succeeded`` only after every file is in pl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,10 @@ from batchgen.store.records import (
 )
 
 log = logging.getLogger("batchgen.engine")
+
+
+class _Unfollowed(Exception):
+    """A link refresh no key given may make (its key is gone or refused): held."""
 
 
 class Collector:
@@ -60,8 +65,14 @@ class Collector:
         assert job.run_id is not None
         run_id = job.run_id
 
+        # fresh links come from the key that made the run (its run is not visible to others)
+        key, why = st.keys.follow(job)
+        client = key.client if key is not None else self.client
+
         async def refresh() -> list[str]:
-            run = await self.client.get_run(run_id, priority=0)
+            if key is None:  # another key would answer 404: the paid run is held instead
+                raise _Unfollowed(why)
+            run = await client.get_run(run_id, priority=0)
             act.urls = list(run.urls)
             return act.urls
 
@@ -69,6 +80,10 @@ class Collector:
             try:
                 urls = act.urls or await refresh()
                 fields = await self.collect(job, urls, refresh)
+            except _Unfollowed as exc:
+                st.downloading.pop(job.id, None)
+                st.keys.strand(job, str(exc))
+                return
             # a file that could not be fetched or written (disk full), a failed refresh:
             # decide() says. Anything else is an error batchgen does not know: exit 70.
             except (download.DownloadError, RunbaseError, OSError, aiohttp.ClientError) as exc:
@@ -87,6 +102,20 @@ class Collector:
         if isinstance(exc, aiohttp.ClientError):  # a collect step that does its own fetching
             exc = transport_error(exc, what="download")
         decision = decide(exc, Attempt(failures=act.dl_errors), Stage.DOWNLOAD, st.retry)
+        key = st.keys.for_job(job)
+        if st.keys.several and key is not None and decision.action is Action.SET_KEY_ASIDE:
+            # its key was refused (401) while refreshing the links: only that key's jobs
+            stop = st.keys.refuse(key, str(exc), revoked=True)
+            st.downloading.pop(job.id, None)
+            st.keys.strand(job, f"its key {key.label} was refused ({exc})")
+            if stop != "go_on":
+                why = f"account: no key may submit (the last: {exc})"
+                st.stop("account", why, hard=stop == "hard")
+            return
+        if st.keys.several and key is not None and decision.action is Action.STOP_SUBMITTING:
+            if st.keys.refuse(key, str(exc)) != "go_on":  # that key only; fetched later
+                st.stop("account", f"account: {exc}")
+            decision = dataclasses.replace(decision, action=Action.RETRY)
         if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
             st.stop("account", f"account: {exc}", hard=True)
             return

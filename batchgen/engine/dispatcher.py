@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from batchgen.clock import Clock, SystemClock
 from batchgen.engine.budget import Budget
 from batchgen.engine.collect import Collector
+from batchgen.engine.keys import KeyPool, single
 from batchgen.engine.poll import Poller
 from batchgen.engine.schedule import DurationModel
 from batchgen.engine.state import (
@@ -94,6 +95,7 @@ class RunEngine:
         clock: Clock | None = None,
         observers: Sequence[Observer] = (),
         on_tick: Callable[[RunEngine], None] | None = None,
+        keys: KeyPool | None = None,
     ) -> None:
         cfg = config or EngineConfig()
         # decide() reads the user's choices from the policy: the engine's settings win
@@ -113,6 +115,8 @@ class RunEngine:
             retry=policy,
             clock=clock or SystemClock(),
             observers=list(observers),
+            # several keys (the runner's pool), or the one client and limiter given
+            keys=keys or single(client, limiter),
         )
         #: the key's limiter (the runner's progress line reads its rate)
         self.limiter = limiter
@@ -263,7 +267,8 @@ class RunEngine:
         now_wall, mono = st.clock.now(), st.clock.monotonic()
         for job in rows:
             self._cursor = (job.idx, job.id)
-            if job.id in st.queued_ids or await self.submitter.holds_paid_run(job):
+            held = job.id in st.queued_ids or job.id in st.keys.stranded  # its key is gone
+            if held or await self.submitter.holds_paid_run(job):
                 continue
             self._swept = False
             st.queued_ids.add(job.id)
@@ -378,6 +383,8 @@ class RunEngine:
             return Outcome(STOP_CODES[st.stop_kind], st.stop_reason)
         if st.counts.get(JobState.FAILED.value, 0):
             return Outcome(ExitCode.JOBS_FAILED, "jobs failed")
+        if (stranded := st.keys.stranded_reason()) is not None:
+            return Outcome(ExitCode.JOBS_FAILED, stranded)
         if st.held:
             return Outcome(
                 ExitCode.JOBS_FAILED,

@@ -10,10 +10,12 @@ the ``--on-lost`` policy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from batchgen.clock import api_duration
+from batchgen.engine.keys import PoolKey
 from batchgen.engine.schedule import RunClass
 from batchgen.engine.state import ActiveRun, ApiClient, EngineState, RunLike
 from batchgen.errors import RunbaseError
@@ -67,7 +69,8 @@ class Poller:
         st = self.state
         if st.leaving:
             return
-        room = self.limiter.max_requests - len(st.polls)
+        # every key's polls may wait for its slots (one key: its limiter's)
+        room = sum(k.limiter.max_requests for k in st.keys.keys) - len(st.polls)
         if room <= 0:
             return
         waiting = self.early_waiting_id
@@ -96,11 +99,15 @@ class Poller:
             and st.active < st.cfg.concurrency
             and not st.budget_blocked
         )
-        if not self.limiter.has_slack(reserve=1 if submit_soon else 0):
+        reserve = 1 if submit_soon else 0
+        slack = {k.fingerprint for k in st.keys.keys if k.limiter.has_slack(reserve=reserve)}
+        if not slack:
             return
         best: ActiveRun | None = None
         best_score = -1.0
         for act in st.running.values():
+            if st.keys.several and act.job.key_fingerprint not in slack:
+                continue  # spare capacity is a key's: an early poll goes with the run's key
             if act.job.id in st.polls or not st.durations.early_ok(
                 act.cls, now=now, submitted=act.submitted, last_poll=act.last_poll
             ):
@@ -135,10 +142,14 @@ class Poller:
         job_id = act.job.id
         assert job_id is not None and act.job.run_id is not None
         try:
+            key, why = st.keys.follow(act.job)
+            if key is None:  # only its key may read its run: left running, reported
+                self._strand(act, why)
+                return
             try:
-                run = await self.client.get_run(act.job.run_id, priority=priority, on_sent=on_sent)
+                run = await key.client.get_run(act.job.run_id, priority=priority, on_sent=on_sent)
             except RunbaseError as exc:
-                await self._poll_failed(act, exc)
+                await self._poll_failed(act, exc, key)
                 return
             act.poll_errors = 0
             act.polls += 1
@@ -153,11 +164,31 @@ class Poller:
                 self._early, self._early_id = None, None
             st.wake.set()
 
-    async def _poll_failed(self, act: ActiveRun, exc: RunbaseError) -> None:
+    def _strand(self, act: ActiveRun, why: str) -> None:
+        """A paid run no key given can read: it stays ``running`` (a resume with its key
+        polls it), is reported, and is never submitted again."""
+        self._leave_running(act)
+        self.state.keys.strand(act.job, why)
+        log.warning("job %s: run %s not polled: %s", act.job.key, act.job.run_id, why)
+
+    async def _poll_failed(self, act: ActiveRun, exc: RunbaseError, key: PoolKey) -> None:
         """``retry.decide`` says: poll again later, the run is lost, or stop."""
         st = self.state
         attempt = Attempt(failures=act.poll_errors, attempts=act.job.attempts)
         decision = decide(exc, attempt, Stage.POLL, st.retry)
+        if st.keys.several and decision.action is Action.SET_KEY_ASIDE:  # a 401
+            stop = st.keys.refuse(key, str(exc), revoked=True)
+            self._strand(act, f"its key {key.label} was refused ({exc})")
+            if stop != "go_on":
+                st.stop(
+                    "account", f"account: no key may submit (the last: {exc})", hard=stop == "hard"
+                )
+            return
+        if st.keys.several and decision.action is Action.STOP_SUBMITTING:
+            # this key stops submitting; its paid run is polled again after the backoff
+            if st.keys.refuse(key, str(exc)) != "go_on":
+                st.stop("account", f"account: {exc}")
+            decision = dataclasses.replace(decision, action=Action.RETRY)
         if decision.action in (Action.RESUBMIT, Action.FAIL_JOB):  # a 404: the run is lost
             await self._lost(act, exc, resubmit=decision.action is Action.RESUBMIT)
             return

@@ -19,10 +19,13 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Unpack
+from typing import Any, Literal, Unpack
 
 from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
+
+# the API's two calls live with the keys that send them; named here too, as before
+from batchgen.engine.keys import ApiClient, KeyPool, RunLike
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
 from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
@@ -35,27 +38,6 @@ log = logging.getLogger(__name__)
 
 InDoubtPolicy = Literal["resubmit", "hold"]
 LostPolicy = Literal["fail", "resubmit"]
-
-
-class RunLike(Protocol):
-    id: str
-    status: str
-    cost_micro_usd: int | None
-    urls: list[str]
-    created_at: str | None
-    completed_at: str | None
-    error: str | None
-    error_code: str | None
-
-
-class ApiClient(Protocol):
-    async def create_run(
-        self, model: str, input: dict[str, Any], *, idempotency_key: str, priority: int = 1
-    ) -> RunLike: ...
-
-    async def get_run(
-        self, run_id: str, *, priority: int = 0, on_sent: Callable[[bool], None] | None = None
-    ) -> RunLike: ...
 
 
 #: brings a succeeded run's files home: (job, urls, refresh) -> fields for ``succeeded``
@@ -145,6 +127,8 @@ class EngineState:
     retry: RetryPolicy
     clock: Clock
     observers: list[Observer]
+    #: the API keys, each with its client and limiter (``engine.keys``)
+    keys: KeyPool
 
     # ------------------------------------------------ the queue (queued jobs in memory)
     #: queued, due now, in idx order (the dispatcher pages them in, the submitter takes)
@@ -349,3 +333,8 @@ class EngineState:
                 obs.transition(ev)
             except Exception as exc:  # a bug in an observer: stop the run (exit 70)
                 self.fail(exc)
+
+
+# the API's two calls are declared with the keys that send them (``engine.keys``);
+# the stages import them from here, as before the key pool
+__all__ = ["ActiveRun", "ApiClient", "EngineState", "RunLike"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from batchgen.engine.keys import PoolKey
 from batchgen.engine.poll import Poller
 from batchgen.engine.state import ActiveRun, ApiClient, EngineState, Materializer, idem_key
 from batchgen.errors import InvalidRequest, RunbaseError, ServerError, TransportError, UsageError
@@ -67,6 +68,13 @@ class Submitter:
         if job is None:
             return
         assert job.id is not None
+        key = self._key_for(job)
+        if key is None:  # stranded (its key cannot send it), or no key may submit
+            self._next_job()
+            st.queued_ids.discard(job.id)
+            if not st.keys.submitting():
+                st.stop("account", "account: no key may submit")
+            return
         estimate = self._estimate(job)
         if not st.budget.reserve(job.id, estimate):
             st.budget_blocked = True
@@ -82,7 +90,24 @@ class Submitter:
         # Out of the queue now; a requeue after a failed POST puts it back.
         st.queued_ids.discard(job.id)
         st.submitting = job
-        st.submit_task = st.spawn(self._submit(job, estimate))
+        st.submit_task = st.spawn(self._submit(job, estimate, key))
+
+    def _key_for(self, job: JobRecord) -> PoolKey | None:
+        """The key for ``job``'s POST: a resend goes with the key that may have made its
+        run (another key would make a second paid run); a new POST with the key that has
+        room soonest. None: the job is stranded, or no key may submit."""
+        keys = self.state.keys
+        resend = bool(job.idem_key) and not job.run_id
+        if resend and (job.key_fingerprint or job.state is JobState.IN_DOUBT):
+            key, why = keys.follow(job)
+            if key is not None and key.refused is None:
+                return key
+            if key is not None:
+                why = f"its key {key.label} no longer submits ({key.refused})"
+            keys.strand(job, why)
+            log.warning("job %s: not resent: %s", job.key, why)
+            return None
+        return keys.pick()
 
     async def holds_paid_run(self, job: JobRecord) -> bool:
         """A queued job that holds a paid run (left so by an older batchgen, say) is
@@ -115,16 +140,16 @@ class Submitter:
         except (KeyError, ValueError):
             return 0
 
-    async def _submit(self, job: JobRecord, estimate: int) -> None:
+    async def _submit(self, job: JobRecord, estimate: int, key: PoolKey) -> None:
         st = self.state
         try:
-            await self._submit_inner(job, estimate)
+            await self._submit_inner(job, estimate, key)
         finally:
             st.submitting = None
             st.submit_task = None
             st.wake.set()
 
-    async def _submit_inner(self, job: JobRecord, estimate: int) -> None:
+    async def _submit_inner(self, job: JobRecord, estimate: int, pool_key: PoolKey) -> None:
         st = self.state
         if job.idem_key and not job.run_id:
             attempt, key = job.attempts, job.idem_key  # a resend: same attempt, same key
@@ -136,15 +161,13 @@ class Submitter:
         except (UsageError, OSError, ValueError) as exc:  # an image changed or vanished
             await self._failed(job, exc, self._decide(job, exc), code="input")
             return
+        # the key is part of the intent: its run is visible to that key only
+        intent: JobChanges = {"attempts": attempt, "idem_key": key, "estimate_micro_usd": estimate}
+        if pool_key.fingerprint is not None:
+            intent["key_fingerprint"] = pool_key.fingerprint
+        detail = {"attempt": attempt, "idem_key": key}
         try:
-            moved = await st.move(
-                job,
-                JobState.SUBMITTING,
-                detail={"attempt": attempt, "idem_key": key},
-                attempts=attempt,
-                idem_key=key,
-                estimate_micro_usd=estimate,
-            )
+            moved = await st.move(job, JobState.SUBMITTING, detail=detail, **intent)
         except BudgetReached as exc:
             # the store refused the intent (PostgreSQL: the spend of every worker on the
             # batch, summed in the intent's transaction): this worker's budget stop
@@ -160,14 +183,14 @@ class Submitter:
         possible, lost_at = await st.store.possible_for_key(job.id, key)
         sent_at = st.clock.now()
         try:
-            run = await self.client.create_run(
+            run = await pool_key.client.create_run(
                 st.batch.model, api_input, idempotency_key=key, priority=1
             )
         except RunbaseError as exc:
             if isinstance(exc, InvalidRequest) and exc.status == 413:  # name the image
                 message = too_large_message(exc.message, dict(job.input), api_input)
                 exc = InvalidRequest(message, code=exc.code, status=413)
-            await self._submit_failed(job, exc)
+            await self._submit_failed(job, exc, pool_key)
             return
         self._unreachable = 0
         cost = run.cost_micro_usd
@@ -226,10 +249,13 @@ class Submitter:
         except ValueError:  # not ours (a ValueError of the input): the job cannot be sent
             return Decision(Action.FAIL_JOB)
 
-    async def _submit_failed(self, job: JobRecord, exc: RunbaseError) -> None:
+    async def _submit_failed(self, job: JobRecord, exc: RunbaseError, key: PoolKey) -> None:
         """The POST failed: ``decide`` says what happens to the job and the batch."""
         st = self.state
         decision = self._decide(job, exc)
+        if st.keys.several and decision.action in (Action.STOP_SUBMITTING, Action.SET_KEY_ASIDE):
+            await self._key_refused(job, exc, key, revoked=decision.action is Action.SET_KEY_ASIDE)
+            return
         refused = isinstance(exc, TransportError) and not exc.sent
         if refused:  # could not even connect: nothing was sent, not this job's fault
             if self._unreachable == 0:
@@ -256,6 +282,29 @@ class Submitter:
                 st.stop("account", f"account: {exc}", hard=True)
         else:
             await self._failed(job, exc, decision, code=exc.code)
+
+    async def _key_refused(
+        self, job: JobRecord, exc: RunbaseError, key: PoolKey, *, revoked: bool
+    ) -> None:
+        """Several keys, and this one was refused (402, 403, ``USAGE_EXCEEDED``; 401 when
+        ``revoked``): the POST made no run, so the job goes back to the front of the
+        queue unbound, for another key; the batch stops only when no key may submit."""
+        st = self.state
+        st.budget.release(job.id)
+        stop = st.keys.refuse(key, str(exc), revoked=revoked)
+        # a job once in doubt may hold a run its lost POST made with this key: it stays
+        # bound to it (held, reported), never sent with another key
+        held = job.id in st.in_doubt_seen
+        changes: JobChanges = {"last_error": str(exc), "error_code": exc.code}
+        if not held:
+            changes["key_fingerprint"] = None
+        moved = await st.move(job, JobState.QUEUED, **changes)
+        if held:
+            st.keys.strand(moved or job, f"its key {key.label} no longer submits ({exc})")
+        if stop != "go_on":
+            st.stop("account", f"account: no key may submit (the last: {exc})", hard=stop == "hard")
+        elif moved is not None and not held:
+            st.requeue(moved, 0.0)
 
     async def _failed(
         self, job: JobRecord, exc: BaseException, decision: Decision, *, code: str | None

@@ -52,6 +52,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter",
         'API requests of the last run by route and HTTP status ("network": no answer).',
     ),
+    # several keys only; ``key`` is the key's fingerprint, never the key
+    "batchgen_key_requests_total": ("counter", "API requests of the last run by key."),
+    "batchgen_key_runs": ("gauge", "Runs of the batch charged to each key."),
+    "batchgen_key_spend_usd": ("gauge", "Money spent on the batch by each key, in USD."),
     "batchgen_in_doubt_jobs": ("gauge", "Jobs whose submission was in doubt during the run."),
     "batchgen_last_success_timestamp_seconds": (
         "gauge",
@@ -128,6 +132,11 @@ def samples_for(summary: RunSummary, previous: list[Sample]) -> list[Sample]:
         for status, n in sorted(per_status.items()):
             labels = {**b, "route": route, "status": status}
             out.append(("batchgen_requests_total", labels, n))
+    for key in summary.keys:
+        labels = {**b, "key": str(key["key"])}
+        out.append(("batchgen_key_requests_total", labels, key.get("requests", 0)))
+        out.append(("batchgen_key_runs", labels, key.get("runs", 0)))
+        out.append(("batchgen_key_spend_usd", labels, key.get("spend_usd", 0.0)))
     out.append(("batchgen_in_doubt_jobs", b, summary.in_doubt))
     out += _last_success(summary, previous)
     out.append(("batchgen_last_run_timestamp_seconds", b, round(summary.finished_at, 3)))

@@ -65,6 +65,8 @@ def payload(summary: RunSummary) -> dict[str, Any]:
         "finished_at": summary.finished_at,
         "host": socket.gethostname(),
         "text": text,
+        # several keys: each key's requests, runs and spend by fingerprint (one key: none)
+        **({"keys": summary.keys} if summary.keys else {}),
     }
     result: dict[str, Any] = scrub(body)
     return result

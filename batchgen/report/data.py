@@ -51,3 +51,5 @@ class ReportData:
     #: lost POST answers that may have charged a run (the ledger's unsettled possibles)
     possible_micro_usd: int = 0
     maybe_paid_twice: list[PossibleJob] = field(default_factory=list)
+    #: several keys: (key fingerprint, runs, spend) each (empty with one key)
+    by_key: list[tuple[str, int, int]] = field(default_factory=list)

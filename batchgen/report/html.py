@@ -237,10 +237,19 @@ def _header(data: ReportData, generated: str) -> str:
         f'<div class="totals"><span class="chip">{data.jobs} jobs</span>{chips}</div>'
         f'<div class="totals"><span class="chip">spent {_e(_usd(data.spend_micro_usd))}</span>'
         f'<span class="chip">wall time {_e(_duration(data.wall_s))}</span></div>'
-        f"{_maybe_paid_twice(data)}"
+        f"{_maybe_paid_twice(data)}{_by_key(data)}"
         f'<div class="meta">{_e(layout)} · axes: {_e(", ".join(data.axes) or "none")}</div>'
         f'</div><div class="charts">{gen_chart}{spend_chart}</div></header>'
     )
+
+
+def _by_key(data: ReportData) -> str:
+    """Several keys: each key's runs and spend, by its fingerprint (never the key)."""
+    chips = "".join(
+        f'<span class="chip">key {_e(fp)}: {runs} runs, {_e(_usd(spent))}</span>'
+        for fp, runs, spent in data.by_key
+    )
+    return f'<div class="totals by-key">{chips}</div>' if chips else ""
 
 
 def _maybe_paid_twice(data: ReportData) -> str:

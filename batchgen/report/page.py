@@ -140,7 +140,14 @@ def gather(
         generated_at=now,
         possible_micro_usd=money.possible,
         maybe_paid_twice=maybe,
+        by_key=_by_key(ledger.by_key(db, batch_id)),
     )
+
+
+def _by_key(money: dict[str | None, tuple[int, int]]) -> list[tuple[str, int, int]]:
+    """Runs and spend per key fingerprint, when the batch used several keys."""
+    keys = sorted((fp, runs, spent) for fp, (runs, spent) in money.items() if fp is not None)
+    return keys if len(keys) > 1 else []
 
 
 def _wall_s(jobs: list[JobRow], now: float) -> float | None:

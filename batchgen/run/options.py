@@ -63,6 +63,8 @@ class RunOptions:
     #: where the key's shared rate-limit window lives (None: $BATCHGEN_STATE_DIR, else
     #: $XDG_STATE_HOME/batchgen, else ~/.local/state/batchgen)
     state_dir: Path | None = None
+    #: ``--keys-file``: more API keys, one a line (``batchgen.run.keys``)
+    keys_file: Path | None = None
     #: allow plain http to a host that is not loopback (the key then goes in clear)
     allow_insecure: bool = False
     poll_policy: PollPolicy | None = None
@@ -90,7 +92,7 @@ def command_line(options: RunOptions) -> CommandLine:
     )
 
 
-def check_api_key(key: str | None) -> str:
+def check_api_key(key: str | None, where: str = "the key in $RUNBASE_API_KEY") -> str:
     """The key from $RUNBASE_API_KEY, refused (exit 2) unless it can go in a header as
     it is. The messages never quote the key, not even a part of it."""
     if not key:
@@ -98,19 +100,19 @@ def check_api_key(key: str | None) -> str:
             "no API key: set RUNBASE_API_KEY in the environment (it is never read "
             "from the command line and never stored)"
         )
-    problem = _key_problem(key)
+    problem = _key_problem(key, where)
     if problem is not None:
         raise UsageError([Problem(file="<environment>", message=problem[0], fix=problem[1])])
     if not key.startswith("sk-"):
-        raise UsageError("RUNBASE_API_KEY does not look like a Runbase key (keys start with sk-)")
+        name = "RUNBASE_API_KEY" if where.endswith("$RUNBASE_API_KEY") else where
+        raise UsageError(f"{name} does not look like a Runbase key (keys start with sk-)")
     return key
 
 
-def _key_problem(key: str) -> tuple[str, str] | None:
+def _key_problem(key: str, where: str) -> tuple[str, str] | None:
     """(what is wrong, the fix) for a key no HTTP header can carry, or None."""
-    where = "the key in $RUNBASE_API_KEY"
     stripped = key.rstrip("\r\n")
-    if stripped != key and _key_problem(stripped) is None:
+    if stripped != key and _key_problem(stripped, where) is None:
         if "\r" in key[len(stripped) :]:
             return (
                 f"{where} ends with a carriage return (a key file with Windows line endings?)",

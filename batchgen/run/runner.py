@@ -20,10 +20,11 @@ The order of one run, and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,10 @@ from batchgen.redact import redact_text
 from batchgen.report.page import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run.failures import Guarded, one_line, record_traceback, unexpected
+from batchgen.run.keys import gather_keys, open_pool
 from batchgen.run.lock import abatch_lock
 from batchgen.run.options import (
     RunOptions,
-    check_api_key,
     check_base_url,
     command_line,
 )
@@ -64,9 +65,6 @@ from batchgen.run.prepare import (
 )
 from batchgen.run.signals import interrupt_on_signals
 from batchgen.run.summary import Ended, build_summary, finish, snapshot, unattended_observers
-from batchgen.runbase.client import RunbaseClient
-from batchgen.runbase.ratelimit import RequestLimiter
-from batchgen.runbase.shared_window import SharedWindow
 from batchgen.settings import StoredBatch, command_line_problems, resolve_settings, stored_settings
 from batchgen.store import batches, ledger
 from batchgen.store.schema import Batch, open_db
@@ -88,6 +86,7 @@ def run_batch(
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
     pay_again: Sequence[str] = (),
+    api_keys: Sequence[str] = (),
 ) -> RunSummary:
     """Run (``manifest``) or resume (``batch``, None = most recent) a batch to its end.
 
@@ -95,6 +94,8 @@ def run_batch(
     missing or malformed key, found before anything is written or sent). Every
     observer gets ``finished(summary)`` whatever happened. ``pay_again``: job keys (or
     unique prefixes) submitted again although they hold a paid run (a new charge).
+    ``api_keys``: more keys (``$RUNBASE_API_KEYS``), with ``options.keys_file``'s: the
+    key pool (``batchgen.run.keys``).
     """
     return asyncio.run(
         arun_batch(
@@ -108,6 +109,7 @@ def run_batch(
             retry_in_doubt=retry_in_doubt,
             clock=clock,
             pay_again=pay_again,
+            api_keys=api_keys,
         )
     )
 
@@ -124,6 +126,7 @@ async def arun_batch(
     retry_in_doubt: bool = False,
     clock: Clock | None = None,
     pay_again: Sequence[str] = (),
+    api_keys: Sequence[str] = (),
 ) -> RunSummary:
     opts = options or RunOptions()
     clk: Clock = clock or SystemClock()
@@ -139,6 +142,7 @@ async def arun_batch(
     ]
     all_obs: list[Observer] = [*observers, *unattended_observers(opts, problems)]
     run = _Run(db_path, api_key or "", opts, clk, tally, all_obs)
+    run.keys = list(api_keys)
     started = clk.now()
     # one signal path from start to exit: a signal while the summary, metrics or
     # notification are written (systemctl stop) must not change the exit code they report
@@ -169,7 +173,8 @@ async def _outcome(
             raise UsageError(problems)
         # PostgreSQL is not driven by the runner yet: refused before the key is read
         refuse_postgres(run.db_path)
-        run.key = check_api_key(run.key or None)
+        run.keys = gather_keys(run.key or None, run.keys, opts.keys_file)
+        run.key = run.keys[0]
         check_base_url(opts)
         return await run.execute(manifest, batch, retry_failed, retry_in_doubt, pay_again=pay_again)
     except StateWriteError as exc:
@@ -201,6 +206,8 @@ class _Run:
     ) -> None:
         self.db_path = db_path
         self.key = key
+        #: every key of the run, checked (``run.keys``); the first is ``key``
+        self.keys: list[str] = [key] if key else []
         self.opts = opts
         self.clock = clock
         self.tally = tally
@@ -294,12 +301,9 @@ class _Run:
             observers=self.observers, stop=self.stop_event.is_set,
         )  # fmt: skip
 
-        # the key's window lives in a file every process of this user shares (restarts too)
-        shared = SharedWindow.for_key(self.key, opts.state_dir)
-        limiter = RequestLimiter(
-            rate[0], rate[1], clock=self.clock, margin_s=opts.limiter_margin_s, shared=shared
-        )
         retry = opts.retry_policy or RetryPolicy(max_attempts=max_attempts)
+        # several keys: a key refused (401) is set aside, the others go on
+        retry = dataclasses.replace(retry, key_pool=len(self.keys) > 1)
         durations = DurationModel(opts.poll_policy)
         durations.seed(history(self.db, batch.model))
         # the batch's whole life, every invocation: charges - refunds + possible charges
@@ -331,21 +335,19 @@ class _Run:
             # closed last: drained (every write landed) before the summary is read
             aclosing(SqliteStore(self.db)) as job_store,
             aiohttp.ClientSession(timeout=timeout) as files,
-            RunbaseClient(
-                settings.base_url,
-                self.key,
-                limiter=limiter,
-                timeout_s=opts.timeout_s,
-                observers=[Guarded(o, self._observer_failed) for o in (self.tally, *observers)],
-                clock=self.clock,
-            ) as client,
+            AsyncExitStack() as clients,
         ):
+            guarded = [Guarded(o, self._observer_failed) for o in (self.tally, *observers)]
+            pool = await open_pool(
+                clients, self.keys, rate, settings.base_url, opts, self.clock, guarded
+            )
             record = await job_store.batch(batch.id)
             engine = RunEngine(
                 job_store,
                 record,
-                client=client,
-                limiter=limiter,
+                client=pool.first.client,
+                limiter=pool.first.limiter,
+                keys=pool,
                 collect=make_collect(files, record, out_dir=out_dir, clock_now=self.clock.now),
                 materialize=materialize,
                 config=EngineConfig(

@@ -67,11 +67,11 @@ async def finish(observers: Sequence[Observer], summary: RunSummary) -> None:
 
 def snapshot(engine: RunEngine, tally: RequestTally, clock: Clock, started: float) -> Snapshot:
     """The progress line's figures now (``started``: the engine's monotonic start)."""
-    lim = engine.limiter
     counts = engine.counts
     remaining = sum(counts.get(s, 0) for s in ("queued", "in_doubt", "submitting"))
     per_job = tally.total / max(1, counts.get("succeeded", 0)) if tally.total else 2.2
-    limit_per_s = lim.max_requests / lim.window_s
+    # every key's rate (one key: its limiter's, as always)
+    limit_per_s = sum(k.limiter.max_requests / k.limiter.window_s for k in engine.state.keys.keys)
     eta: float | None = 0.0  # nothing left
     if remaining or engine.active:
         eta = remaining * max(2.0, min(per_job, 10.0)) / limit_per_s
@@ -111,6 +111,7 @@ class Ended:
 def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> RunSummary:
     """The summary of ``run``; what the database cannot tell (it failed) stays empty."""
     counts: dict[str, int] = {}
+    keys: list[dict[str, Any]] = []
     spend = possible = 0
     maybe_twice: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -134,6 +135,7 @@ def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> Ru
         out_dir = out_dir or run.batch.out_dir
     if run.engine is not None:
         in_doubt = max(in_doubt, len(run.engine.in_doubt_seen))
+        keys = _key_figures(run)
     finished = run.clock.now()
     return RunSummary(
         batch=run.batch_name,
@@ -151,7 +153,26 @@ def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> Ru
         repaired=repaired,
         possible_micro_usd=possible,
         maybe_paid_twice=maybe_twice,
+        keys=keys,
     )
+
+
+def _key_figures(run: Ended) -> list[dict[str, Any]]:
+    """Several keys: each key's requests, runs and spend (``KeyPool.figures`` and the
+    ledger); empty with one key."""
+    assert run.engine is not None
+    figures = run.engine.state.keys.figures()
+    if not figures or run.db is None or run.batch is None or run.batch.id is None:
+        return figures
+    try:
+        money = ledger.by_key(run.db, run.batch.id)
+    except Exception as exc:
+        log.debug("could not read the spend per key: %s", one_line(str(exc)))
+        money = {}
+    for f in figures:
+        runs, spent = money.get(f["key"], (0, 0))
+        f.update(runs=runs, spend_usd=spent / 1e6, spend_micro_usd=spent)
+    return figures
 
 
 __all__ = ["Ended", "build_summary", "finish", "snapshot", "unattended_observers"]

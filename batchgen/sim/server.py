@@ -82,6 +82,7 @@ class Simulator:
         app.router.add_get("/files/{run_id}/{name}", self._file)
         app.router.add_get("/_sim/stats", self._stats)
         app.router.add_post("/_sim/reset", self._reset)
+        app.router.add_post("/_sim/keys/{n}/{action}", self._key_admin)
         # no access log: the request line is harmless, but nothing here logs by habit
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -251,3 +252,16 @@ class Simulator:
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"reset": True})
+
+    async def _key_admin(self, request: web.Request) -> web.Response:
+        """``POST /_sim/keys/{n}/revoke`` (401 from then on) or ``.../empty`` (balance 0:
+        402 on its next POST); ``n`` as in ``key#n`` of the stats."""
+        action = request.match_info["action"]
+        try:
+            n = int(request.match_info["n"])
+            {"revoke": self.state.take_key_away, "empty": self.state.empty_balance}[action](n)
+        except (ValueError, KeyError):
+            return files.error_json(404, "not_found", "POST /_sim/keys/{n}/revoke or /empty")
+        except Refusal as refusal:
+            return web.json_response(refusal.body(), status=refusal.status)
+        return web.json_response({"key": f"key#{n}", action: True})

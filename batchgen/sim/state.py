@@ -66,6 +66,8 @@ class SimState:
             for i in range(len(self.keyring))
         ]
         self.book = RunBook()
+        #: accounts whose key was taken away (``/_sim/keys/{n}/revoke``): 401 from then on
+        self.revoked: set[int] = set()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.requests: dict[str, dict[str, int]] = {}
 
@@ -132,9 +134,22 @@ class SimState:
                 401, "missing_api_key", "Missing API key: send Authorization: Bearer sk-..."
             )
         found = self.keyring.find(key)
-        if found is None:
+        if found is None or found in self.revoked:
             raise Refusal(401, "invalid_api_key", "Invalid API key")
         return found
+
+    def take_key_away(self, n: int) -> None:
+        """Key ``n`` (1-based, ``key#n`` in stats) is answered 401 from now on."""
+        self.revoked.add(self._account_index(n))
+
+    def empty_balance(self, n: int) -> None:
+        """Key ``n``'s balance drops to 0: its next POST is answered 402."""
+        self.accounts[self._account_index(n)].balance = 0
+
+    def _account_index(self, n: int) -> int:
+        if not 1 <= n <= len(self.accounts):
+            raise Refusal(404, "not_found", f"no key #{n}")
+        return n - 1
 
     def admit(self, account: int) -> None:
         if not self.accounts[account].window.admit(time.monotonic()):

@@ -51,6 +51,8 @@ def add_entries(s: Session, job: JobRef, entries: Sequence[LedgerEntry], at: flo
                 amount_micro_usd=e.amount_micro_usd,
                 at=at,
                 detail=e.detail,
+                # the key that paid: the job's (a Job row or a JobRecord; older: None)
+                key_fingerprint=getattr(job, "key_fingerprint", None),
             )
         )
 

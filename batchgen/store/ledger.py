@@ -162,6 +162,20 @@ def job_spend(db: Db, batch_id: int) -> dict[int, int]:
     return {int(job_id): int(net or 0) for job_id, net in rows}
 
 
+def by_key(db: Db, batch_id: int) -> dict[str | None, tuple[int, int]]:
+    """key fingerprint -> (runs charged, charges minus refunds); None: the rows written
+    before the key pool (or of a caller without fingerprints)."""
+    with _connection(db) as conn:
+        if not has_ledger(conn):
+            return {}
+        rows = conn.execute(
+            "SELECT key_fingerprint, count(DISTINCT CASE WHEN kind = 'charge' THEN run_id END), "
+            f"{_NET} FROM charge WHERE batch_id = ? GROUP BY key_fingerprint",
+            (batch_id,),
+        ).fetchall()
+    return {fp: (int(runs or 0), int(net or 0)) for fp, runs, net in rows}
+
+
 def run_net(db: Db, job_id: int, run_id: str) -> int:
     """What the run was charged, minus what was refunded of it."""
     rows = _query(

@@ -56,6 +56,7 @@ class LedgerRow:
     amount_micro_usd: int
     at: float
     detail: str | None
+    key_fingerprint: str | None = None
 
 
 class InMemoryStore(JobStore):
@@ -116,7 +117,7 @@ class InMemoryStore(JobStore):
             self.ledger.append(
                 LedgerRow(
                     job.batch_id, job.id, e.run_id, job.attempts, job.idem_key,
-                    e.kind, e.amount_micro_usd, at, e.detail,
+                    e.kind, e.amount_micro_usd, at, e.detail, job.key_fingerprint,
                 )
             )  # fmt: skip
 

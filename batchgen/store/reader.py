@@ -17,7 +17,7 @@ from pathlib import Path
 
 from batchgen.errors import StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_DB = "batchgen.db"
 BUSY_TIMEOUT_MS = 30_000
 

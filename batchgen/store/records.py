@@ -82,6 +82,9 @@ class JobRecord:
     #: a decoder check mismatch, shown not hidden
     media_note: str | None = None
     updated_at: float = 0.0
+    #: the fingerprint of the key that created its run (``key_fingerprint``), set with
+    #: the intent; the run is polled with that key only (runs are visible to their key)
+    key_fingerprint: str | None = None
 
 
 class JobChanges(TypedDict, total=False):
@@ -104,6 +107,7 @@ class JobChanges(TypedDict, total=False):
     checksums: tuple[str, ...]
     media_note: str | None
     listed: bool
+    key_fingerprint: str | None
 
 
 #: the names a move accepts (checked at run time too: a typo is a bug, not a no-op)

@@ -9,6 +9,7 @@ can never deadlock upgrading a read lock to a write lock; they queue on
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, Index, UniqueConstraint, event, text
+from sqlalchemy import URL, Connection, Engine, Index, UniqueConstraint, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -121,6 +122,8 @@ class Job(SQLModel, table=True):
     checksums_json: str = "[]"
     media_note: str | None = None  # decoder check mismatch, shown not hidden
     updated_at: float = Field(default_factory=time.time)
+    #: fingerprint of the key that created the run (never the key); None: before v4
+    key_fingerprint: str | None = None
 
 
 class Event(SQLModel, table=True):
@@ -281,7 +284,17 @@ MIGRATIONS: dict[int, list[str]] = {
         "updated_at, 'migrated from schema 2: POST answer unknown' FROM job "
         "WHERE run_id IS NULL AND state = 'in_doubt'",
     ],
+    # the key pool: each job remembers the fingerprint of the key that created its run
+    4: ["ALTER TABLE job ADD COLUMN key_fingerprint VARCHAR"],
 }
+
+
+#: a migration step that adds a column: (table, column)
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+) ")
+
+
+def _has_column(conn: Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.exec_driver_sql(f"PRAGMA table_info({table})"))
 
 
 def _migrate(engine: Engine, path: Path) -> None:
@@ -302,6 +315,9 @@ def _migrate(engine: Engine, path: Path) -> None:
     with engine.begin() as conn:
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
+                added = _ADD_COLUMN.match(statement)
+                if added and _has_column(conn, added[1], added[2]):
+                    continue  # SQLite has no ADD COLUMN IF NOT EXISTS: already there
                 conn.exec_driver_sql(statement)
             conn.execute(
                 text("UPDATE meta SET value=:v WHERE key='schema_version'"), {"v": str(step)}

@@ -86,6 +86,7 @@ def job_record(row: Job) -> JobRecord:
         checksums=tuple(json.loads(row.checksums_json or "[]")),
         media_note=row.media_note,
         updated_at=row.updated_at,
+        key_fingerprint=row.key_fingerprint,
     )
 
 

@@ -47,6 +47,18 @@ class FailedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyCounts:
+    """One key of a batch run with several: its fingerprint (never the key), the jobs
+    bound to it, its runs and spend (the ledger's), and its paid runs not yet done."""
+
+    fingerprint: str
+    jobs: int
+    runs: int
+    spent_micro_usd: int
+    unfinished: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchCounts:
     by_state: dict[str, int]  # every state, listed or not
     unlisted: dict[str, int]  # the unlisted among them, by state (states with any only)
@@ -57,6 +69,8 @@ class BatchCounts:
     #: lost POST answers that may have charged a run (the ledger's unsettled possibles)
     possible_micro_usd: int = 0
     maybe_paid_twice: list[ledger.PossibleJob] = field(default_factory=list)
+    #: per key fingerprint, when the batch used several keys (empty with one key)
+    keys: list[KeyCounts] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -129,6 +143,7 @@ def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10)
             elif state == JobState.QUEUED.value:
                 estimate += int(priced or 0)
         money = ledger.totals(conn, batch_id)
+        keys = _key_counts(conn, batch_id)
         cost = money.spent
         maybe = ledger.possible_jobs(conn, batch_id, limit=failures) if money.possible else []
         if by_state[JobState.FAILED.value]:
@@ -160,4 +175,27 @@ def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10)
         failed=failed,
         possible_micro_usd=money.possible,
         maybe_paid_twice=maybe,
+        keys=keys,
     )
+
+
+def _key_counts(conn: sqlite3.Connection, batch_id: int) -> list[KeyCounts]:
+    """Per key fingerprint, when the batch's jobs name more than one (a database older
+    than the key pool has no fingerprints: none)."""
+    try:
+        rows = conn.execute(
+            "SELECT key_fingerprint, count(*), "
+            "sum(CASE WHEN state IN ('running', 'downloading') THEN 1 ELSE 0 END) "
+            "FROM job WHERE batch_id = ? AND key_fingerprint IS NOT NULL "
+            "GROUP BY key_fingerprint ORDER BY key_fingerprint",
+            (batch_id,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # schema 3 or older, read in place
+        return []
+    if len(rows) < 2:
+        return []
+    money = ledger.by_key(conn, batch_id)
+    return [
+        KeyCounts(str(fp), int(jobs), *money.get(str(fp), (0, 0)), int(left or 0))
+        for fp, jobs, left in rows
+    ]

@@ -20,6 +20,7 @@ from batchgen.states import JobState
 from batchgen.store.pg import db
 from batchgen.store.pg.rows import BudgetReached, job_record
 from batchgen.store.pg.store import PostgresStore
+from batchgen.store.reader import SCHEMA_VERSION
 from batchgen.store.records import JobRecord, LedgerEntry
 from tests.support.pgkit import sql
 
@@ -235,7 +236,7 @@ async def test_the_schema_is_made_once_by_workers_starting_together(
 ) -> None:
     stores = await asyncio.gather(*(open_store() for _ in range(4)))
     assert len({s.owner for s in stores}) == 4
-    assert sql(postgres_url, "SELECT value FROM meta") == [{"value": "3"}]
+    assert sql(postgres_url, "SELECT value FROM meta") == [{"value": str(SCHEMA_VERSION)}]
     assert len(sql(postgres_url, "SELECT id FROM worker")) == 4
     # a worker gone for an hour is forgotten by the next one to start; a recent one is kept
     sql(postgres_url, "INSERT INTO worker (id, host, pid, lease_until) VALUES "

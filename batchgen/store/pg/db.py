@@ -88,7 +88,11 @@ async def ensure_schema(conn: Conn, url: str) -> None:
             return
         cur = await conn.execute(query("schema_version"))
         got = await cur.fetchone()
-    version = int(got["value"]) if got else 0
+        version = int(got["value"]) if got else 0
+        if version == 3:  # schema 4 adds one column (the key pool's fingerprint)
+            await conn.execute(query("migrate_4"))
+            await conn.execute(query("bump_schema_version"), {"version": "4"})
+            version = 4
     if version > SCHEMA_VERSION:
         raise StateError(
             f"state database {masked(url)} has schema version {version}, newer than this "

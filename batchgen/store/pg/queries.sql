@@ -64,6 +64,7 @@ CREATE TABLE job (
     checksums_json text NOT NULL DEFAULT '[]',
     media_note text,
     updated_at double precision NOT NULL,
+    key_fingerprint text,
     -- the claim: which worker holds the job, until when (database clock), and how many
     -- times it has been claimed (a write of an older claim matches no row)
     owner text,
@@ -119,6 +120,14 @@ CREATE TABLE worker (
 -- set_schema_version --
 -- Record the schema version
 INSERT INTO meta (key, value) VALUES ('schema_version', %(version)s);
+
+-- migrate_4 --
+-- Schema 3 -> 4: the fingerprint of the key that made each job's run (the key pool)
+ALTER TABLE job ADD COLUMN IF NOT EXISTS key_fingerprint text;
+
+-- bump_schema_version --
+-- Record a newer schema version
+UPDATE meta SET value = %(version)s WHERE key = 'schema_version';
 
 -- register_worker --
 -- A worker announces itself (its lease starts now, on the database's clock)

@@ -45,6 +45,7 @@ def job_record(row: Row) -> JobRecord:
         checksums=tuple(json.loads(row["checksums_json"] or "[]")),
         media_note=row["media_note"],
         updated_at=row["updated_at"],
+        key_fingerprint=row.get("key_fingerprint"),
     )
 
 

@@ -299,8 +299,8 @@ class PostgresStore(JobStore):
                 query("insert_charge"),
                 {"batch_id": job.batch_id, "job_id": job.id, "run_id": e.run_id,
                  "attempt": attempt, "idem_key": idem_key, "kind": e.kind,
-                 "amount": e.amount_micro_usd, "key_fingerprint": self._key_fingerprint,
-                 "at": at, "detail": e.detail},
+                 "amount": e.amount_micro_usd, "at": at, "detail": e.detail,
+                 "key_fingerprint": job.key_fingerprint or self._key_fingerprint},
             )  # fmt: skip
 
     async def _check_budget(self, conn: db.Conn, job: JobRecord, estimate: int) -> None:
