@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.engine.state import ActiveRun, ApiClient, CollectStep, EngineState
+from batchgen.engine.keys import ApiClient
+from batchgen.engine.state import ActiveRun, CollectStep, EngineState
 from batchgen.errors import RunbaseError, RunNotFound
 from batchgen.files import download, media, sidecar
 from batchgen.manifest import naming

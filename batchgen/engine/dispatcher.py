@@ -47,12 +47,11 @@ from collections.abc import Callable, Sequence
 from batchgen.clock import Clock, SystemClock
 from batchgen.engine.budget import Budget
 from batchgen.engine.collect import Collector
-from batchgen.engine.keys import KeyPool, single
+from batchgen.engine.keys import ApiClient, KeyPool, single
 from batchgen.engine.poll import Poller
 from batchgen.engine.schedule import DurationModel
 from batchgen.engine.state import (
     STOP_CODES,
-    ApiClient,
     CollectStep,
     EngineConfig,
     EngineState,

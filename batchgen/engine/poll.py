@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 
 from batchgen.clock import api_duration
-from batchgen.engine.keys import PoolKey
+from batchgen.engine.keys import ApiClient, PoolKey, RunLike
 from batchgen.engine.schedule import RunClass
-from batchgen.engine.state import ActiveRun, ApiClient, EngineState, RunLike
+from batchgen.engine.state import ActiveRun, EngineState
 from batchgen.errors import RunbaseError
 from batchgen.retry import Action, Attempt, Stage, decide
 from batchgen.runbase.ratelimit import RequestLimiter

@@ -25,7 +25,7 @@ from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
 
 # the API's two calls live with the keys that send them; named here too, as before
-from batchgen.engine.keys import ApiClient, KeyPool, RunLike
+from batchgen.engine.keys import KeyPool
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
 from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
@@ -337,4 +337,4 @@ class EngineState:
 
 # the API's two calls are declared with the keys that send them (``engine.keys``);
 # the stages import them from here, as before the key pool
-__all__ = ["ActiveRun", "ApiClient", "EngineState", "RunLike"]
+__all__ = ["ActiveRun", "EngineState"]

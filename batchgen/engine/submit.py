@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from batchgen.engine.keys import PoolKey
+from batchgen.engine.keys import ApiClient, PoolKey
 from batchgen.engine.poll import Poller
-from batchgen.engine.state import ActiveRun, ApiClient, EngineState, Materializer, idem_key
+from batchgen.engine.state import ActiveRun, EngineState, Materializer, idem_key
 from batchgen.errors import InvalidRequest, RunbaseError, ServerError, TransportError, UsageError
 from batchgen.manifest.images import too_large_message
 from batchgen.retry import Action, Attempt, Decision, Stage, decide
