@@ -20,10 +20,13 @@ from batchgen.clock import Clock
 from batchgen.engine.keys import KeyPool, PoolKey
 from batchgen.errors import Problem, UsageError
 from batchgen.events import Observer
+from batchgen.manifest.safefile import FileRefused, read_regular
 from batchgen.run.options import RunOptions, check_api_key
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.runbase.shared_window import SharedWindow, key_fingerprint
+
+_KEYS_FILE_MAX_BYTES = 1 << 20  # a key a line: a megabyte is thousands of keys
 
 
 def gather_keys(
@@ -77,8 +80,12 @@ def _read_keys_file(path: Path) -> list[tuple[str, str]]:
                 )
             ]
         )
+    # Only a regular file, opened without blocking: a FIFO given as --keys-file used to
+    # block open() forever, deaf to SIGTERM; /dev/zero would read without end.
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, "keys file", _KEYS_FILE_MAX_BYTES).decode("utf-8")
+    except FileRefused as exc:
+        raise UsageError([Problem(file=str(path), message=str(exc), fix=exc.fix)]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             [Problem(file=str(path), message=f"cannot read the keys file: {exc}")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,20 @@ def test_a_bad_key_is_named_by_its_place_never_quoted(tmp_path: Path) -> None:
 def test_a_missing_keys_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read the keys file"):
         gather_keys(A, [], tmp_path / "nowhere")
+
+
+def test_a_keys_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    # A plain open() of a FIFO waits for a writer forever, deaf to SIGTERM.
+    fifo = tmp_path / "keys"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(UsageError) as caught:
+        gather_keys(None, keys_file=fifo)
+    assert "pipe (FIFO)" in str(caught.value.problems[0].message)
+
+
+def test_a_keys_file_that_is_a_folder_is_refused_plainly(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(UsageError) as caught:
+        gather_keys(None, keys_file=folder)
+    assert "folder" in str(caught.value.problems[0].message)
