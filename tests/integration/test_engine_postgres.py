@@ -26,26 +26,16 @@ from batchgen.engine.dispatcher import EngineConfig, Outcome, RunEngine
 from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.errors import ExitCode, RunbaseError, TransportError
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.answers import Run
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.store.pg.store import PostgresStore
 from batchgen.store.records import JobChanges, JobRecord
+from tests.support.answers import api_run
 from tests.support.pgkit import sql
 
 JOBS = 60
 PRICE = 484_000
 RUN_S = 30.0
-
-
-@dataclass
-class Run:
-    id: str
-    status: str
-    cost_micro_usd: int | None
-    urls: list[str]
-    created_at: str | None
-    completed_at: str | None = None
-    error: str | None = None
-    error_code: str | None = None
 
 
 @dataclass
@@ -86,9 +76,9 @@ class Api:
         created, _ = self.runs[run_id]
         if self.clock.now() >= created + RUN_S:
             done = iso_utc(created + RUN_S)
-            return Run(run_id, "succeeded", PRICE, [f"https://f/{run_id}.mp4"],
+            return api_run(run_id, "succeeded", PRICE, [f"https://f/{run_id}.mp4"],
                        iso_utc(created), done)  # fmt: skip
-        return Run(run_id, "running", PRICE, [], iso_utc(created))
+        return api_run(run_id, "running", PRICE, [], iso_utc(created))
 
 
 async def collect(

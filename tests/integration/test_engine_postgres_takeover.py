@@ -27,9 +27,10 @@ from batchgen.engine.dispatcher import EngineConfig, Outcome, RunEngine
 from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.errors import ExitCode
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.answers import Run
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.store.pg.store import PostgresStore
-from tests.integration.test_engine_postgres import PRICE, Api, Run, collect
+from tests.integration.test_engine_postgres import PRICE, Api, collect
 from tests.support.pgkit import sql
 
 JOBS = 30

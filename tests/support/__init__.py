@@ -14,6 +14,7 @@
 - `observe`: parsing the Prometheus textfile, progress snapshots, the summary trail.
 - `secrets`, `terminal`: planted secrets, hostile text, and checks that neither leaks.
 - `ratelimit`: counting requests in sliding windows.
+- `answers`: the API's run record as the engine's fake clients answer it.
 - `waiting`: waiting on a condition with a deadline instead of a fixed sleep.
 - `postgres`: a real PostgreSQL server for the tests (throwaway, shared by xdist workers).
 - `pgkit`: a PostgreSQL store's rows set up and read beside the store (contract, leases).

@@ -34,25 +34,15 @@ from batchgen.errors import (
 )
 from batchgen.files.download import DownloadError
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.answers import Run
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
 from batchgen.store.memory import InMemoryStore
 from batchgen.store.records import DOWNLOAD_FAILED, JobChanges, JobRecord
+from tests.support.answers import api_run
 
 MODEL = "bytedance/seedance-1-pro"
 PRICE = 484_000  # the model's price of the default input (1080p, 5 s)
-
-
-@dataclass
-class FakeRun:
-    id: str
-    status: str
-    cost_micro_usd: int | None
-    urls: list[str]
-    created_at: str | None
-    completed_at: str | None = None
-    error: str | None = None
-    error_code: str | None = None
 
 
 @dataclass
@@ -75,7 +65,7 @@ class FakeRunbase:
 
     async def create_run(
         self, model: str, input: dict[str, Any], *, idempotency_key: str, priority: int = 1
-    ) -> FakeRun:
+    ) -> Run:
         sent = next(j for j in self.store.jobs.values() if j.idem_key == idempotency_key)
         self.posts.append((sent.state, idempotency_key))
         if self.refuse_after is not None and len(self._runs) >= self.refuse_after:
@@ -90,7 +80,7 @@ class FakeRunbase:
 
     async def get_run(
         self, run_id: str, *, priority: int = 0, on_sent: Callable[[bool], None] | None = None
-    ) -> FakeRun:
+    ) -> Run:
         if on_sent is not None:
             on_sent(True)
         self.gets += 1
@@ -98,13 +88,13 @@ class FakeRunbase:
             raise self.get_errors.popleft()
         return self._answer(run_id)
 
-    def _answer(self, run_id: str) -> FakeRun:
+    def _answer(self, run_id: str) -> Run:
         created, _ = self._runs[run_id]
         urls = [f"https://files.example/{run_id}.mp4"]
         if self.clock.now() >= created + self.run_s:
             done = iso_utc(created + self.run_s)
-            return FakeRun(run_id, "succeeded", PRICE, urls, iso_utc(created), done)
-        return FakeRun(run_id, "running", PRICE, [], iso_utc(created))
+            return api_run(run_id, "succeeded", PRICE, urls, iso_utc(created), done)
+        return api_run(run_id, "running", PRICE, [], iso_utc(created))
 
 
 @dataclass

@@ -19,25 +19,15 @@ from batchgen.engine.keys import KeyPool, PoolKey
 from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.errors import AuthError, ExitCode, PaymentRequired, RunNotFound
 from batchgen.retry import RetryPolicy
+from batchgen.runbase.answers import Run
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.states import JobState
 from batchgen.store.memory import InMemoryStore
 from batchgen.store.records import JobChanges, JobRecord
+from tests.support.answers import api_run
 
 MODEL = "bytedance/seedance-1-pro"
 PRICE = 484_000
-
-
-@dataclass
-class Run:
-    id: str
-    status: str
-    cost_micro_usd: int | None
-    urls: list[str]
-    created_at: str | None
-    completed_at: str | None = None
-    error: str | None = None
-    error_code: str | None = None
 
 
 @dataclass
@@ -84,8 +74,10 @@ class KeyApi:
         created = self.runs[run_id]
         if self.clock.now() >= created + self.run_s:
             done = iso_utc(created + self.run_s)
-            return Run(run_id, "succeeded", PRICE, [f"https://f/{run_id}"], iso_utc(created), done)
-        return Run(run_id, "running", PRICE, [], iso_utc(created))
+            return api_run(
+                run_id, "succeeded", PRICE, [f"https://f/{run_id}"], iso_utc(created), done
+            )
+        return api_run(run_id, "running", PRICE, [], iso_utc(created))
 
 
 async def collect(job: JobRecord, urls: list[str], refresh: Any) -> JobChanges:
