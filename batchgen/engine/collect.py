@@ -6,7 +6,6 @@ GET of the run) does. A job becomes ``succeeded`` only after every file is in pl
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -104,24 +103,15 @@ class Collector:
             exc = transport_error(exc, what="download")
         decision = decide(exc, Attempt(failures=act.dl_errors), Stage.DOWNLOAD, st.retry)
         key = st.keys.for_job(job)
-        if st.keys.several and key is not None and decision.action is Action.SET_KEY_ASIDE:
-            # its key was refused (401) while refreshing the links: only that key's jobs
-            stop = st.keys.refuse(key, str(exc), revoked=True)
+
+        def strand(why: str) -> None:  # its key was refused (401) while refreshing links
             st.downloading.pop(job.id, None)
-            st.keys.strand(job, f"its key {key.label} was refused ({exc})")
-            if stop != "go_on":
-                why = f"account: no key may submit (the last: {exc})"
-                st.stop("account", why, hard=stop == "hard")
+            st.keys.strand(job, why)
+
+        answer = st.account_answer(decision, key, exc, strand)
+        if answer is None:
             return
-        if st.keys.several and key is not None and decision.action is Action.STOP_SUBMITTING:
-            if st.keys.refuse(key, str(exc)) != "go_on":  # that key only; fetched later
-                st.stop("account", f"account: {exc}")
-            decision = dataclasses.replace(decision, action=Action.RETRY)
-        if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
-            st.stop("account", f"account: {exc}", hard=True)
-            return
-        if decision.action is Action.STOP_SUBMITTING:  # the run is paid: fetched later
-            st.stop("account", f"account: {exc}")
+        decision = answer
         if decision.counted:
             act.dl_errors += 1
         if decision.action is not Action.FAIL_JOB:

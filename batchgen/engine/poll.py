@@ -10,7 +10,6 @@ the ``--on-lost`` policy.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -176,27 +175,13 @@ class Poller:
         st = self.state
         attempt = Attempt(failures=act.poll_errors, attempts=act.job.attempts)
         decision = decide(exc, attempt, Stage.POLL, st.retry)
-        if st.keys.several and decision.action is Action.SET_KEY_ASIDE:  # a 401
-            stop = st.keys.refuse(key, str(exc), revoked=True)
-            self._strand(act, f"its key {key.label} was refused ({exc})")
-            if stop != "go_on":
-                st.stop(
-                    "account", f"account: no key may submit (the last: {exc})", hard=stop == "hard"
-                )
+        answer = st.account_answer(decision, key, exc, lambda why: self._strand(act, why))
+        if answer is None:
             return
-        if st.keys.several and decision.action is Action.STOP_SUBMITTING:
-            # this key stops submitting; its paid run is polled again after the backoff
-            if st.keys.refuse(key, str(exc)) != "go_on":
-                st.stop("account", f"account: {exc}")
-            decision = dataclasses.replace(decision, action=Action.RETRY)
+        decision = answer
         if decision.action in (Action.RESUBMIT, Action.FAIL_JOB):  # a 404: the run is lost
             await self._lost(act, exc, resubmit=decision.action is Action.RESUBMIT)
             return
-        if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
-            st.stop("account", f"account: {exc}", hard=True)
-            return
-        if decision.action is Action.STOP_SUBMITTING:  # the run is paid: still polled
-            st.stop("account", f"account: {exc}")
         if decision.counted:
             act.poll_errors += 1
         act.next_poll = st.clock.monotonic() + decision.delay_s

@@ -12,6 +12,7 @@ records), keeps the in-memory counts and tells the observers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -25,11 +26,11 @@ from batchgen.clock import Clock
 from batchgen.engine.budget import Budget
 
 # the API's two calls live with the keys that send them; named here too, as before
-from batchgen.engine.keys import KeyPool
+from batchgen.engine.keys import KeyPool, PoolKey
 from batchgen.engine.schedule import DurationModel, RunClass, run_class
 from batchgen.errors import ExitCode, StateError, StateWriteError
 from batchgen.events import Observer, TransitionEvent
-from batchgen.retry import RetryPolicy
+from batchgen.retry import Action, Decision, RetryPolicy
 from batchgen.states import JobState
 from batchgen.store.interface import JobStore
 from batchgen.store.records import BatchRecord, JobChanges, JobRecord, LedgerEntry
@@ -185,6 +186,39 @@ class EngineState:
     in_doubt_seen: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------ stopping
+
+    def account_answer(
+        self,
+        decision: Decision,
+        key: PoolKey | None,
+        exc: BaseException,
+        strand: Callable[[str], None],
+    ) -> Decision | None:
+        """A refusal of the account met by a paid run's request (a poll, a download),
+        for the poller and the collector alike. None: dealt with here (the job stranded
+        with its refused key, or the batch stopped); else the decision left to act on.
+
+        With several keys a refusal is that key's alone: a 401 strands its jobs, a 402 /
+        403 stops it submitting and its run is asked again later. Otherwise a 401 stops
+        the batch at once and a 402 / 403 stops new submissions (paid runs go on)."""
+        if self.keys.several and key is not None:
+            if decision.action is Action.SET_KEY_ASIDE:  # a 401: its runs cannot be read
+                stop = self.keys.refuse(key, str(exc), revoked=True)
+                strand(f"its key {key.label} was refused ({exc})")
+                if stop != "go_on":
+                    why = f"account: no key may submit (the last: {exc})"
+                    self.stop("account", why, hard=stop == "hard")
+                return None
+            if decision.action is Action.STOP_SUBMITTING:
+                if self.keys.refuse(key, str(exc)) != "go_on":
+                    self.stop("account", f"account: {exc}")
+                return dataclasses.replace(decision, action=Action.RETRY)
+        if decision.action in (Action.STOP_BATCH, Action.SET_KEY_ASIDE):
+            self.stop("account", f"account: {exc}", hard=True)
+            return None
+        if decision.action is Action.STOP_SUBMITTING:  # the run is paid: asked again later
+            self.stop("account", f"account: {exc}")
+        return decision
 
     def stop(self, kind: str, reason: str, *, hard: bool = False) -> None:
         """Stop submitting (``kind`` in STOP_RANK); ``hard`` cancels everything now."""
