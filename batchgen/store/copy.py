@@ -219,7 +219,7 @@ async def _write_pg(url: str, source: Sequence[_Batch], src: str) -> Copied:
 
     conn = await db.connect(url)
     try:
-        await db.ensure_schema(conn, url)
+        await db.ensure_schema(url)
         async with conn.transaction():
             cur = await conn.execute(
                 "SELECT table_name, column_name, data_type FROM information_schema.columns "

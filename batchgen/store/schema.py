@@ -40,6 +40,7 @@ from batchgen.store.reader import (
     refuse_foreign,
     unreadable_message,
 )
+from batchgen.store.target import postgres_url
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -195,12 +196,19 @@ def _begin_deferred(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-def open_db(path: Path, *, readonly: bool = False) -> Engine:
+def open_db(path: Path | str, *, readonly: bool = False) -> Engine:
     """Open (and create or migrate, unless ``readonly``) the state database.
 
     ``readonly`` never creates the database, never writes to it and leaves no file
-    behind: ``plan``, ``status``, ``report`` and ``export`` use it.
+    behind: ``plan``, ``status``, ``report`` and ``export`` use it. A ``postgresql://``
+    value (``store.target``) opens that PostgreSQL database (``store.pg.engine``).
     """
+    url = postgres_url(path)
+    if url is not None:
+        from batchgen.store.pg.engine import open_pg_engine  # psycopg only when used
+
+        return open_pg_engine(url, readonly=readonly)
+    path = Path(path)
     refuse_folder(path)
     if readonly:
         open_readonly(path).close()  # missing, not a database, too new: a StateError

@@ -11,6 +11,7 @@ form of the URL that messages carry.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,14 @@ from batchgen.errors import BatchgenError, StateError, StateWriteError
 from batchgen.store.pg.queries import query
 from batchgen.store.reader import SCHEMA_VERSION
 
-__all__ = ["connect", "ensure_schema", "is_postgres_url", "masked", "pg_failure"]
+__all__ = [
+    "connect",
+    "ensure_schema",
+    "ensure_schema_sync",
+    "is_postgres_url",
+    "masked",
+    "pg_failure",
+]
 
 #: a connection whose rows are dicts (column -> value)
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -76,23 +84,29 @@ async def connect(url: str) -> Conn:
         raise failure from None
 
 
-async def ensure_schema(conn: Conn, url: str) -> None:
-    """Create the schema if the database has none; refuse one of a newer batchgen."""
-    async with conn.transaction():
-        await conn.execute(query("lock_schema"))
-        cur = await conn.execute(query("has_meta"))
-        row = await cur.fetchone()
-        if row is None or not next(iter(row.values())):
-            await conn.execute(query("create_schema"))
-            await conn.execute(query("set_schema_version"), {"version": str(SCHEMA_VERSION)})
-            return
-        cur = await conn.execute(query("schema_version"))
-        got = await cur.fetchone()
-        version = int(got["value"]) if got else 0
-        if version == 3:  # schema 4 adds one column (the key pool's fingerprint)
-            await conn.execute(query("migrate_4"))
-            await conn.execute(query("bump_schema_version"), {"version": "4"})
-            version = 4
+async def ensure_schema(url: str) -> None:
+    """``ensure_schema_sync`` off the event loop (its own short connection)."""
+    await asyncio.to_thread(ensure_schema_sync, url)
+
+
+def ensure_schema_sync(url: str, *, create: bool = True) -> None:
+    """Create the schema if the database has none (``create``; otherwise a database
+    without one is refused: the readers never write); refuse one of a newer batchgen.
+
+    Synchronous, so that the commands that read or sync through SQLAlchemy
+    (``store.pg.engine``) and the async store share one check."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            version = _settle_schema(conn, create=create)
+    except psycopg.Error as exc:
+        failure = pg_failure(exc, url)
+        assert failure is not None
+        raise failure from None
+    if version is None:
+        raise StateError(
+            f"{masked(url)}: no batchgen state database there (nothing was written); "
+            "`batchgen run MANIFEST --db URL` creates it"
+        )
     if version > SCHEMA_VERSION:
         raise StateError(
             f"state database {masked(url)} has schema version {version}, newer than this "
@@ -101,3 +115,27 @@ async def ensure_schema(conn: Conn, url: str) -> None:
     if version < SCHEMA_VERSION:
         # PostgreSQL stores start at version 3; a lower one is not ours
         raise StateError(f"{masked(url)}: not a batchgen state database; left untouched")
+
+
+def _settle_schema(conn: psycopg.Connection[Any], *, create: bool) -> int | None:
+    """The schema version, after creating or migrating it (``create``)."""
+    if not create:
+        row = conn.execute(query("has_meta")).fetchone()
+        if row is None or not row[0]:
+            return None
+        got = conn.execute(query("schema_version")).fetchone()
+        return int(got[0]) if got else 0
+    with conn.transaction():
+        conn.execute(query("lock_schema"))
+        row = conn.execute(query("has_meta")).fetchone()
+        if row is None or not row[0]:
+            conn.execute(query("create_schema"))
+            conn.execute(query("set_schema_version"), {"version": str(SCHEMA_VERSION)})
+            return SCHEMA_VERSION
+        got = conn.execute(query("schema_version")).fetchone()
+        version = int(got[0]) if got else 0
+        if version == 3:  # schema 4 adds one column (the key pool's fingerprint)
+            conn.execute(query("migrate_4"))
+            conn.execute(query("bump_schema_version"), {"version": "4"})
+            version = 4
+        return version

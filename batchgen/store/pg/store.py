@@ -110,7 +110,7 @@ class PostgresStore(JobStore):
         none (the caller calls ``heartbeat``); ``key_fingerprint``: on every ledger row."""
         conns = (await db.connect(url), await db.connect(url), await db.connect(url))
         try:
-            await db.ensure_schema(conns[0], url)
+            await db.ensure_schema(url)
             store = cls(
                 url, conns, lease_seconds=lease_seconds, heartbeat_every=heartbeat_every,
                 key_fingerprint=key_fingerprint, budget_micro_usd=budget_micro_usd,
