@@ -364,7 +364,9 @@ def cancel(
 
     Example: batchgen cancel nightly-2024-05-01
     """
-    if not db.exists():
+    from batchgen.store.target import postgres_url
+
+    if postgres_url(db) is None and not db.exists():
         raise UsageError(
             [Problem(file=str(db), message="no state database here", fix="point --db at it")]
         )
@@ -373,7 +375,7 @@ def cancel(
     from batchgen.store.batches import find_batch
     from batchgen.store.schema import open_db
 
-    engine = open_db(db)
+    engine = open_db(db, create=False)
     found = find_batch(engine, batch)
     assert found.id is not None
     done = commands.cancel(engine, found.id, abandon=abandon, now=time.time())
