@@ -100,6 +100,10 @@ async def test_every_reader_answers_from_postgres_as_from_sqlite(tmp_path, postg
     assert len(on_pg["export csv"].splitlines()) == 9
     assert json.loads(on_pg["plan --json"]) == json.loads(on_sqlite["plan --json"])
 
+    # with every debug line too, the password shows nowhere (batchgen() checks each call)
+    for args in (("status",), ("export", "--format", "jsonl"), ("plan", str(manifest))):
+        assert batchgen(tmp_path, "-vv", *args, "--db", url).returncode == 0
+
     # the same through $BATCHGEN_DB and the root option
     env_status = batchgen(tmp_path, "--db", url, "status", "--json", "--failures", "3")
     assert env_status.stdout == on_pg["status --json"]
@@ -176,3 +180,12 @@ def test_a_server_that_does_not_answer_is_exit_75_with_the_password_masked(tmp_p
         assert "postgresql://bob:***@127.0.0.1:9/batches: cannot reach it" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert {p.name for p in tmp_path.iterdir()} == before  # no "postgresql:" folder
+
+
+def test_a_server_that_refuses_the_database_is_exit_2(tmp_path, postgres_url):
+    scheme_host, _ = with_password(postgres_url).rsplit("/", 1)
+    url = f"{scheme_host}/no_such_database"
+    proc = batchgen(tmp_path, "status", "--json", "--db", url)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert ":***@" in proc.stderr and 'database "no_such_database" does not exist' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
