@@ -93,6 +93,7 @@ class KeySlots:
         #: the span counted: the window plus the margin for the send-to-arrival delay
         self.span_s = window_s + self.margin_s
         self.round_trips = RoundTrips()
+        self.given_back = 0  # slots taken and then not used
         self._asked = 0
         self._lock = asyncio.Lock()
         newline = sql.SQL("\n")
@@ -152,9 +153,11 @@ class KeySlots:
         """Forget the slot taken at ``at``: its request was never sent."""
         async with self._lock:
             try:
-                await self._conn.execute(query("give_back_slot"), {"key": key_fingerprint, "at": at})
+                params = {"key": key_fingerprint, "at": at}
+                await self._conn.execute(query("give_back_slot"), params)
             except psycopg.Error as exc:
                 raise self._failure(exc) from None
+            self.given_back += 1
 
     def _failure(self, exc: psycopg.Error) -> Exception:
         failure = db.pg_failure(exc, self._url)
