@@ -258,3 +258,23 @@ async def test_full_rate_is_back_within_three_windows_after_a_429_with_slots(
     # the full rate (20), less what the pause's jitter (up to 10 % of a window) and the
     # slots' span (1.1 windows) may shift out of it
     assert len(third) >= LIMIT - 2, (len(third), limiter.stats())
+
+
+async def test_a_database_too_slow_for_its_slots_stops_the_request(
+    sim: Simulator, key: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """Every slot late (here: a margin of 0.1 ms, which no round trip meets): not a
+    run that hangs asking forever, but a state failure (75) after ten in a row, and no
+    request sent on a late slot."""
+    await ensure_schema(postgres_url)
+    slots = await KeySlots.open(postgres_url, limit=LIMIT, window_s=WINDOW, margin_s=0.0001)
+    limiter = RequestLimiter(LIMIT, WINDOW, slots=slots.for_key(key_fingerprint(key)))
+    async with RunbaseClient(sim.base_url, key, limiter=limiter, timeout_s=5.0) as client:
+        with pytest.raises(StateWriteError) as slow:
+            await client.get_run("run_none")
+    await slots.aclose()
+    assert slow.value.exit_code == ExitCode.INTERRUPTED
+    assert "too slow" in str(slow.value)
+    assert slots.given_back == 10
+    assert sim.stats()["requests"] == {}  # nothing left on a late slot
+    assert sql(postgres_url, "SELECT count(*) AS n FROM key_slot")[0]["n"] == 0
