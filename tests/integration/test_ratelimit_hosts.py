@@ -95,8 +95,11 @@ async def test_takers_on_three_hosts_hold_one_keys_limit_and_use_it(
     assert stats["rate_limited"] == 0, stats["requests"]  # no window held more than 20
     assert stats["max_in_window"] <= LIMIT
     assert all(t.sent > 0 for t in tallies)  # every host got its share
-    # together they use most of the key: the bound is LIMIT per window (less the margin)
-    assert admitted(sim) >= 0.7 * LIMIT * run_s / WINDOW, (admitted(sim), tallies)
+    # together they use most of the key: at most LIMIT per window, and the slots' span
+    # is a window and a tenth (sent_in_run: granted between the start and the end)
+    in_run = sum(t.sent_in_run for t in tallies)
+    assert in_run >= 0.8 * LIMIT * run_s / WINDOW, (in_run, tallies)
+    assert admitted(sim) >= in_run  # the simulator got them all (and the stragglers)
 
 
 async def wait_for_lock(url: str, name: str) -> None:
