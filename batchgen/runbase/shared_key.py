@@ -23,8 +23,9 @@ counts it for a window plus its margin; a request sent much later could land bes
 window's worth of other hosts' requests. So a slot whose asking began more than half
 the source's margin ago (the process was paused: a VM stall, ``SIGSTOP``; or the
 database answered slowly) is given back and asked for again; it never goes out. The
-other half of the margin is for the way to the API. (A pause between this check and
-the socket write itself, microseconds of Python, is not covered.) A pause makes one
+other half of the margin is for the way to the API, and for the client's few steps
+between this check and the socket write (a process stopped during those, well under a
+millisecond of work, is not caught). A pause makes one
 stale slot; a database that answers too late every time (farther than a quarter of a
 second at the default margin) would make nothing but stale slots, a run that hangs:
 after ten in a row the request fails with ``StateWriteError`` (75) saying so.
