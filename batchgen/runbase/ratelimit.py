@@ -165,7 +165,7 @@ class RequestLimiter:
         self._last_cut_at = -math.inf
         self._recover_at = math.inf  # when the limit is next divided by ``decrease``
         beyond = shared is not None or slots is not None  # this process
-        self._shared = SharedKey(shared, slots, self._clock) if beyond else None
+        self._shared = SharedKey(shared, slots, self._clock, window_s=window_s) if beyond else None
         self._asking = False  # the head is out at the file or the database
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()

@@ -28,7 +28,8 @@ between this check and the socket write (a process stopped during those, well un
 millisecond of work, is not caught). A pause makes one
 stale slot; a database that answers too late every time (farther than a quarter of a
 second at the default margin) would make nothing but stale slots, a run that hangs:
-after ten in a row the request fails with ``StateWriteError`` (75) saying so.
+after ten in a row spread over three windows or more (a loaded machine's slow spell
+is shorter) the request fails with ``StateWriteError`` (75) saying so.
 
 The source's errors are not caught here: the database unreachable raises
 ``StateWriteError`` (75) out of ``RequestLimiter.acquire``, and the request is not sent.
@@ -51,8 +52,10 @@ log = logging.getLogger(__name__)
 #: the wait after a slot given back for being stale: ask again at once
 _AGAIN_S = 0.001
 
-#: stale slots in a row that mean the database is too slow, not that we paused
+#: stale slots in a row, over this many windows, mean the database is too slow (not
+#: that we paused, or the machine had a slow spell)
 _STALE_IN_A_ROW = 10
+_STALE_FOR_WINDOWS = 3
 
 
 class SlotSource(Protocol):
@@ -76,13 +79,20 @@ class SharedKey:
     source, either or both. One caller at a time (the limiter's queue head)."""
 
     def __init__(
-        self, window_file: SharedWindow | None, source: SlotSource | None, clock: Clock
+        self,
+        window_file: SharedWindow | None,
+        source: SlotSource | None,
+        clock: Clock,
+        *,
+        window_s: float,
     ) -> None:
         self._file = None if window_file is None else SharedSlots(window_file, clock.now)
         self._source = source
         self._clock = clock
         self._refused_until = -math.inf  # monotonic: the source said "not before"
+        self._window_s = window_s
         self._stale = 0  # stale slots since the last one used
+        self._stale_since = 0.0  # monotonic: the first of them
 
     async def take(self, slots: int, file_span: float, keep: int) -> float:
         """0.0 when a slot is recorded wherever the key is shared (send now), else the
@@ -117,16 +127,19 @@ class SharedKey:
     def _stale_slot(self, took: float, allowed: float) -> None:
         self._stale += 1
         if self._stale == 1:
-            log.warning(
+            self._stale_since = self._clock.monotonic()
+            log.info(
                 "a request slot came %.3fs after asking (more than %.3fs: paused, or the "
                 "state database slow): given back, asking again",
                 took,
                 allowed,
             )
-        if self._stale >= _STALE_IN_A_ROW:
+        lasted = self._clock.monotonic() - self._stale_since
+        if self._stale >= _STALE_IN_A_ROW and lasted >= _STALE_FOR_WINDOWS * self._window_s:
             raise StateWriteError(
-                f"the state database granted {self._stale} request slots in a row too late "
-                f"to use (the last {took:.3f}s after asking; a slot must be used within "
+                f"the state database granted {self._stale} request slots in a row over "
+                f"{lasted:.1f}s too late to use (the last {took:.3f}s after asking; a slot "
+                f"must be used within "
                 f"{allowed:.3f}s): too slow or too far for the key's limit; stopped: once "
                 "it answers promptly, `batchgen resume`"
             )
