@@ -83,6 +83,7 @@ def admitted(sim: Simulator) -> int:
     return sum(n for by in stats["requests"].values() for k, n in by.items() if k != "429")
 
 
+@pytest.mark.serial  # rates on a 1-s window: measured alone, not beside parallel workers
 async def test_takers_on_three_hosts_hold_one_keys_limit_and_use_it(
     sim: Simulator, key: str, postgres_url: str, tmp_path: Path
 ) -> None:
@@ -214,6 +215,7 @@ async def test_open_pool_given_the_database_takes_every_requests_slot_there(
     assert [r["key_fingerprint"] for r in rows] == [key_fingerprint(key)] * 2
 
 
+@pytest.mark.serial  # rates on a 1-s window: measured alone, not beside parallel workers
 async def test_full_rate_is_back_within_three_windows_after_a_429_with_slots(
     sim: Simulator, key: str, postgres_url: str, tmp_path: Path
 ) -> None:
