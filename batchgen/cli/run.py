@@ -30,6 +30,7 @@ from batchgen.cli.run_options import (
     InDoubtOpt,
     InsecureOpt,
     KeysFileOpt,
+    LeaseOpt,
     LogFileOpt,
     MetricsOpt,
     NotifyOpt,
@@ -134,6 +135,7 @@ def run(
         ),
     ] = None,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -168,6 +170,7 @@ def run(
         date=lenient(problems, parse_date, date),
         max_jobs=max_jobs,
         wait_lock_s=wait_lock,
+        lease_s=lease,
         log_file=log_file,
         summary_file=summary_file,
         metrics_file=metrics_file,
@@ -197,6 +200,7 @@ def _resume_options(
     in_doubt: InDoubt = InDoubt.resubmit,
     verify: bool = False,
     allow_insecure: bool = False,
+    lease: float = 30.0,
 ) -> RunOptions:
     from batchgen.run.options import RunOptions
 
@@ -211,6 +215,7 @@ def _resume_options(
         in_doubt=in_doubt.value,
         on_lost=on_lost.value,
         wait_lock_s=wait_lock,
+        lease_s=lease,
         log_file=log_file,
         summary_file=summary_file,
         metrics_file=metrics_file,
@@ -239,6 +244,7 @@ def resume(
     in_doubt: InDoubtOpt = InDoubt.resubmit,
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -259,6 +265,7 @@ def resume(
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
         allow_insecure=allow_insecure,
         verify=verify,
+        lease=lease,
     )  # fmt: skip
     _finish(run_batch(db, batch=batch, **key_args(key, options, keys_file)), json_out)
 
@@ -293,6 +300,7 @@ def retry(
     max_runtime: RuntimeOpt = None,
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -330,6 +338,7 @@ def retry(
         log_file, summary_file, metrics_file, notify_url, report,
         verify=verify,
         allow_insecure=allow_insecure,
+        lease=lease,
     )  # fmt: skip
     summary = run_batch(
         db,
@@ -364,7 +373,9 @@ def cancel(
 
     Example: batchgen cancel nightly-2024-05-01
     """
-    if not db.exists():
+    from batchgen.store.target import postgres_url
+
+    if postgres_url(db) is None and not db.exists():  # a server's missing schema: open_db
         raise UsageError(
             [Problem(file=str(db), message="no state database here", fix="point --db at it")]
         )

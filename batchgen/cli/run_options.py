@@ -112,7 +112,19 @@ WaitLockOpt = Annotated[
         min=0.0,
         callback=finite_option,
         help="Seconds to wait for another run using the same state database "
-        "(0: exit 75 at once, naming it).",
+        "(0: exit 75 at once, naming it). SQLite only: on PostgreSQL several workers "
+        "share a batch and none waits for another.",
+    ),
+]
+LeaseOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease",
+        min=1.0,
+        max=3600.0,
+        callback=finite_option,
+        help="PostgreSQL only: seconds this worker's claims last without its heartbeat "
+        "(sent every third of it); a killed worker's jobs go to another once it runs out.",
     ),
 ]
 LogFileOpt = Annotated[

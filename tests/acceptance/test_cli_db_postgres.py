@@ -5,6 +5,7 @@ Also through ``run_batch``, the library's entry point."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,13 +56,18 @@ def test_the_environment_and_the_root_option_are_refused_too(tmp_path: Path) -> 
     assert_refused(batchgen(tmp_path, "--db", URL, "run", str(manifest)), tmp_path, before)
 
 
-async def test_run_batch_refuses_a_postgres_db(
+async def test_run_batch_takes_a_postgres_url_for_a_server_never_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The runner drives PostgreSQL now: a server that does not answer is exit 75
+    (resumable), its password masked, and the URL never becomes a folder or a file."""
     manifest = write_manifest(tmp_path, ["a", "b"])
     monkeypatch.chdir(tmp_path)
     before = {p.name for p in tmp_path.iterdir()}
     summary = await arun_batch(Path(URL), api_key="sk-sim-0000000000000000", manifest=manifest)
-    assert summary.exit_code == ExitCode.USAGE
-    assert "not supported" in summary.reason and "s3cret" not in summary.reason
-    assert {p.name for p in tmp_path.iterdir()} == before
+    assert summary.exit_code == ExitCode.INTERRUPTED, summary.reason
+    assert "postgresql://bob:***@127.0.0.1:9/batches" in summary.reason
+    assert "s3cret" not in json.dumps(summary.to_json())
+    # the output folder is made before the database is reached (as with SQLite): empty
+    assert {p.name for p in tmp_path.iterdir()} - {"out"} == before
+    assert not any((tmp_path / "out").iterdir())

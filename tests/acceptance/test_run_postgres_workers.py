@@ -1,0 +1,232 @@
+"""`batchgen run`/`resume` on a PostgreSQL state database: several workers, one batch
+(issue 12 point 3).
+
+The real command as subprocesses, the real simulator in this test's loop and a real
+PostgreSQL (``postgres_url``). Compressed time: each key allows 20 requests per second
+(the API's 20 per 10 s, ten times faster), runs take a hundredth of their time, and a
+worker's claims last 2 s without its heartbeat (30 s by default).
+
+- One worker to the end: ``resume`` then finds nothing to do, ``status`` and the
+  summary agree, the summary names the worker.
+- The judged scenario: three workers with three keys on a few hundred jobs, the
+  simulator ignoring idempotency keys; one killed with ``kill -9`` mid-run, a fourth
+  started later: every job succeeds, the paid runs exceed the jobs by at most the
+  kills, no file is partial, no key is answered 429.
+- A budget two workers share: both stop with exit 4, the service's charges never pass it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from batchgen.files.media import probe
+from batchgen.sim import SimConfig, Simulator
+from tests.support.pgkit import sql
+
+RATE = (20, 1.0)
+KEYS = [f"sk-worker-{i}-{'w' * 24}" for i in range(3)]
+PRICE = 242_000  # 720p, 5 s
+LEASE = "2"
+
+
+def manifest(folder: Path, jobs: int, name: str = "shared") -> Path:
+    path = folder / "m.yaml"
+    takes = ", ".join(str(i) for i in range(jobs))
+    path.write_text(
+        f"""\
+name: {name}
+out_dir: videos
+filename: "{{index:03d}}-{{take}}"
+defaults:
+  prompt: "a heron at dawn, take {{take}}"
+  resolution: 720p
+  duration: 5
+matrix:
+  take: [{takes}]
+limits:
+  rate: 20/1s
+  concurrency: 20
+"""
+    )
+    return path
+
+
+def config(**kw: Any) -> SimConfig:
+    return SimConfig(keys=list(KEYS), rate=RATE, time_scale=0.01, seed=7, tiny_videos=True, **kw)
+
+
+async def start(folder: Path, *args: str, base_url: str, keys: list[str] = KEYS) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBASE_", "BATCHGEN_"))}
+    env.update(RUNBASE_API_KEYS=",".join(keys), RUNBASE_BASE_URL=base_url)
+    env["BATCHGEN_STATE_DIR"] = str(folder / "state")  # one host: the keys' windows shared
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchgen", *args,
+        env=env, cwd=folder, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def finish(proc: Any, timeout: float = 90) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError
+
+
+def counts(url: str) -> dict[str, int]:
+    rows = sql(url, "SELECT state, count(*) AS n FROM job GROUP BY state")
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary names: a partial download or a sidecar being written."""
+    return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
+
+
+def check_files(url: str, out: Path) -> None:
+    """Every video on disk as recorded (sha256, decodable), its sidecar beside it, and
+    nothing else: no partial file, under a temporary name or a final one."""
+    jobs = sql(url, "SELECT run_id, output_paths_json, checksums_json FROM job")
+    assert leftovers(out) == []
+    assert len(list(out.iterdir())) == 2 * len(jobs)  # a video and its sidecar each
+    for job in jobs:
+        paths, sums = json.loads(job["output_paths_json"]), json.loads(job["checksums_json"])
+        assert len(paths) == 1 and len(sums) == 1, job
+        video = out / paths[0]
+        assert hashlib.sha256(video.read_bytes()).hexdigest() == sums[0]
+        side = json.loads((out / (paths[0] + ".json")).read_text())
+        assert side["run_id"] == job["run_id"] and side["sha256"] == sums[0]
+        assert probe(video).frames > 0
+
+
+async def test_one_worker_to_the_end_then_resume_finds_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    jobs = 30
+    m = manifest(tmp_path, jobs)
+    db = ("--db", postgres_url, "--lease", LEASE)
+    async with Simulator(config()) as sim:
+        run = await start(tmp_path, "run", str(m), *db, "--json", "--summary-file", "s.json",
+                          base_url=sim.base_url)  # fmt: skip
+        code, out, err = await finish(run)
+        assert code == 0, err[-3000:]
+        summary = json.loads(out)
+        again = await start(tmp_path, "resume", *db, "--json", base_url=sim.base_url)
+        code2, out2, err2 = await finish(again)
+        assert code2 == 0, err2[-3000:]
+        stats = sim.stats()
+    status = await start(tmp_path, "status", "--db", postgres_url, "--json", base_url="")
+    code3, out3, err3 = await finish(status)
+    assert code3 == 0, err3[-3000:]
+    report = json.loads(out3)
+
+    assert summary["counts"] == {"succeeded": jobs} == counts(postgres_url)
+    assert stats["runs_created"] == jobs
+    # each process names itself; this one sent every request of the batch
+    worker = summary["worker"]
+    assert worker["pid"] == run.pid and worker["host"] == os.uname().nodename
+    assert worker["requests_total"] == summary["requests_total"] > 0
+    assert worker["spend_micro_usd"] == summary["spend_micro_usd"] == jobs * PRICE
+    assert json.loads((tmp_path / "s.json").read_text())["worker"] == worker
+    # resume: nothing to do, no request
+    resumed = json.loads(out2)
+    assert resumed["counts"] == {"succeeded": jobs} and resumed["requests_total"] == 0
+    assert resumed["worker"]["pid"] == again.pid and resumed["worker"]["spend_micro_usd"] == 0
+    # status reads the same batch from PostgreSQL
+    assert report["jobs"] == jobs
+    assert {k: v for k, v in report["by_state"].items() if v} == summary["counts"]
+    assert round(report["cost_usd"] * 1e6) == summary["spend_micro_usd"]
+    # the URL never became a file or a folder
+    assert not any(p.name.startswith("postgres") for p in tmp_path.iterdir())
+    check_files(postgres_url, tmp_path / "videos")
+
+
+async def test_three_workers_one_killed_a_fourth_joins_every_job_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    jobs = 300
+    m = manifest(tmp_path, jobs)
+    common = ("--db", postgres_url, "--lease", LEASE, "--json")
+    async with Simulator(config(ignore_idempotency=True)) as sim:
+        workers = [
+            await start(
+                tmp_path,
+                "run",
+                str(m),
+                *common,
+                "--summary-file",
+                f"w{i}.json",
+                base_url=sim.base_url,
+            )
+            for i in range(3)
+        ]
+        # kill -9 one worker mid-run: runs in flight, a POST perhaps, a page claimed
+        await wait_until(lambda: sim.stats()["runs_created"] >= 60)
+        workers[1].send_signal(signal.SIGKILL)
+        killed = await finish(workers[1])
+        assert killed[0] == -signal.SIGKILL, killed[2][-3000:]
+        # a fourth joins later, with `resume`
+        await wait_until(lambda: sim.stats()["runs_created"] >= 120)
+        fourth = await start(tmp_path, "resume", "shared", *common, "--summary-file", "w3.json",
+                             base_url=sim.base_url)  # fmt: skip
+        ended = [await finish(p) for p in (workers[0], workers[2], fourth)]
+        stats = sim.stats()
+
+    for code, _out, err in ended:
+        assert code == 0, err[-3000:]
+    summaries = [json.loads(out) for _code, out, _err in ended]
+    assert counts(postgres_url) == {"succeeded": jobs}
+    extra = stats["runs_created"] - jobs
+    print(f"{jobs} jobs, 1 kill: {stats['runs_created']} paid runs, "
+          f"429s {stats['rate_limited']}, busiest windows "
+          f"{[k['max_in_window'] for k in stats['keys']]}")  # fmt: skip
+    assert 0 <= extra <= 1  # the killed worker's POST in flight, at most
+    # no key ever over its limit: the service never had to refuse one
+    assert stats["rate_limited"] == 0
+    assert all(k["max_in_window"] <= RATE[0] and k["runs_created"] > 0 for k in stats["keys"])
+    check_files(postgres_url, tmp_path / "videos")
+    # each worker reported its own exit, the whole batch's counts
+    pids = {s["worker"]["pid"] for s in summaries}
+    assert pids == {workers[0].pid, workers[2].pid, fourth.pid}
+    assert all(s["counts"] == {"succeeded": jobs} for s in summaries)
+    assert all(s["worker"]["requests_total"] > 0 for s in summaries)
+    # what the ledger holds is what the service charged, but for the killed worker's run
+    # made and never heard of
+    (row,) = sql(
+        postgres_url, "SELECT sum(amount_micro_usd) AS s FROM charge WHERE kind = 'charge'"
+    )
+    charged = int(stats["charged_micro_usd"]) - int(stats["refunded_micro_usd"])
+    assert 0 <= charged - int(row["s"]) <= extra * PRICE
+
+
+async def test_a_budget_two_workers_share_stops_both_and_is_never_passed(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    jobs, affordable = 40, 10
+    m = manifest(tmp_path, jobs)
+    budget = f"{affordable * PRICE / 1e6 + 0.1:.2f}"  # ten jobs and change, not eleven
+    args = ("run", str(m), "--db", postgres_url, "--lease", LEASE, "--budget-usd", budget, "--json")
+    async with Simulator(config()) as sim:
+        workers = [await start(tmp_path, *args, base_url=sim.base_url) for _ in range(2)]
+        ended = [await finish(p) for p in workers]
+        stats = sim.stats()
+    for code, _out, err in ended:
+        assert code == 4, err[-3000:]
+    charged = int(stats["charged_micro_usd"]) - int(stats["refunded_micro_usd"])
+    assert charged <= float(budget) * 1e6
+    assert stats["runs_created"] == affordable
+    assert counts(postgres_url) == {"succeeded": affordable, "queued": jobs - affordable}
+    assert all(json.loads(out)["reason"].startswith("budget") for _c, out, _e in ended)
