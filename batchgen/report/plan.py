@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from batchgen.runbase.models import ModelSpec, load_model
 from batchgen.settings import resolve_settings
 from batchgen.states import JobState
-from batchgen.store import batches, ledger
+from batchgen.store import ledger, reports
 from batchgen.textsafe import printable
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
     by_axis: dict[str, Counter[str]] = {a: Counter() for a in detailed}
     total, to_submit = Totals(), Totals()
     sample: list[dict[str, Any]] = []
-    batch_id = None if db is None else batches.batch_id_named(db, loaded.name)
+    batch_id = None if db is None else reports.batch_id_named(db, loaded.name)
     stored = None if batch_id is None else Stored()
     pending: list[tuple[str, tuple[float, int, float]]] = []
 
@@ -194,7 +194,7 @@ def build_plan(loaded: LoadedManifest, db: Engine | None = None, *, samples: int
         assert db is not None and batch_id is not None
         _settle(db, batch_id, pending, stored, to_submit)
         matched = total.jobs - stored.new
-        stored.unlisted = batches.job_total(db, batch_id) - matched
+        stored.unlisted = reports.job_total(db, batch_id) - matched
     money = ledger.Totals() if db is None or batch_id is None else ledger.totals(db, batch_id)
     spent = money.spent
 
@@ -248,7 +248,7 @@ def _settle(
     if not pending:
         return
     assert db is not None and batch_id is not None
-    states = batches.lookup_states(db, batch_id, [key for key, _ in pending])
+    states = reports.lookup_states(db, batch_id, [key for key, _ in pending])
     for key, cost in pending:
         state = states.get(key)
         if state is None:

@@ -20,6 +20,10 @@ Identity is the job key alone. Decisions:
   listed again gets ``listed = 1`` back.
 - ``run_date`` is set when the batch is created and never changed (the name and output
   folder were evaluated with it); the other batch columns follow the latest manifest.
+
+On PostgreSQL ``sync_batch`` hands the same rows to ``store.pg.sync`` (one transaction
+under an advisory lock on the batch's name: workers starting together store each job
+once). Every other statement here is written once for both databases.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from sqlmodel import Session, col, select
 from batchgen.errors import StateError
 from batchgen.runbase.models import load_model
 from batchgen.store import status
+from batchgen.store.dbapi import qmark
+from batchgen.store.pg import sync as pg_sync
 from batchgen.store.schema import Batch, Job
 
 # Re-exported: the counts live in the stdlib-only ``status`` module (fast `status`).
@@ -51,12 +57,9 @@ __all__ = [
     "FailedJob",
     "SyncResult",
     "batch_counts",
-    "batch_id_named",
     "find_batch",
     "find_jobs",
-    "job_total",
     "list_batches",
-    "lookup_states",
     "sync_batch",
 ]
 
@@ -72,8 +75,6 @@ CHUNK = 50_000
 #: SQLite page cache while syncing: the unique (batch_id, key) index takes keys in random
 #: order, and a 2 MB cache makes each insert re-read index pages
 SYNC_CACHE_KIB = 32_768
-#: keys per read-only lookup in ``lookup_states`` (well under SQLite's 32766 parameters)
-LOOKUP_CHUNK = 500
 
 _UPSERT = """
 INSERT INTO job (batch_id, key, idx, variant, input_json, axes_json, listed, state,
@@ -157,6 +158,10 @@ def sync_batch(db: Engine, loaded: LoadedManifest) -> SyncResult:
     never touched (state, run id, attempts, cost, outputs).
     """
     now = time.time()
+    if db.dialect.name == "postgresql":
+        return SyncResult(
+            *pg_sync.sync_jobs(db, _batch_values(loaded, now), _rows_for(loaded, now))
+        )
     with db.connect() as conn, _cache_size(conn, SYNC_CACHE_KIB):
         with conn.begin():
             batch_id, created = _upsert_batch(conn, loaded, now)
@@ -217,8 +222,9 @@ def _row(batch_id: int, job: ExpandedJob, price: int, now: float) -> tuple[Any, 
     )
 
 
-def _upsert_batch(conn: Connection, loaded: LoadedManifest, now: float) -> tuple[int, bool]:
-    values = {
+def _batch_values(loaded: LoadedManifest, now: float) -> dict[str, Any]:
+    """The batch row's columns as the manifest gives them (``run_date``: a new batch's)."""
+    return {
         "model": loaded.model,
         "manifest_path": str(loaded.path),
         "manifest_sha256": loaded.sha256,
@@ -227,7 +233,19 @@ def _upsert_batch(conn: Connection, loaded: LoadedManifest, now: float) -> tuple
         "settings_json": _dumps(loaded.settings),
         "now": now,
         "name": loaded.name,
+        "run_date": loaded.run_date.isoformat(),
     }
+
+
+def _rows_for(loaded: LoadedManifest, now: float) -> pg_sync.Rows:
+    """``batch_id -> the manifest's job rows`` (PostgreSQL's sync streams them itself)."""
+    price = _pricer(loaded.model)
+    return lambda batch_id: (_row(batch_id, job, price(job.input), now) for job in loaded.jobs())
+
+
+def _upsert_batch(conn: Connection, loaded: LoadedManifest, now: float) -> tuple[int, bool]:
+    values = _batch_values(loaded, now)
+    run_date = values.pop("run_date")
     row = conn.exec_driver_sql("SELECT id FROM batch WHERE name = ?", (loaded.name,)).first()
     if row is not None:
         conn.exec_driver_sql(
@@ -243,7 +261,7 @@ def _upsert_batch(conn: Connection, loaded: LoadedManifest, now: float) -> tuple
         "filename_template, settings_json, run_date, canceled, abandon, created_at, "
         "updated_at) VALUES (:name, :model, :manifest_path, :manifest_sha256, :out_dir, "
         ":filename_template, :settings_json, :run_date, 0, 0, :now, :now)",
-        {**values, "run_date": loaded.run_date.isoformat()},
+        {**values, "run_date": run_date},
     )
     assert cursor.lastrowid is not None
     return int(cursor.lastrowid), True
@@ -335,42 +353,7 @@ def batch_counts(db: Engine, batch_id: int, *, failures: int = 10) -> BatchCount
     """Counts for ``batchgen status``: GROUP BY queries, no job object is loaded."""
     with db.connect() as conn:
         raw: Any = conn.connection.driver_connection
-        return status.batch_counts(raw, batch_id, failures=failures)
-
-
-# ------------------------------------------------------------------ reading: plan
-
-
-def lookup_states(db: Engine, batch_id: int, keys: Sequence[str]) -> dict[str, str]:
-    """``key -> state`` for those of ``keys`` the batch already holds."""
-    found: dict[str, str] = {}
-    with db.connect() as conn:
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            chunk = keys[start : start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.exec_driver_sql(
-                f"SELECT key, state FROM job WHERE batch_id = ? AND key IN ({marks})",
-                (batch_id, *chunk),
-            )
-            found.update((str(k), str(s)) for k, s in rows)
-        conn.rollback()
-    return found
-
-
-def job_total(db: Engine, batch_id: int) -> int:
-    with db.connect() as conn:
-        n = conn.exec_driver_sql(
-            "SELECT count(*) FROM job WHERE batch_id = ?", (batch_id,)
-        ).scalar_one()
-        conn.rollback()
-    return int(n)
-
-
-def batch_id_named(db: Engine, name: str) -> int | None:
-    with db.connect() as conn:
-        row = conn.exec_driver_sql("SELECT id FROM batch WHERE name = ?", (name,)).first()
-        conn.rollback()
-    return None if row is None else int(row[0])
+        return status.batch_counts(qmark(raw), batch_id, failures=failures)
 
 
 def find_jobs(engine: Engine, batch_id: int, prefixes: Sequence[str]) -> dict[str, tuple[int, str]]:

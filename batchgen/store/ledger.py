@@ -2,8 +2,9 @@
 
 Spend is a sum over ledger rows: charges minus refunds, and apart from them the
 *possible* charges (POSTs whose answer was lost; settled rows cancel them out). The
-budget counts all three. Every read takes a sqlite3 connection (``status``) or a
-SQLAlchemy engine (the engine, the report), read through its DB-API connection.
+budget counts all three. Every read takes a DB-API connection (sqlite3 for ``status``,
+psycopg on PostgreSQL) or a SQLAlchemy engine (the engine, the report), read through
+its DB-API connection; the SQL means the same on both (``store.dbapi``).
 
 A job found ``submitting`` counts as a possible charge of its estimate (its POST is in
 flight, or the process that sent it died) until a run recovers it and writes its row.
@@ -15,13 +16,14 @@ job's run id and cost and its in-doubt state.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-#: a sqlite3 connection, or a SQLAlchemy engine (read through its DB-API connection)
+from batchgen.store.dbapi import is_sqlite, qmark
+
+#: a DB-API connection (sqlite3, psycopg), or a SQLAlchemy engine (read through its own)
 Db = Any
 
 #: what version 3's migration backfills, for a version-2 database read in place
@@ -75,7 +77,11 @@ class PossibleJob:
         }
 
 
-def has_ledger(conn: sqlite3.Connection) -> bool:
+def has_ledger(conn: Any) -> bool:
+    """Whether the database has the ledger (PostgreSQL's schema always has it; SQLite's
+    before version 3 does not)."""
+    if not is_sqlite(conn):
+        return True
     row = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='charge'"
     ).fetchone()
@@ -83,14 +89,15 @@ def has_ledger(conn: sqlite3.Connection) -> bool:
 
 
 @contextmanager
-def _connection(db: Db) -> Iterator[sqlite3.Connection]:
-    if isinstance(db, sqlite3.Connection):
-        yield db
+def _connection(db: Db) -> Iterator[Any]:
+    """A connection taking ``?`` placeholders (``dbapi.qmark``): ``db`` itself when it
+    is a DB-API connection, else one of the engine's for the time of the read."""
+    if not hasattr(db, "raw_connection"):
+        yield qmark(db)
         return
     conn = db.raw_connection()
     try:
-        driver: sqlite3.Connection = conn.driver_connection
-        yield driver
+        yield qmark(conn.driver_connection)
     finally:
         conn.close()
 
@@ -102,7 +109,7 @@ _SUBMITTING = (
     "WHERE state = 'submitting')"
 )
 #: the schema-2 backfill counts them already
-_NONE = "(SELECT batch_id, id AS job_id, 0 AS amount_micro_usd FROM job WHERE 0)"
+_NONE = "(SELECT batch_id, id AS job_id, 0 AS amount_micro_usd FROM job WHERE 1 = 0)"
 
 
 def _query(db: Db, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -113,7 +120,8 @@ def _query(db: Db, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
             text = sql.format(ledger="charge", submitting=_SUBMITTING)
         else:
             text = sql.format(ledger=_LEGACY, submitting=_NONE)
-        return conn.execute(text, params).fetchall()
+        rows: list[tuple[Any, ...]] = conn.execute(text, params).fetchall()
+        return rows
 
 
 _NET = (
@@ -128,7 +136,7 @@ def totals(db: Db, batch_id: int) -> Totals:
     for kind, amount in _query(
         db,
         "SELECT kind, sum(amount_micro_usd) FROM {ledger} WHERE batch_id = ? GROUP BY kind "
-        "UNION ALL SELECT 'possible', sum(amount_micro_usd) FROM {submitting} "
+        "UNION ALL SELECT 'possible', sum(amount_micro_usd) FROM {submitting} AS s "
         "WHERE batch_id = ?",
         (batch_id, batch_id),
     ):
@@ -144,8 +152,8 @@ def possible_jobs(db: Db, batch_id: int, *, limit: int = 100) -> list[PossibleJo
         "WHERE c.job_id = l.job_id AND c.kind = 'charge') FROM ("
         "SELECT job_id, sum(amount_micro_usd) AS possible FROM ("
         "SELECT job_id, amount_micro_usd FROM {ledger} WHERE batch_id = ? AND kind = 'possible' "
-        "UNION ALL SELECT job_id, amount_micro_usd FROM {submitting} WHERE batch_id = ?) "
-        "GROUP BY job_id) AS l "
+        "UNION ALL SELECT job_id, amount_micro_usd FROM {submitting} AS s WHERE batch_id = ?) "
+        "AS p GROUP BY job_id) AS l "
         "JOIN job AS j ON j.id = l.job_id WHERE l.possible > 0 ORDER BY j.idx, j.id LIMIT ?",
         (batch_id, batch_id, limit),
     )

@@ -1,25 +1,31 @@
-"""Read-only queries behind ``batchgen report`` and ``batchgen export``.
+"""Read-only queries behind ``batchgen report``, ``batchgen export`` and the database
+part of ``batchgen plan``.
 
 One streaming ``SELECT`` per call, read through the pool's DB-API connection: in
 autocommit mode a single statement is its own consistent snapshot (WAL), and no
 ``BEGIN IMMEDIATE`` is taken, so a report written while ``batchgen run`` works on
-the batch never holds the write lock the engine needs.
+the batch never holds the write lock the engine needs. On PostgreSQL the same SQL runs
+in one read-only transaction through a server-side cursor (``store.dbapi.stream``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
 
 from batchgen.redact import mask_urls_deep, mask_urls_in
 from batchgen.states import JobState
-from batchgen.store.schema import Batch
+from batchgen.store.dbapi import qmark, stream
+from batchgen.store.schema import Batch, Job
 
 _FETCH = 500
+#: keys per read-only lookup in ``lookup_states`` (well under SQLite's 32766 parameters)
+LOOKUP_CHUNK = 500
 
 _COLUMNS = (
     "id, key, idx, variant, listed, input_json, axes_json, state, run_id, attempts, "
@@ -63,19 +69,16 @@ def iter_job_rows(db: Engine, batch_id: int) -> Iterator[JobRow]:
     """
     conn = db.raw_connection()
     try:
-        cur = conn.cursor()
-        cur.execute(
-            f"SELECT {_COLUMNS} FROM job WHERE batch_id = ? AND (listed OR state != ?) "
-            "ORDER BY idx, id",
-            (batch_id, JobState.QUEUED.value),
+        yield from map(
+            _row,
+            stream(
+                conn.driver_connection,
+                f"SELECT {_COLUMNS} FROM job WHERE batch_id = ? AND (listed OR state != ?) "
+                "ORDER BY idx, id",
+                (batch_id, JobState.QUEUED.value),
+                size=_FETCH,
+            ),
         )
-        while True:
-            rows = cur.fetchmany(_FETCH)
-            if not rows:
-                break
-            for r in rows:
-                yield _row(r)
-        cur.close()
     finally:
         conn.close()
 
@@ -84,8 +87,7 @@ def get_batch_row(db: Engine, batch_id: int) -> Batch:
     """The batch row, read the same lock-free way."""
     conn = db.raw_connection()
     try:
-        cur = conn.cursor()
-        cur.execute(
+        cur = qmark(conn.driver_connection).execute(
             "SELECT id, name, model, manifest_path, manifest_sha256, out_dir, "
             "filename_template, settings_json, run_date, canceled, abandon, created_at, "
             "updated_at FROM batch WHERE id = ?",
@@ -112,6 +114,37 @@ def get_batch_row(db: Engine, batch_id: int) -> Batch:
         created_at=r[11],
         updated_at=r[12],
     )
+
+
+# ------------------------------------------------------------------ plan
+
+
+def lookup_states(db: Engine, batch_id: int, keys: Sequence[str]) -> dict[str, str]:
+    """``key -> state`` for those of ``keys`` the batch already holds."""
+    found: dict[str, str] = {}
+    with db.connect() as conn:
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
+            rows = conn.execute(
+                select(Job.key, Job.state).where(Job.batch_id == batch_id, col(Job.key).in_(chunk))
+            )
+            found.update((str(k), str(s)) for k, s in rows)
+        conn.rollback()
+    return found
+
+
+def job_total(db: Engine, batch_id: int) -> int:
+    with db.connect() as conn:
+        n = conn.execute(select(func.count()).where(Job.batch_id == batch_id)).scalar_one()
+        conn.rollback()
+    return int(n)
+
+
+def batch_id_named(db: Engine, name: str) -> int | None:
+    with db.connect() as conn:
+        row = conn.execute(select(Batch.id).where(Batch.name == name)).first()
+        conn.rollback()
+    return None if row is None else int(row[0] or 0)
 
 
 def _row(r: tuple[Any, ...]) -> JobRow:
@@ -161,4 +194,11 @@ def _label(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-__all__ = ["JobRow", "get_batch_row", "iter_job_rows"]
+__all__ = [
+    "JobRow",
+    "batch_id_named",
+    "get_batch_row",
+    "iter_job_rows",
+    "job_total",
+    "lookup_states",
+]

@@ -3,6 +3,7 @@
 Finding a batch and counting its jobs by state: GROUP BY queries over the covering
 index ``ix_job_batch_status``, no job row is read. No SQLAlchemy here, so the command
 starts fast; ``batches.batch_counts`` runs the same queries on an engine's connection.
+On PostgreSQL the same SQL runs on a psycopg connection (``store.dbapi.qmark``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchgen.errors import StateError
 from batchgen.states import JobState
@@ -94,9 +96,10 @@ _BATCH_COLUMNS = "SELECT id, name, model, manifest_path, out_dir, canceled FROM 
 _RECENT_FIRST = "ORDER BY updated_at DESC, id DESC "
 
 
-def find_batch(conn: sqlite3.Connection, name: str | None) -> BatchInfo:
+def find_batch(conn: Any, name: str | None) -> BatchInfo:
     """The batch called ``name``; None: the most recently run or synced one.
 
+    ``conn``: a sqlite3 connection, or any DB-API one wrapped by ``dbapi.qmark``.
     Raises ``StateError`` (exit 2) naming the batches the database does hold.
     """
     if name is not None:
@@ -117,12 +120,13 @@ def find_batch(conn: sqlite3.Connection, name: str | None) -> BatchInfo:
     raise StateError(no_batch_message(name, known))
 
 
-def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10) -> BatchCounts:
+def batch_counts(conn: Any, batch_id: int, *, failures: int = 10) -> BatchCounts:
     """Counts by state, cost, and the first ``failures`` failures and error kinds.
 
     One read transaction: the counts and the failures are of the same moment.
     ``conn`` must be in autocommit mode (``isolation_level=None``) with no transaction
-    open, as ``reader.connect_readonly`` and the store's engines make them.
+    open, as ``reader.connect_readonly`` and the store's engines make them (a
+    PostgreSQL connection in a transaction already is taken too: its BEGIN only warns).
     """
     by_state = {st.value: 0 for st in JobState}
     unlisted: dict[str, int] = {}
@@ -179,7 +183,7 @@ def batch_counts(conn: sqlite3.Connection, batch_id: int, *, failures: int = 10)
     )
 
 
-def _key_counts(conn: sqlite3.Connection, batch_id: int) -> list[KeyCounts]:
+def _key_counts(conn: Any, batch_id: int) -> list[KeyCounts]:
     """Per key fingerprint, when the batch's jobs name more than one (a database older
     than the key pool has no fingerprints: none)."""
     try:

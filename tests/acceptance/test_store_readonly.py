@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.store import batches
+from batchgen.store import batches, reports
 from batchgen.store.schema import open_db
 from tests.support.manifests import write_manifest
 from tests.support.paths import REPO
@@ -43,7 +43,7 @@ def test_a_read_after_a_killed_writer_sees_its_commits_and_changes_no_byte(tmp_p
     reader = open_db(db_path, readonly=True)
     batch = batches.find_batch(reader, "sweep")
     assert batch.id is not None
-    assert batches.job_total(reader, batch.id) == 2 * len(SUBJECTS) + 2
+    assert reports.job_total(reader, batch.id) == 2 * len(SUBJECTS) + 2
     reader.dispose()
     # The reader rebuilt the WAL index in -shm (shared memory, not data); the database
     # and its WAL are byte for byte what the killed writer left.

@@ -150,7 +150,7 @@ def test_a_database_without_the_batch_changes_nothing(tmp_path):
 
 def test_more_jobs_than_one_lookup_chunk_are_all_classified(tmp_path, monkeypatch):
     monkeypatch.setattr("batchgen.report.plan.LOOKUP", 7)
-    monkeypatch.setattr("batchgen.store.batches.LOOKUP_CHUNK", 3)
+    monkeypatch.setattr("batchgen.store.reports.LOOKUP_CHUNK", 3)
     db = open_db(tmp_path / "state.db")
     subjects = [f"s{i}" for i in range(20)]
     manifest = write_manifest(tmp_path, subjects)
