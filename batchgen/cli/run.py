@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from batchgen.cli._app import (
-    DbOption,
     JsonOption,
     app,
     parse_date,
@@ -42,6 +41,7 @@ from batchgen.cli.run_options import (
     SummaryOpt,
     VerifyOpt,
     WaitLockOpt,
+    WorkerDbOption,
     key_args,
     lenient,
 )
@@ -111,7 +111,7 @@ def maybe_paid_line(summary: RunSummary) -> str:
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
     manifest: Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)],
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: the manifest's).")
     ] = None,
@@ -233,7 +233,7 @@ def resume(
     batch: Annotated[
         str | None, typer.Argument(help="Batch name (default: the most recent).")
     ] = None,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -290,7 +290,7 @@ def retry(
             "--pay-again", help="Submit the --job jobs again although their run was paid."
         ),
     ] = False,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -361,7 +361,7 @@ def cancel(
             help="Also give up runs already paid for and in-doubt jobs (never fetched).",
         ),
     ] = False,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     json_out: JsonOption = False,
 ) -> None:
     """Stop submitting new runs of BATCH; queued jobs become canceled.

@@ -1,7 +1,9 @@
-"""``--db postgresql://…`` (or ``$BATCHGEN_DB``) is refused by every command with exit 2
-and one clear line, its password masked; it never becomes a folder named
-``postgresql:`` with a SQLite file inside (issue 12), and nothing is written or sent.
-Also through ``run_batch``, the library's entry point."""
+"""``--db postgresql://…`` (or ``$BATCHGEN_DB``) never becomes a folder named
+``postgresql:`` with a SQLite file inside (issue 12). The commands that drive a batch
+(run, resume, retry, cancel) take it for a server: one that does not answer is exit 75
+(resumable) and one line, its password masked. The others refuse it with exit 2 and
+one clear line until they read PostgreSQL; nothing is written or sent. Also through
+``run_batch``, the library's entry point."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from tests.support.manifests import write_manifest
 
 URL = "postgresql://bob:s3cret@127.0.0.1:9/batches"
 COMMANDS = [
-    ("run", "M"), ("resume",), ("retry", "sweep"), ("cancel", "sweep"),
-    ("status",), ("plan", "M"), ("report", "--out", "r.html"), ("export", "--format", "csv"),
-]  # fmt: skip
+    ("status",),
+    ("plan", "M"),
+    ("report", "--out", "r.html"),
+    ("export", "--format", "csv"),
+]
+WORKERS = [("run", "M"), ("resume",), ("retry", "sweep"), ("cancel", "sweep")]
 
 
 def batchgen(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -49,11 +54,32 @@ def test_every_command_refuses_a_postgres_db(tmp_path: Path, cmd: tuple[str, ...
     assert_refused(batchgen(tmp_path, *args, "--db", URL), tmp_path, before)
 
 
+@pytest.mark.parametrize("cmd", WORKERS, ids=lambda c: c[0])
+def test_the_commands_that_drive_a_batch_take_the_url_for_a_server(
+    tmp_path: Path, cmd: tuple[str, ...]
+) -> None:
+    manifest = write_manifest(tmp_path, ["a", "b"])
+    before = {p.name for p in tmp_path.iterdir()}
+    args = [str(manifest) if a == "M" else a for a in cmd]
+    for how in ({"args": ["--db", URL]}, {"env": {"BATCHGEN_DB": URL}}):
+        proc = batchgen(tmp_path, *args, *how.get("args", []), **how.get("env", {}))
+        assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr
+        assert "postgresql://bob:***@127.0.0.1:9/batches" in proc.stderr
+        assert "cannot write" in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
+        # no "postgresql:" folder, no file (`run` makes its empty output folder first)
+        assert {p.name for p in tmp_path.iterdir()} - {"out"} == before
+
+
 def test_the_environment_and_the_root_option_are_refused_too(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, ["a", "b"])
     before = {p.name for p in tmp_path.iterdir()}
     assert_refused(batchgen(tmp_path, "status", BATCHGEN_DB=URL), tmp_path, before)
-    assert_refused(batchgen(tmp_path, "--db", URL, "run", str(manifest)), tmp_path, before)
+    assert_refused(batchgen(tmp_path, "--db", URL, "status"), tmp_path, before)
+    # the root option reaches `run` as its own --db does: a server, never a file
+    proc = batchgen(tmp_path, "--db", URL, "run", str(manifest))
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr
+    assert "bob:***@" in proc.stderr and "s3cret" not in proc.stderr
+    assert {p.name for p in tmp_path.iterdir()} - {"out"} == before
 
 
 async def test_run_batch_takes_a_postgres_url_for_a_server_never_a_file(

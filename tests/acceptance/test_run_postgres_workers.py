@@ -27,8 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from batchgen.files.media import probe
 from batchgen.sim import SimConfig, Simulator
+from batchgen.store.dbapi import qmark
+from batchgen.store.status import BatchCounts, batch_counts, find_batch
 from tests.support.pgkit import sql
 
 RATE = (20, 1.0)
@@ -91,6 +95,21 @@ def counts(url: str) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in rows}
 
 
+def status(url: str) -> BatchCounts:
+    """What `batchgen status` reads (``batchgen.store.status``; the command itself
+    refuses a PostgreSQL --db until its reader is wired: branch pgread)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        wrapped = qmark(conn)
+        return batch_counts(wrapped, find_batch(wrapped, None).id)
+
+
+def held_by(url: str, pid: int) -> dict[str, int]:
+    """The jobs a worker (``host:pid:nonce``) holds, by state."""
+    rows = sql(url, "SELECT state, count(*) AS n FROM job WHERE owner LIKE %(w)s GROUP BY state",
+               {"w": f"{os.uname().nodename}:{pid}:%"})  # fmt: skip
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
 def leftovers(out: Path) -> list[str]:
     """Temporary names: a partial download or a sidecar being written."""
     return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
@@ -128,10 +147,7 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
         code2, out2, err2 = await finish(again)
         assert code2 == 0, err2[-3000:]
         stats = sim.stats()
-    status = await start(tmp_path, "status", "--db", postgres_url, "--json", base_url="")
-    code3, out3, err3 = await finish(status)
-    assert code3 == 0, err3[-3000:]
-    report = json.loads(out3)
+    found = status(postgres_url)
 
     assert summary["counts"] == {"succeeded": jobs} == counts(postgres_url)
     assert stats["runs_created"] == jobs
@@ -146,9 +162,9 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
     assert resumed["counts"] == {"succeeded": jobs} and resumed["requests_total"] == 0
     assert resumed["worker"]["pid"] == again.pid and resumed["worker"]["spend_micro_usd"] == 0
     # status reads the same batch from PostgreSQL
-    assert report["jobs"] == jobs
-    assert {k: v for k, v in report["by_state"].items() if v} == summary["counts"]
-    assert round(report["cost_usd"] * 1e6) == summary["spend_micro_usd"]
+    assert found.total == jobs
+    assert {k: v for k, v in found.by_state.items() if v} == summary["counts"]
+    assert found.cost_micro_usd == summary["spend_micro_usd"]
     # the URL never became a file or a folder
     assert not any(p.name.startswith("postgres") for p in tmp_path.iterdir())
     check_files(postgres_url, tmp_path / "videos")
@@ -178,6 +194,9 @@ async def test_three_workers_one_killed_a_fourth_joins_every_job_once(
         workers[1].send_signal(signal.SIGKILL)
         killed = await finish(workers[1])
         assert killed[0] == -signal.SIGKILL, killed[2][-3000:]
+        # it held unfinished jobs: they wait for its lease to run out, then go to others
+        held = held_by(postgres_url, workers[1].pid)
+        assert held, "the kill came too late to test anything"
         # a fourth joins later, with `resume`
         await wait_until(lambda: sim.stats()["runs_created"] >= 120)
         fourth = await start(tmp_path, "resume", "shared", *common, "--summary-file", "w3.json",
@@ -230,3 +249,38 @@ async def test_a_budget_two_workers_share_stops_both_and_is_never_passed(
     assert stats["runs_created"] == affordable
     assert counts(postgres_url) == {"succeeded": affordable, "queued": jobs - affordable}
     assert all(json.loads(out)["reason"].startswith("budget") for _c, out, _e in ended)
+
+
+async def test_a_download_cut_by_a_dead_worker_is_repaired_by_the_next(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A worker killed mid-download leaves the bytes under a temporary name only, the
+    job ``downloading`` under its claim; once the claim's lease is out, the next worker
+    takes the job over and fetches the video again from its paid run: no new POST."""
+    jobs = 4
+    m = manifest(tmp_path, jobs)
+    db = ("--db", postgres_url, "--lease", LEASE, "--json")
+    out = tmp_path / "videos"
+    async with Simulator(config()) as sim:
+        code, _out, err = await finish(await start(tmp_path, "run", str(m), *db,
+                                                   base_url=sim.base_url))  # fmt: skip
+        assert code == 0, err[-3000:]
+        # what `kill -9` mid-download leaves: the final name not written yet, half the
+        # bytes under the temporary one, the job downloading under an expired claim
+        (job,) = sql(postgres_url, "SELECT * FROM job WHERE idx = 0")
+        name = json.loads(job["output_paths_json"])[0]
+        video = (out / name).read_bytes()
+        (out / name).unlink()
+        (out / (name + ".json")).unlink()
+        (out / f".{name}.part").write_bytes(video[: len(video) // 2])
+        sql(postgres_url, "UPDATE job SET state = 'downloading', owner = 'gone:1:dead', "
+            "lease_until = now() - interval '1 second', epoch = epoch + 1 WHERE id = %(id)s",
+            {"id": job["id"]})  # fmt: skip
+        proc = await start(tmp_path, "resume", *db, base_url=sim.base_url)
+        code, stdout, err = await finish(proc)
+        stats = sim.stats()
+    assert code == 0, err[-3000:]
+    assert json.loads(stdout)["counts"] == {"succeeded": jobs}
+    assert stats["runs_created"] == jobs  # fetched again from its paid run, never resent
+    assert (out / name).read_bytes() == video
+    check_files(postgres_url, out)
