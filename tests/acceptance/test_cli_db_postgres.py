@@ -61,8 +61,10 @@ def test_the_commands_that_drive_a_batch_take_the_url_for_a_server(
     manifest = write_manifest(tmp_path, ["a", "b"])
     before = {p.name for p in tmp_path.iterdir()}
     args = [str(manifest) if a == "M" else a for a in cmd]
-    for how in ({"args": ["--db", URL]}, {"env": {"BATCHGEN_DB": URL}}):
-        proc = batchgen(tmp_path, *args, *how.get("args", []), **how.get("env", {}))
+    for proc in (
+        batchgen(tmp_path, *args, "--db", URL),
+        batchgen(tmp_path, *args, BATCHGEN_DB=URL),
+    ):
         assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr
         assert "postgresql://bob:***@127.0.0.1:9/batches" in proc.stderr
         assert "cannot write" in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
