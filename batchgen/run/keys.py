@@ -25,6 +25,7 @@ from batchgen.run.options import RunOptions, check_api_key
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.ratelimit import RequestLimiter
 from batchgen.runbase.shared_window import SharedWindow, key_fingerprint
+from batchgen.store.pg.slots import KeySlots
 
 _KEYS_FILE_MAX_BYTES = 1 << 20  # a key a line: a megabyte is thousands of keys
 
@@ -106,14 +107,34 @@ async def open_pool(
     opts: RunOptions,
     clock: Clock,
     observers: Sequence[Observer],
+    *,
+    slots_url: str | None = None,
 ) -> KeyPool:
     """One client and one limiter per key, opened on ``stack`` (closed with it). Each
-    key's window lives in a file every process of this user shares (restarts too)."""
+    key's window lives in a file every process of this user shares (restarts too).
+
+    ``slots_url``: the run's PostgreSQL state database (a ``postgresql://`` URL; pass it
+    when the state is PostgreSQL, None for SQLite). Every request of every key (POST
+    and GET) then also takes its slot there (``store.pg.slots.KeySlots``, on a
+    connection of its own, opened here and closed with ``stack``), so a key's limit
+    holds across hosts; the file stays on too (``runbase.shared_key`` says why). The
+    schema must exist: open the store first. The database unreachable when a request
+    asks for its slot raises ``StateWriteError`` (exit 75) from that request.
+    """
+    key_slots: KeySlots | None = None
+    if slots_url is not None:
+        key_slots = await KeySlots.open(slots_url, limit=rate[0], window_s=rate[1])
+        stack.push_async_callback(key_slots.aclose)
     pooled: list[PoolKey] = []
     for key in keys:
-        shared = SharedWindow.for_key(key, opts.state_dir)
+        fingerprint = key_fingerprint(key)
         limiter = RequestLimiter(
-            rate[0], rate[1], clock=clock, margin_s=opts.limiter_margin_s, shared=shared
+            rate[0],
+            rate[1],
+            clock=clock,
+            margin_s=opts.limiter_margin_s,
+            shared=SharedWindow.for_key(key, opts.state_dir),
+            slots=None if key_slots is None else key_slots.for_key(fingerprint),
         )
         client = RunbaseClient(
             base_url,
@@ -124,7 +145,7 @@ async def open_pool(
             clock=clock,
         )
         await stack.enter_async_context(client)
-        pooled.append(PoolKey(key_fingerprint(key), client, limiter))
+        pooled.append(PoolKey(fingerprint, client, limiter))
     return KeyPool(pooled)
 
 

@@ -19,21 +19,15 @@ Four layers decide when the next request may go:
 3. A 429 pauses everything for a window plus jitter (or Retry-After) and halves the
    limit; each clean window after the pause doubles it back (full rate within 3).
 4. With ``shared``, a slot is also recorded in the key's window file, shared by this
-   user's processes and restarts, on wall time (``now()``; ``shared_window``).
+   user's processes and restarts, on wall time (``now()``; ``shared_window``); with
+   ``slots``, in PostgreSQL, shared by every host (``shared_key``: both may be on).
 
-Why not ``aiolimiter.AsyncLimiter(20, 10)`` alone: its bucket starts full and drains
-at 2/s, so it lets ~39 requests through in the first 10 s. Configured as
-``AsyncLimiter(1, 0.5)`` it would pace correctly, but it reads the event loop's
-clock (so it cannot run on the injected ``batchgen.clock``, which the tests need),
-serves waiters first-come first-served (no priorities), and fixes its rate at
-construction (a 429 changes it). Layer 2 is that same leaky bucket, written against
-the injected clock, with the sliding log on top as the guarantee.
-
-So aiolimiter is not a dependency of batchgen: carrying layer 2 on it would mean a
-second clock beside the injected one (the tests of the limiter run on virtual time),
-a wrapper to give it priorities, and a new ``AsyncLimiter`` on every AIMD step, and it
-would decide none of what layers 1 and 3 decide. A test keeps the numbers above
-honest (tests/integration/test_client_sim.py uses it from the test extras).
+Why not ``aiolimiter.AsyncLimiter``: as (20, 10) its full bucket lets ~39 requests
+through in the first 10 s; as (1, 0.5) it paces right but reads the event loop's clock
+(not the injected ``batchgen.clock``), serves first-come first-served (no priorities)
+and fixes its rate at construction (a 429 changes it). Layer 2 is that leaky bucket on
+the injected clock; aiolimiter would decide none of layers 1, 3 and 4, so it is not a
+dependency (tests/integration/test_client_sim.py keeps these numbers honest).
 """
 
 from __future__ import annotations
@@ -49,7 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchgen.clock import Clock, SystemClock
-from batchgen.runbase.shared_window import SharedSlots, SharedWindow
+from batchgen.runbase.shared_key import SharedKey, SlotSource
+from batchgen.runbase.shared_window import SharedWindow
 
 #: what Runbase allows one key: 20 requests per 10 s, POST and GET together
 DEFAULT_RATE: tuple[int, float] = (20, 10.0)
@@ -131,11 +126,11 @@ class RequestLimiter:
         rng: random.Random | None = None,
         history: int = 100_000,
         shared: SharedWindow | None = None,
+        slots: SlotSource | None = None,
     ) -> None:
         """
-        margin_s: extra seconds added to the window in the hard bound; default 0.15 s
-            but at most 5% of the window (a simulator with compressed time has tiny
-            windows and next to no network jitter).
+        margin_s: extra seconds added to the window in the hard bound; default 0.15 s,
+            at most 5% of the window (compressed time: tiny windows, next to no jitter).
         burst: how many requests may go back to back after a quiet spell; default a
             quarter of max_requests.
         decrease: factor applied to the limit on a 429; each clean window after
@@ -144,6 +139,7 @@ class RequestLimiter:
             (default 10% of the window), so several clients of one key spread out.
         history: send times kept for ``utilisation()``.
         shared: the key's window file (None: this process only).
+        slots: the key's slots in the run's PostgreSQL (None: not shared beyond the host).
         """
         if max_requests < 1 or window_s <= 0:
             raise ValueError("max_requests must be >= 1 and window_s > 0")
@@ -168,7 +164,9 @@ class RequestLimiter:
         self._pause_until = -math.inf
         self._last_cut_at = -math.inf
         self._recover_at = math.inf  # when the limit is next divided by ``decrease``
-        self._shared = None if shared is None else SharedSlots(shared, self._clock.now)
+        beyond = shared is not None or slots is not None  # this process
+        self._shared = SharedKey(shared, slots, self._clock) if beyond else None
+        self._asking = False  # the head is out at the file or the database
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
 
@@ -261,7 +259,7 @@ class RequestLimiter:
         """Wait until ``me`` may send; the monotonic time it may."""
         shared = self._shared
         while True:
-            if self._waiters[0] is not me or (shared is not None and shared.busy):
+            if self._waiters[0] is not me or self._asking:
                 # Only the head of the queue watches the clock; the others sleep
                 # until whoever is ahead leaves (sent or cancelled) and wakes them.
                 me.wake.clear()
@@ -272,9 +270,11 @@ class RequestLimiter:
             if delay <= _EPS and shared is not None:
                 # an early poll (2) leaves a burst free for other processes (shared_window)
                 slots = self._slots() - (self.burst if me.priority >= 2 else 0)
+                self._asking = True
                 try:
                     delay = await shared.take(max(1, slots), self._shared_span, self.max_requests)
                 finally:
+                    self._asking = False
                     self._waiters[0].wake.set()  # a head that came meanwhile waits for us
                 if delay <= _EPS:
                     return self._clock.monotonic()

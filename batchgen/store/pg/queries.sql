@@ -329,7 +329,10 @@ ORDER BY idx, id
 FOR UPDATE SKIP LOCKED;
 
 -- lock_key --
--- One slot taker at a time per key, to the end of the transaction (every host, one clock)
+-- One slot taker at a time per key, to the end of the transaction (every host, one clock).
+-- Sent with take_slot in one query message: the implicit transaction of that message
+-- holds the lock, so it is never held while the server waits for the client
+-- (batchgen.store.pg.slots)
 SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 20));
 
 -- take_slot --
@@ -347,9 +350,15 @@ WITH recent AS (
     SELECT %(key)s, clock_timestamp() FROM verdict WHERE n < %(limit)s
     RETURNING at
 )
-SELECT (SELECT count(*) FROM taken) AS taken,
+SELECT (SELECT count(*) FROM taken) AS taken, (SELECT at FROM taken) AS at,
     extract(epoch FROM (SELECT oldest FROM verdict) + make_interval(secs => %(span)s)
         - clock_timestamp())::float8 AS wait;
+
+-- give_back_slot --
+-- A slot taken but not used (its request was never sent): one row of the key at that time
+DELETE FROM key_slot WHERE ctid = (
+    SELECT ctid FROM key_slot WHERE key_fingerprint = %(key)s AND at = %(at)s LIMIT 1
+);
 
 -- prune_slots --
 -- Forget a key's requests older than two spans
