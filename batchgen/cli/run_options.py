@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 import typer
 
 from batchgen.cli._app import finite_option, used_db
-from batchgen.store.reader import DEFAULT_DB
 from batchgen.errors import Problem, UsageError
+from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
     from batchgen.run.options import RunOptions

@@ -359,9 +359,12 @@ class _Run:
             AsyncExitStack() as clients,
         ):
             guarded = [Guarded(o, self._observer_failed) for o in (self.tally, *observers)]
+            # PostgreSQL: every request also takes its key's slot there (KeySlots), so a
+            # key's limit holds across hosts; the store above made the schema
             pool = await open_pool(
-                clients, self.keys, rate, settings.base_url, opts, self.clock, guarded
-            )
+                clients, self.keys, rate, settings.base_url, opts, self.clock, guarded,
+                slots_url=self.pg_url,
+            )  # fmt: skip
             record = await job_store.batch(batch.id)
             engine = RunEngine(
                 job_store,
