@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from batchgen.sim import SimConfig, Simulator
 from batchgen.store.dbapi import qmark
 from batchgen.store.status import BatchCounts, batch_counts, find_batch
 from tests.support.pgkit import sql
+from tests.support.processes import receiver
 
 RATE = (20, 1.0)
 KEYS = [f"sk-worker-{i}-{'w' * 24}" for i in range(3)]
@@ -294,3 +296,30 @@ async def test_a_download_cut_by_a_dead_worker_is_repaired_by_the_next(
     assert stats["runs_created"] == jobs  # fetched again from its paid run, never resent
     assert (out / name).read_bytes() == video
     check_files(postgres_url, out)
+
+
+async def test_a_password_in_the_url_is_in_no_output(tmp_path: Path, postgres_url: str) -> None:
+    """The summary, the log, the metrics, the notification and the terminal of a worker
+    whose --db carries a password (the test server trusts 127.0.0.1, so it is sent and
+    ignored): ``***`` wherever the URL shows, the password nowhere."""
+    secret = "pw-Zq81xK"
+    url = postgres_url.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in url
+    m = manifest(tmp_path, 4)
+    outputs = ("--log-file", "log.jsonl", "--summary-file", "s.json", "--metrics-file", "m.prom")
+    async with receiver([]) as (hook, got), Simulator(config()) as sim:
+        proc = await start(tmp_path, "-v", "run", str(m), "--db", url, *outputs, "--json",
+                           "--notify-url", hook, base_url=sim.base_url)  # fmt: skip
+        code, out, err = await finish(proc)
+        # a database that does not answer is an error that names it
+        away = re.sub(r"@127\.0\.0\.1:\d+/", "@127.0.0.1:9/", url)
+        gone = await start(tmp_path, "resume", "--db", away, "--json", base_url=sim.base_url)
+        code2, out2, err2 = await finish(gone)
+    assert code == 0, err[-3000:]
+    # the default lease (30 s): the worker still ends as soon as the batch is done
+    assert json.loads(out)["wall_s"] < 5
+    assert code2 == 75 and "postgres:***@" in out2 + err2, err2[-3000:]
+    assert json.loads(out)["worker"]["pid"] == proc.pid and got
+    written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".mp4"]
+    for text in [out, err, out2, err2, json.dumps(got), *written]:
+        assert secret not in text
