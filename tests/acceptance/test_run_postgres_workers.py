@@ -148,6 +148,14 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
         again = await start(tmp_path, "resume", *db, "--json", base_url=sim.base_url)
         code2, out2, err2 = await finish(again)
         assert code2 == 0, err2[-3000:]
+        # retry and cancel take the URL too: nothing failed, nothing left to cancel
+        retry = await start(tmp_path, "retry", "shared", *db, "--json", base_url=sim.base_url)
+        code4, out4, err4 = await finish(retry)
+        assert code4 == 0 and json.loads(out4)["requests_total"] == 0, err4[-3000:]
+        cancel = await start(tmp_path, "cancel", "shared", "--db", postgres_url, "--json",
+                             base_url=sim.base_url)  # fmt: skip
+        code5, out5, err5 = await finish(cancel)
+        assert code5 == 0 and sum(json.loads(out5)["canceled"].values()) == 0, err5[-3000:]
         stats = sim.stats()
     found = status(postgres_url)
 
