@@ -17,7 +17,6 @@ from batchgen.redact import RedactingFormatter
 from batchgen.runbase.ratelimit import rate_from_text
 from batchgen.settings import MAX_BUDGET_USD, MAX_SECONDS, amount_problem
 from batchgen.store.reader import DEFAULT_DB
-from batchgen.store.target import refuse_postgres
 from batchgen.textsafe import printable_lines
 
 app = typer.Typer(
@@ -34,13 +33,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-#: the --db of the command being run, so that its failure can name the database
+#: the --db of the command being run, so that its failure can name the database (a
+#: PostgreSQL URL's password masked: store.failures)
 used_db: list[Path] = []
 
 
 def _remember_db(path: Path) -> Path:
-    # a postgresql:// URL taken as a path would become a folder "postgresql:": exit 2
-    refuse_postgres(path)
+    # a postgresql:// URL arrives as a Path ("postgresql:/u@h/db"): store.target.postgres_url
+    # gives it back; a command that cannot use PostgreSQL yet refuses it itself
     used_db[:] = [path]
     return path
 
@@ -51,7 +51,8 @@ DbOption = Annotated[
         "--db",
         envvar="BATCHGEN_DB",
         callback=_remember_db,
-        help=f"State database (SQLite). Default ./{DEFAULT_DB}, or $BATCHGEN_DB.",
+        help=f"State database: a SQLite file or a postgresql:// URL. Default ./{DEFAULT_DB}, "
+        "or $BATCHGEN_DB.",
         show_default=False,
     ),
 ]

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -30,6 +30,7 @@ from batchgen.states import JobState
 from batchgen.store import reader
 from batchgen.store import status as status_store
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.store.target import postgres_url
 from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
@@ -161,8 +162,9 @@ def plan(
         )
         from batchgen.store.schema import open_db
 
-        # Read-only, and only if it exists: plan must never create or change a file.
-        engine = open_db(db, readonly=True) if db.exists() else None
+        # Read-only, and only if it exists: plan must never create or change a file. A
+        # PostgreSQL URL is always read (one without batchgen's schema: exit 2, untouched).
+        engine = open_db(db, readonly=True) if postgres_url(db) or db.exists() else None
         try:
             from batchgen.report.plan import build_plan, render_plan
 
@@ -196,7 +198,7 @@ def status(
 
     Example: batchgen status nightly-2024-05-01 --json
     """
-    with _exit_on_error(), reader.reading(db) as conn:
+    with _exit_on_error(), _reading(db) as conn:
         found = status_store.find_batch(conn, batch)
         counts = status_store.batch_counts(conn, found.id, failures=failures)
     report = mask_urls_deep(_status_dict(found, counts))
@@ -204,6 +206,17 @@ def status(
         _print_json(report)
     else:
         print(_status_text(report))
+
+
+def _reading(db: Path) -> AbstractContextManager[Any]:
+    """A read-only DB-API connection taking ``?`` (``store.dbapi``): the standard
+    library's sqlite3 for a file, psycopg (no SQLAlchemy either) for a PostgreSQL URL."""
+    url = postgres_url(db)
+    if url is None:
+        return reader.reading(db)
+    from batchgen.store.pg.db import reading  # psycopg: only for a PostgreSQL database
+
+    return reading(url)
 
 
 def _print_json(value: Any) -> None:

@@ -20,6 +20,7 @@ from batchgen.errors import CommandError, Problem, UsageError
 from batchgen.files.outputs import Protected, check_outputs
 from batchgen.redact import redact_text
 from batchgen.store.reader import DEFAULT_DB
+from batchgen.store.target import postgres_url
 from batchgen.textsafe import printable, printable_lines
 
 if TYPE_CHECKING:
@@ -66,11 +67,12 @@ def _protected(db: Path, batch: Batch, out: Path) -> Protected:
     """The database, the batch's manifest and the files that manifest names (loaded
     only when ``out`` exists: a file the manifest reads exists, so only an existing
     ``out`` can be one)."""
+    file = None if postgres_url(db) else db  # a PostgreSQL database is no file to protect
     if not os.path.lexists(out):
-        return Protected.of(db, batch.manifest_path)
+        return Protected.of(file, batch.manifest_path)
     from batchgen.manifest.loader import named_files
 
-    return Protected.of(db, batch.manifest_path, named_files(batch.manifest_path, batch.run_date))
+    return Protected.of(file, batch.manifest_path, named_files(batch.manifest_path, batch.run_date))
 
 
 def _unwritable(out: Path, exc: OSError) -> UsageError:

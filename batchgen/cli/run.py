@@ -375,7 +375,7 @@ def cancel(
     """
     from batchgen.store.target import postgres_url
 
-    if postgres_url(db) is None and not db.exists():  # a server's missing schema: open_db
+    if postgres_url(db) is None and not db.exists():
         raise UsageError(
             [Problem(file=str(db), message="no state database here", fix="point --db at it")]
         )
@@ -384,7 +384,7 @@ def cancel(
     from batchgen.store.batches import find_batch
     from batchgen.store.schema import open_db
 
-    engine = open_db(db)
+    engine = open_db(db, create=False)
     found = find_batch(engine, batch)
     assert found.id is not None
     done = commands.cancel(engine, found.id, abandon=abandon, now=time.time())

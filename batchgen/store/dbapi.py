@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Qmark", "is_sqlite", "qmark", "stream"]
+__all__ = ["Qmark", "is_sqlite", "qmark", "reading", "stream"]
 
 
 def is_sqlite(conn: Any) -> bool:
@@ -64,3 +65,26 @@ def stream(conn: Any, sql: str, params: Sequence[Any], *, size: int) -> Iterator
             yield from rows
     finally:
         cur.close()
+
+
+@contextmanager
+def reading(conn: Any) -> Iterator[None]:
+    """One read transaction over several statements, so that they see one moment.
+
+    sqlite3 (in autocommit mode): ``BEGIN`` … ``ROLLBACK``. A psycopg connection in
+    autocommit mode (``status``'s own): a read-only ``REPEATABLE READ`` transaction,
+    PostgreSQL's one snapshot for all its statements. One that is not (an engine's)
+    already runs the statements in its own transaction: left as it is.
+    """
+    if isinstance(conn, Qmark):
+        if not conn.conn.autocommit:
+            yield
+            return
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    else:
+        begin = "BEGIN"
+    conn.execute(begin)
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")

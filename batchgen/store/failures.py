@@ -1,4 +1,5 @@
-"""SQLite's errors, wherever they surface, turned into ours with one clear line.
+"""SQLite's errors, wherever they surface, turned into ours with one clear line
+(PostgreSQL's too, when the database is a ``postgresql://`` URL: ``store.pg.db``).
 
 SQLAlchemy wraps the ``sqlite3`` error (``.orig``); the standard-library reader raises
 it bare. Either way the SQLite result code decides:
@@ -15,9 +16,11 @@ can use it without importing SQLAlchemy.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 from batchgen.errors import BatchgenError, StateError, StateWriteError
+from batchgen.store.target import postgres_url
 
 #: result codes after which the same write can succeed once the cause is fixed
 _TRANSIENT = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM")
@@ -52,6 +55,9 @@ def state_failure(exc: BaseException, path: Path | str | None = None) -> Batchge
     None when it did not come from SQLite."""
     if isinstance(exc, StateError | StateWriteError):
         return exc
+    url = None if path is None else postgres_url(path)
+    if url is not None:
+        return _postgres_failure(exc, url)
     err = sqlite_error(exc)
     if err is None:
         return None
@@ -62,6 +68,26 @@ def state_failure(exc: BaseException, path: Path | str | None = None) -> Batchge
         return StateWriteError(f"{where}: cannot write ({reason}); stopped: {_FIX_TRANSIENT}")
     fix = next((f for code, f in _FIX.items() if name.startswith(code)), _FIX_OTHER)
     return StateError(f"{where}: cannot use it ({reason}); {fix}")
+
+
+def _postgres_failure(exc: BaseException, url: str) -> BatchgenError | None:
+    """PostgreSQL's error behind ``exc`` (itself or SQLAlchemy's ``.orig``) as ours,
+    the URL's password masked; None when none came from psycopg."""
+    if "psycopg" not in sys.modules:  # nothing PostgreSQL ran: status starts without it
+        return None
+    # imported here only: a SQLite command (status) never loads psycopg
+    from batchgen.store.pg.db import pg_failure
+
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        failure = pg_failure(err, url)
+        if failure is not None:
+            return failure
+        orig = getattr(err, "orig", None)
+        err = orig if isinstance(orig, BaseException) else (err.__cause__ or err.__context__)
+    return None
 
 
 __all__ = ["sqlite_error", "state_failure"]

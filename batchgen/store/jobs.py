@@ -122,7 +122,8 @@ def recent_durations(engine: Engine, model: str, *, limit: int = 500) -> list[tu
                 col(Job.run_created_at).is_not(None),
                 col(Job.run_completed_at).is_not(None),
             )
-            .order_by(col(Job.finished_at).desc())
+            # NULLS LAST spelled out: PostgreSQL puts them first in a DESC order
+            .order_by(col(Job.finished_at).desc().nulls_last())
             .limit(limit)
         ).all()
         return [(r[0], r[1] or "", r[2] or "") for r in rows]

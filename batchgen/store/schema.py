@@ -196,18 +196,20 @@ def _begin_deferred(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-def open_db(path: Path | str, *, readonly: bool = False) -> Engine:
+def open_db(path: Path | str, *, readonly: bool = False, create: bool = True) -> Engine:
     """Open (and create or migrate, unless ``readonly``) the state database.
 
     ``readonly`` never creates the database, never writes to it and leaves no file
     behind: ``plan``, ``status``, ``report`` and ``export`` use it. A ``postgresql://``
-    value (``store.target``) opens that PostgreSQL database (``store.pg.engine``).
+    value (``store.target``) opens that PostgreSQL database (``store.pg.engine``);
+    ``create=False`` refuses one without batchgen's schema instead of creating it
+    (``cancel``: a command that only changes a batch never makes a database).
     """
     url = postgres_url(path)
     if url is not None:
         from batchgen.store.pg.engine import open_pg_engine  # psycopg only when used
 
-        return open_pg_engine(url, readonly=readonly)
+        return open_pg_engine(url, readonly=readonly, create=create)
     path = Path(path)
     refuse_folder(path)
     if readonly:

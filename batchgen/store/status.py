@@ -16,6 +16,7 @@ from typing import Any
 from batchgen.errors import StateError
 from batchgen.states import JobState
 from batchgen.store import ledger
+from batchgen.store.dbapi import reading
 
 #: batch names listed in the "no such batch" message
 KNOWN_SHOWN = 10
@@ -123,18 +124,17 @@ def find_batch(conn: Any, name: str | None) -> BatchInfo:
 def batch_counts(conn: Any, batch_id: int, *, failures: int = 10) -> BatchCounts:
     """Counts by state, cost, and the first ``failures`` failures and error kinds.
 
-    One read transaction: the counts and the failures are of the same moment.
-    ``conn`` must be in autocommit mode (``isolation_level=None``) with no transaction
-    open, as ``reader.connect_readonly`` and the store's engines make them (a
-    PostgreSQL connection in a transaction already is taken too: its BEGIN only warns).
+    One read transaction (``dbapi.reading``): the counts and the failures are of the
+    same moment. A sqlite3 ``conn`` must be in autocommit mode (``isolation_level=None``)
+    with no transaction open, as ``reader.connect_readonly`` and the store's engines
+    make them.
     """
     by_state = {st.value: 0 for st in JobState}
     unlisted: dict[str, int] = {}
     cost = estimate = 0
     errors: list[ErrorGroup] = []
     failed: list[FailedJob] = []
-    conn.execute("BEGIN")
-    try:
+    with reading(conn):
         # One pass over the covering index ix_job_batch_status.
         for state, listed, n, priced in conn.execute(
             "SELECT state, listed, count(*), sum(estimate_micro_usd) "
@@ -156,7 +156,8 @@ def batch_counts(conn: Any, batch_id: int, *, failures: int = 10) -> BatchCounts
                 for code, error, n in conn.execute(
                     "SELECT error_code, last_error, count(*) AS n FROM job "
                     "WHERE batch_id = ? AND state = 'failed' "
-                    "GROUP BY error_code, last_error ORDER BY n DESC, error_code LIMIT ?",
+                    "GROUP BY error_code, last_error "
+                    "ORDER BY n DESC, coalesce(error_code, ''), coalesce(last_error, '') LIMIT ?",
                     (batch_id, failures),
                 )
             ]
@@ -168,8 +169,6 @@ def batch_counts(conn: Any, batch_id: int, *, failures: int = 10) -> BatchCounts
                     (batch_id, failures),
                 )
             ]
-    finally:
-        conn.execute("ROLLBACK")
     return BatchCounts(
         by_state=by_state,
         unlisted=unlisted,

@@ -3,8 +3,10 @@
 A ``postgresql://`` (or ``postgres://``) value names a PostgreSQL server, never a file.
 Taken as a path it would silently create a folder named ``postgresql:`` with a SQLite
 file inside, and a second process on the "same" database would be locked out
-(issue 12). Until a command drives ``batchgen.store.pg`` itself, it refuses such a value
-here with exit 2 and one clear line, the password masked (``batchgen.redact``).
+(issue 12). ``schema.open_db`` opens one through ``store.pg.engine`` (``status`` through
+``store.pg.db.reading``); a command that cannot use PostgreSQL yet (the runner: ``run``,
+``resume``, ``retry``) refuses such a value here with exit 2 and one clear line, the
+password masked (``batchgen.redact``).
 
 The value may arrive as a ``Path``: ``Path("postgresql://u@h/db")`` collapses the ``//``
 to ``postgresql:/u@h/db``, so both spellings are recognised and the URL is given back
@@ -34,8 +36,8 @@ def postgres_url(db: Path | str) -> str | None:
 
 
 def refuse_postgres(db: Path | str) -> None:
-    """Exit 2 (``UsageError``) when ``db`` names a PostgreSQL database: no command
-    drives one yet, and taking the URL for a file path would misbehave silently."""
+    """Exit 2 (``UsageError``) when ``db`` names a PostgreSQL database, for a command
+    that cannot use one yet: taking the URL for a file path would misbehave silently."""
     url = postgres_url(db)
     if url is None:
         return

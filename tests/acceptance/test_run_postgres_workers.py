@@ -28,12 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from batchgen.files.media import probe
 from batchgen.sim import SimConfig, Simulator
-from batchgen.store.dbapi import qmark
-from batchgen.store.status import BatchCounts, batch_counts, find_batch
 from tests.support.pgkit import sql
 from tests.support.processes import receiver
 
@@ -97,21 +93,6 @@ def counts(url: str) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in rows}
 
 
-def status(url: str) -> BatchCounts:
-    """What `batchgen status` reads (``batchgen.store.status``; the command itself
-    refuses a PostgreSQL --db until its reader is wired: branch pgread)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        wrapped = qmark(conn)
-        return batch_counts(wrapped, find_batch(wrapped, None).id)
-
-
-def held_by(url: str, pid: int) -> dict[str, int]:
-    """The jobs a worker (``host:pid:nonce``) holds, by state."""
-    rows = sql(url, "SELECT state, count(*) AS n FROM job WHERE owner LIKE %(w)s GROUP BY state",
-               {"w": f"{os.uname().nodename}:{pid}:%"})  # fmt: skip
-    return {r["state"]: int(r["n"]) for r in rows}
-
-
 def leftovers(out: Path) -> list[str]:
     """Temporary names: a partial download or a sidecar being written."""
     return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
@@ -157,7 +138,10 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
         code5, out5, err5 = await finish(cancel)
         assert code5 == 0 and sum(json.loads(out5)["canceled"].values()) == 0, err5[-3000:]
         stats = sim.stats()
-    found = status(postgres_url)
+    status = await start(tmp_path, "status", "--db", postgres_url, "--json", base_url="")
+    code3, out3, err3 = await finish(status)
+    assert code3 == 0, err3[-3000:]
+    report = json.loads(out3)
 
     assert summary["counts"] == {"succeeded": jobs} == counts(postgres_url)
     assert stats["runs_created"] == jobs
@@ -171,10 +155,10 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
     resumed = json.loads(out2)
     assert resumed["counts"] == {"succeeded": jobs} and resumed["requests_total"] == 0
     assert resumed["worker"]["pid"] == again.pid and resumed["worker"]["spend_micro_usd"] == 0
-    # status reads the same batch from PostgreSQL
-    assert found.total == jobs
-    assert {k: v for k, v in found.by_state.items() if v} == summary["counts"]
-    assert found.cost_micro_usd == summary["spend_micro_usd"]
+    # `batchgen status` reads the same batch from PostgreSQL
+    assert report["jobs"] == jobs
+    assert {k: v for k, v in report["by_state"].items() if v} == summary["counts"]
+    assert round(report["cost_usd"] * 1e6) == summary["spend_micro_usd"]
     # the URL never became a file or a folder
     assert not any(p.name.startswith("postgres") for p in tmp_path.iterdir())
     check_files(postgres_url, tmp_path / "videos")

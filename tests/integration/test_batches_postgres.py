@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from batchgen.files import on_disk
 from batchgen.manifest.loader import load_manifest
 from batchgen.states import JobState
 from batchgen.store import batches, commands, reports
@@ -157,3 +158,42 @@ def test_a_changed_manifest_unlists_and_the_runner_skips_those(tmp_path, lite, p
     batch = batches.find_batch(pg, "sweep")
     queued = store.page_queued(pg, batch.id or 0, limit=100)
     assert {json.loads(j.axes_json)["subject"] for j in queued} == {"fox"}
+
+
+def test_the_engine_reads_and_the_output_check_answer_as_on_sqlite(tmp_path, lite, pg):
+    both(tmp_path, lite, pg, ["fox", "owl", "heron"])
+    seen = []
+    for db in (lite, pg):
+        batch_id = batches.find_batch(db, "sweep").id or 0
+        first, second, third = store.page_queued(db, batch_id, limit=3)
+        finish(db, first.id or 0)
+        finish(db, second.id or 0, JobState.FAILED)
+        # a job left submitting by a process that died: in doubt, a possible charge
+        assert store.move(db, third, JobState.SUBMITTING, attempts=1, idem_key="k") is not None
+        recovered = store.recover_submitting(db, batch_id, now=10.0)
+        assert [j.id for j in recovered] == [third.id]
+        store.set_canceled(db, batch_id, canceled=True, abandon=False)
+        flags = store.batch_flags(db, batch_id)
+        store.set_canceled(db, batch_id, canceled=False, abandon=False)
+        store.touch_batch(db, batch_id, 20.0)
+        # the succeeded job's file is not on disk: the output check sends it back
+        damaged = on_disk.find_damaged(db, batch_id, tmp_path / "out", verify=False)
+        moved = on_disk.mark_for_repair(db, damaged, now=30.0)
+        seen.append(
+            (
+                flags,
+                store.counts(db, batch_id),
+                [(j.key, j.state) for j in store.load_active(db, batch_id)],
+                [(f.key, f.code) for f in store.failures(db, batch_id)],
+                store.in_doubt_since(db, batch_id, 0.0),
+                len(store.recent_durations(db, "bytedance/seedance-1-pro")),
+                [j.key for j in store.iter_jobs(db, batch_id, states=[JobState.QUEUED])],
+                [d.reason for d in damaged],
+                on_disk.repaired(db, moved),
+                store.get_batch(db, batch_id).updated_at,
+                batches.batch_counts(db, batch_id).possible_micro_usd,
+            )
+        )
+    assert seen[0] == seen[1]
+    assert seen[1][0] == (True, False) and seen[1][4] == 1 and seen[1][8] == 0
+    assert len(seen[1][7]) == 1 and "is missing" in seen[1][7][0]

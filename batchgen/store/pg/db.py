@@ -12,6 +12,8 @@ form of the URL that messages carry.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from batchgen.errors import BatchgenError, StateError, StateWriteError
+from batchgen.store.dbapi import Qmark
 from batchgen.store.pg.queries import query
 from batchgen.store.reader import SCHEMA_VERSION
 
@@ -29,6 +32,7 @@ __all__ = [
     "is_postgres_url",
     "masked",
     "pg_failure",
+    "reading",
 ]
 
 #: a connection whose rows are dicts (column -> value)
@@ -65,11 +69,36 @@ def pg_failure(exc: BaseException, url: str) -> BatchgenError | None:
     where = f"state database {masked(url)}"
     first = str(exc).strip().splitlines()
     reason = " ".join(first[0].split()) if first else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError) and _refused(reason):
+        return StateError(f"{where}: cannot use it ({reason}); check --db (or $BATCHGEN_DB)")
+    if isinstance(exc, psycopg.OperationalError) and _unreachable(reason):
+        return StateWriteError(
+            f"{where}: cannot reach it ({reason}); once the server answers, run the command "
+            "again (`batchgen resume` for a run)"
+        )
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.DiskFull):
         return StateWriteError(
             f"{where}: cannot write ({reason}); stopped: once the server answers, `batchgen resume`"
         )
     return StateError(f"{where}: cannot use it ({reason}); check --db (or $BATCHGEN_DB)")
+
+
+def _unreachable(reason: str) -> bool:
+    """Whether libpq's message says the server could not be reached (down, connection
+    refused, unknown host, timed out): trying again later may work."""
+    return reason.startswith(
+        ("connection failed", "connection to server", "could not", "failed to resolve")
+    )
+
+
+#: a server that answered but will not serve us for a while: trying later may work
+_BUSY = ("too many clients", "starting up", "shutting down", "in recovery mode")
+
+
+def _refused(reason: str) -> bool:
+    """Whether the server answered and turned us away for good (a wrong password or
+    user, no such database, not allowed from this host): exit 2, not resumable."""
+    return "FATAL:" in reason and not any(busy in reason for busy in _BUSY)
 
 
 async def connect(url: str) -> Conn:
@@ -102,6 +131,27 @@ def ensure_schema_sync(url: str, *, create: bool = True) -> None:
         failure = pg_failure(exc, url)
         assert failure is not None
         raise failure from None
+    _check_version(url, version)
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Qmark]:
+    """A read-only connection for ``batchgen status`` (psycopg alone, no SQLAlchemy),
+    taking ``?`` placeholders as its sqlite3 reads do (``store.dbapi``). A database
+    without batchgen's schema is refused (exit 2) and left as it is; any PostgreSQL
+    error on the way is ours (``pg_failure``)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            _check_version(url, _settle_schema(conn, create=False))
+            yield Qmark(conn)
+    except psycopg.Error as exc:
+        failure = pg_failure(exc, url)
+        assert failure is not None
+        raise failure from None
+
+
+def _check_version(url: str, version: int | None) -> None:
     if version is None:
         raise StateError(
             f"{masked(url)}: no batchgen state database there (nothing was written); "

@@ -39,10 +39,11 @@ def _read_only(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.commit()
 
 
-def open_pg_engine(url: str, *, readonly: bool = False) -> Engine:
-    """An engine on ``url``'s batchgen schema (created unless ``readonly``; a missing,
-    foreign or newer one is a ``StateError`` before the engine is made)."""
-    ensure_schema_sync(url, create=not readonly)
+def open_pg_engine(url: str, *, readonly: bool = False, create: bool = True) -> Engine:
+    """An engine on ``url``'s batchgen schema (created unless ``readonly`` or not
+    ``create``; a missing, foreign or newer one is a ``StateError`` before the engine is
+    made)."""
+    ensure_schema_sync(url, create=create and not readonly)
     # NullPool: a command's connections close when it is done with them; a worker's
     # long-lived ones are PostgresStore's
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
