@@ -93,6 +93,13 @@ def counts(url: str) -> dict[str, int]:
     return {r["state"]: int(r["n"]) for r in rows}
 
 
+def held_by(url: str, pid: int) -> dict[str, int]:
+    """The jobs a worker (``host:pid:nonce``) holds, by state."""
+    rows = sql(url, "SELECT state, count(*) AS n FROM job WHERE owner LIKE %(w)s GROUP BY state",
+               {"w": f"{os.uname().nodename}:{pid}:%"})  # fmt: skip
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
 def leftovers(out: Path) -> list[str]:
     """Temporary names: a partial download or a sidecar being written."""
     return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
