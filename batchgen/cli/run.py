@@ -14,12 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batchgen.cli._app import (
-    JsonOption,
-    app,
-    parse_date,
-    parse_rate,
-)
+from batchgen.cli._app import JsonOption, app, parse_date, parse_rate
 from batchgen.cli.run_options import (
     EXIT_CODES_HELP,
     BaseUrlOpt,
@@ -263,9 +258,7 @@ def resume(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
-        allow_insecure=allow_insecure,
-        verify=verify,
-        lease=lease,
+        allow_insecure=allow_insecure, verify=verify, lease=lease,
     )  # fmt: skip
     _finish(run_batch(db, batch=batch, **key_args(key, options, keys_file)), json_out)
 
@@ -336,9 +329,7 @@ def retry(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report,
-        verify=verify,
-        allow_insecure=allow_insecure,
-        lease=lease,
+        verify=verify, allow_insecure=allow_insecure, lease=lease,
     )  # fmt: skip
     summary = run_batch(
         db,

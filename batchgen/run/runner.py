@@ -5,22 +5,18 @@ The order of one run, and why:
 1. Check the API key (before anything is written or sent).
 2. Load the manifest (``run``) or find the batch (``resume``/``retry``).
 3. Take the batch's lock (``batchgen.run.lock``): two processes driving one SQLite
-   batch could each submit the same job. On PostgreSQL (``--db postgresql://…``)
-   several workers drive one batch, each job's claim keeping them apart: only step 4
-   is one worker at a time (``pg_step_lock``).
+   batch could each submit the same job. On PostgreSQL several workers drive one
+   batch (``batchgen.run.workers``): only step 4 is one at a time.
 4. Sync the manifest into the database (idempotent), re-enable a canceled batch on a
    new ``run``, re-queue on ``retry`` (``batchgen.run.prepare``).
 5. Resolve the settings (``batchgen.settings``: command line, environment, the batch),
    recover (jobs left ``submitting`` become ``in_doubt``), seed the poll schedule
-   from runs that already finished, and hand over to ``RunEngine`` with the SQLite
-   ``JobStore`` (its writes drained before the summary is read), or on PostgreSQL
-   with ``PostgresStore`` (this worker's claims, its heartbeat, the budget checked in
-   each intent's transaction) and the engine looking every third of a lease for the
-   jobs of a worker that is gone (``batchgen.engine.takeover``).
+   from runs that already finished, and hand over to ``RunEngine`` with the
+   ``JobStore`` (its writes drained before the summary is read): SQLite's, or this
+   worker's ``PostgresStore``, the engine then taking over a gone worker's jobs.
 6. Whatever happened, build the ``RunSummary`` and call ``finished`` on every
    observer (log, summary file, metrics, notification, live report;
-   ``batchgen.run.summary``). Each worker reports its own exit: its requests, its
-   spend, its name (host, pid); the counts are the whole batch's.
+   ``batchgen.run.summary``); a worker names itself and what it did.
 """
 
 from __future__ import annotations
@@ -71,12 +67,10 @@ from batchgen.run.prepare import (
 )
 from batchgen.run.signals import interrupt_on_signals
 from batchgen.run.summary import Ended, build_summary, finish, snapshot, unattended_observers
-from batchgen.run.workers import open_job_store, protected_files, shared_work
+from batchgen.run.workers import open_job_store, protected_files, shared_work, worker_id
 from batchgen.settings import StoredBatch, command_line_problems, resolve_settings, stored_settings
 from batchgen.store import batches, ledger
-from batchgen.store.interface import JobStore
 from batchgen.store.schema import Batch, open_db
-from batchgen.store.sqlite_store import SqliteStore
 from batchgen.store.target import postgres_url
 
 log = logging.getLogger(__name__)
@@ -107,19 +101,11 @@ def run_batch(
     """
     return asyncio.run(
         arun_batch(
-            db_path,
-            api_key=api_key,
-            manifest=manifest,
-            batch=batch,
-            options=options,
-            observers=observers,
-            retry_failed=retry_failed,
-            retry_in_doubt=retry_in_doubt,
-            clock=clock,
-            pay_again=pay_again,
-            api_keys=api_keys,
+            db_path, api_key=api_key, manifest=manifest, batch=batch, options=options,
+            observers=observers, retry_failed=retry_failed, retry_in_doubt=retry_in_doubt,
+            clock=clock, pay_again=pay_again, api_keys=api_keys,
         )
-    )
+    )  # fmt: skip
 
 
 async def arun_batch(
@@ -229,8 +215,7 @@ class _Run:
         self.out_dir = ""
         #: the files no output may replace (set once the manifest or batch is known)
         self.protected = protected_files(db_path)
-        #: this worker's spend at the start (the batch's, from the ledger): what the
-        #: engine's budget counts beyond it is this process's own
+        #: the batch's spend at the start: beyond it, the budget counts this worker's own
         self.spent_before = 0
         #: succeeded jobs whose files were missing or damaged, sent back to downloading
         self.repairs: list[int] = []
@@ -280,15 +265,12 @@ class _Run:
             self._refuse_clashes()
         requeue = Requeue(failed=retry_failed, in_doubt=retry_in_doubt, pay_again=pay_again)
         # SQLite: the batch lock for the whole run (waiting without blocking the loop, so
-        # a signal during --wait-lock ends it cleanly); PostgreSQL: several workers drive
-        # the batch, only getting it ready is one at a time
-        pg = self.pg_url is not None
+        # a signal during --wait-lock ends it cleanly); PostgreSQL: for getting it ready
+        pg, stop = self.pg_url is not None, self.stop_event
         whole_run = nullcontext() if pg else abatch_lock(
-            self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=self.stop_event
-        )  # fmt: skip
+            self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=stop)  # fmt: skip
         async with whole_run:
-            step = pg_step_lock(db, self.batch_name, stop=self.stop_event) if pg else nullcontext()
-            async with step:
+            async with pg_step_lock(db, self.batch_name, stop=stop) if pg else nullcontext():
                 self.batch = open_batch(db, loaded, self.batch_name)
                 self.batch = ready_batch(
                     db, self.batch, self.clock, requeue, uncancel=loaded is not None
@@ -351,20 +333,20 @@ class _Run:
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with (
-            # the engine's one way to the database, committing in its own writer thread
-            # (SQLite) or connection (PostgreSQL); closed last: drained (every write
-            # landed, this worker's claims handed back) before the summary is read
-            aclosing(await self._job_store(budget.limit)) as job_store,
+            # the engine's one way to the database; closed last: drained (every write
+            # landed, a worker's claims handed back) before the summary is read
+            aclosing(
+                await open_job_store(self.db, self.pg_url, opts, self.keys, budget.limit)
+            ) as job_store,
             aiohttp.ClientSession(timeout=timeout) as files,
             AsyncExitStack() as clients,
         ):
+            self.worker = worker_id(job_store)
             guarded = [Guarded(o, self._observer_failed) for o in (self.tally, *observers)]
-            # PostgreSQL: every request also takes its key's slot there (KeySlots), so a
-            # key's limit holds across hosts; the store above made the schema
-            pool = await open_pool(
-                clients, self.keys, rate, settings.base_url, opts, self.clock, guarded,
-                slots_url=self.pg_url,
-            )  # fmt: skip
+            # PostgreSQL: each request also takes its key's slot there (KeySlots: the
+            # limit across hosts); the store above made the schema
+            pool = await open_pool(clients, self.keys, rate, settings.base_url, opts,
+                                   self.clock, guarded, slots_url=self.pg_url)  # fmt: skip
             record = await job_store.batch(batch.id)
             engine = RunEngine(
                 job_store,
@@ -401,33 +383,16 @@ class _Run:
                     progress.close(snapshot(engine, self.tally, self.clock, started))
         return outcome.exit_code, outcome.reason
 
-    async def _job_store(self, budget_micro_usd: int | None) -> JobStore:
-        """SQLite: the store on the run's engine; PostgreSQL: this worker's own."""
-        assert self.db is not None
-        if self.pg_url is None:
-            return SqliteStore(self.db)
-        store, self.worker = await open_job_store(
-            self.pg_url, self.opts, self.keys, budget_micro_usd
-        )
-        return store
-
     def _observer_failed(self, exc: BaseException) -> None:
         if self.engine is not None:
             self.engine.fail(exc)
 
     def summary(self, code: ExitCode, reason: str, started: float) -> RunSummary:
         ended = Ended(
-            batch_name=self.batch_name,
-            tally=self.tally,
-            clock=self.clock,
-            db=self.db,
-            batch=self.batch,
-            engine=self.engine,
-            out_dir=self.out_dir,
-            repairs=self.repairs,
-            worker=self.worker,
-            spent_before=self.spent_before,
-        )
+            batch_name=self.batch_name, tally=self.tally, clock=self.clock, db=self.db,
+            batch=self.batch, engine=self.engine, out_dir=self.out_dir, repairs=self.repairs,
+            worker=self.worker, spent_before=self.spent_before,
+        )  # fmt: skip
         return build_summary(ended, code, reason, started)
 
 

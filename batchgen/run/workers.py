@@ -26,14 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from batchgen.errors import BatchgenError
 from batchgen.files import outputs
 from batchgen.run.options import RunOptions
 from batchgen.runbase.shared_window import key_fingerprint
 from batchgen.store.interface import JobStore
+from batchgen.store.sqlite_store import SqliteStore
 from batchgen.store.target import postgres_url
 
-__all__ = ["open_job_store", "pg_failure_of", "protected_files", "shared_work"]
+__all__ = ["open_job_store", "pg_failure_of", "protected_files", "shared_work", "worker_id"]
 
 
 def protected_files(
@@ -45,9 +48,16 @@ def protected_files(
 
 
 async def open_job_store(
-    url: str, opts: RunOptions, keys: Sequence[str], budget_micro_usd: int | None
-) -> tuple[JobStore, str]:
-    """This worker's ``PostgresStore`` and its id (``host:pid:nonce``)."""
+    db: Engine,
+    url: str | None,
+    opts: RunOptions,
+    keys: Sequence[str],
+    budget_micro_usd: int | None,
+) -> JobStore:
+    """The engine's store: SQLite's on ``db``, or for ``url`` this worker's
+    ``PostgresStore`` (``worker_id``: its id)."""
+    if url is None:
+        return SqliteStore(db)
     from batchgen.store.pg.store import PostgresStore  # psycopg only when used
 
     store = await PostgresStore.open(
@@ -56,7 +66,14 @@ async def open_job_store(
         key_fingerprint=key_fingerprint(keys[0]),
         budget_micro_usd=budget_micro_usd,
     )
-    return store, store.owner
+    return store
+
+
+def worker_id(store: JobStore) -> str:
+    """A ``PostgresStore``'s worker id (``host:pid:nonce``, as in the ``worker`` table);
+    "" for SQLite, where the batch lock makes the process the batch's only one."""
+    owner = getattr(store, "owner", "")
+    return owner if isinstance(owner, str) else ""
 
 
 def shared_work(opts: RunOptions, concurrency: int) -> dict[str, Any]:
