@@ -318,7 +318,11 @@ async def test_a_password_in_the_url_is_in_no_output(tmp_path: Path, postgres_ur
     # the default lease (30 s): the worker still ends as soon as the batch is done
     assert json.loads(out)["wall_s"] < 5
     assert code2 == 75 and "postgres:***@" in out2 + err2, err2[-3000:]
-    assert json.loads(out)["worker"]["pid"] == proc.pid and got
+    # the summary, the notification and the metrics name this worker
+    worker = json.loads(out)["worker"]
+    assert worker["pid"] == proc.pid and [g["worker"] for g in got] == [worker]
+    metrics = (tmp_path / "m.prom").read_text()
+    assert f'batchgen_worker_requests_total{{batch="shared",worker="{worker["id"]}"}}' in metrics
     written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".mp4"]
     for text in [out, err, out2, err2, json.dumps(got), *written]:
         assert secret not in text
