@@ -14,6 +14,7 @@ BENCHES = [
     "bench.bench_ratelimit",
     "bench.bench_limiter_shared",
     "bench.bench_keys",
+    "bench.bench_keyslots",
 ]
 
 

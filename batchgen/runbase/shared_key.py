@@ -23,8 +23,12 @@ counts it for a window plus its margin; a request sent much later could land bes
 window's worth of other hosts' requests. So a slot whose asking began more than half
 the source's margin ago (the process was paused: a VM stall, ``SIGSTOP``; or the
 database answered slowly) is given back and asked for again; it never goes out. The
-other half of the margin is for the way to the API. (A pause between this check and
-the socket write itself, microseconds of Python, is not covered.)
+other half of the margin is for the way to the API, and for the client's few steps
+between this check and the socket write (a process stopped during those, well under a
+millisecond of work, is not caught). A pause makes one
+stale slot; a database that answers too late every time (farther than a quarter of a
+second at the default margin) would make nothing but stale slots, a run that hangs:
+after ten in a row the request fails with ``StateWriteError`` (75) saying so.
 
 The source's errors are not caught here: the database unreachable raises
 ``StateWriteError`` (75) out of ``RequestLimiter.acquire``, and the request is not sent.
@@ -32,16 +36,23 @@ The source's errors are not caught here: the database unreachable raises
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Protocol
 
 from batchgen.clock import Clock
+from batchgen.errors import StateWriteError
 from batchgen.runbase.shared_window import SharedSlots, SharedWindow
 
 __all__ = ["SharedKey", "SlotSource"]
 
+log = logging.getLogger(__name__)
+
 #: the wait after a slot given back for being stale: ask again at once
 _AGAIN_S = 0.001
+
+#: stale slots in a row that mean the database is too slow, not that we paused
+_STALE_IN_A_ROW = 10
 
 
 class SlotSource(Protocol):
@@ -71,6 +82,7 @@ class SharedKey:
         self._source = source
         self._clock = clock
         self._refused_until = -math.inf  # monotonic: the source said "not before"
+        self._stale = 0  # stale slots since the last one used
 
     async def take(self, slots: int, file_span: float, keep: int) -> float:
         """0.0 when a slot is recorded wherever the key is shared (send now), else the
@@ -93,10 +105,31 @@ class SharedKey:
                 if source is not None:
                     await source.give_back()
                 return wait
-        if source is not None and self._clock.monotonic() - asked > source.margin_s / 2:
-            await source.give_back()  # stale: see the module docstring
-            return _AGAIN_S
+        if source is not None:
+            took = self._clock.monotonic() - asked
+            if took > source.margin_s / 2:
+                await source.give_back()  # stale: see the module docstring
+                self._stale_slot(took, source.margin_s / 2)
+                return _AGAIN_S
+            self._stale = 0
         return 0.0
+
+    def _stale_slot(self, took: float, allowed: float) -> None:
+        self._stale += 1
+        if self._stale == 1:
+            log.warning(
+                "a request slot came %.3fs after asking (more than %.3fs: paused, or the "
+                "state database slow): given back, asking again",
+                took,
+                allowed,
+            )
+        if self._stale >= _STALE_IN_A_ROW:
+            raise StateWriteError(
+                f"the state database granted {self._stale} request slots in a row too late "
+                f"to use (the last {took:.3f}s after asking; a slot must be used within "
+                f"{allowed:.3f}s): too slow or too far for the key's limit; stopped: once "
+                "it answers promptly, `batchgen resume`"
+            )
 
     def has_room(self, slots: int, file_span: float, reserve: int) -> bool:
         """Room for one more and ``reserve`` besides, as of the last looks."""

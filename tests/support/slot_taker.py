@@ -47,6 +47,7 @@ class Plan:
 @dataclass
 class Tally:
     sent: int = 0  # requests the limiter let through
+    sent_in_run: int = 0  # ... between start_at and until (not the stragglers after)
     answered_429: int = 0
     slots_asked: int = 0  # database round trips for a slot
     round_trip_ms_mean: float = 0.0
@@ -86,6 +87,7 @@ async def take(plan: Plan) -> Tally:
                 await client.get_run("run_none", priority=2)
 
     await asyncio.sleep(max(0.0, plan.start_at - time.time()))
+    began = time.monotonic() - (time.time() - plan.start_at)  # start_at on this clock
     async with client:
         tasks = [submitter(n) for n in range(plan.submitters)]
         tasks += [poller() for _ in range(plan.pollers)]
@@ -93,6 +95,9 @@ async def take(plan: Plan) -> Tally:
     await slots.aclose()
     stats = limiter.stats()
     tally.sent = stats.sent
+    run_s = plan.until - plan.start_at
+    share = limiter.utilisation(began, began + run_s)  # of limit per window, in the run
+    tally.sent_in_run = round(share * plan.limit * run_s / plan.window_s)
     tally.answered_429 = stats.penalties
     tally.slots_asked = slots.round_trips.count
     tally.round_trip_ms_mean = slots.round_trips.mean_s * 1000
