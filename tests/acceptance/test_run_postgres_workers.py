@@ -101,8 +101,8 @@ def held_by(url: str, pid: int) -> dict[str, int]:
 
 
 def leftovers(out: Path) -> list[str]:
-    """Temporary names: a partial download or a sidecar being written."""
-    return sorted(p.name for p in out.rglob("*") if p.name.startswith("."))
+    """Temporary names: a partial download (and its validators), a file being written."""
+    return sorted(p.name for p in out.rglob("*") if ".part" in p.name or p.name.endswith(".tmp"))
 
 
 def check_files(url: str, out: Path) -> None:
@@ -110,7 +110,8 @@ def check_files(url: str, out: Path) -> None:
     nothing else: no partial file, under a temporary name or a final one."""
     jobs = sql(url, "SELECT run_id, output_paths_json, checksums_json FROM job")
     assert leftovers(out) == []
-    assert len(list(out.iterdir())) == 2 * len(jobs)  # a video and its sidecar each
+    # a video and its sidecar each (and the live report's posters, in a folder of their own)
+    assert len([p for p in out.iterdir() if p.name != ".posters"]) == 2 * len(jobs)
     for job in jobs:
         paths, sums = json.loads(job["output_paths_json"]), json.loads(job["checksums_json"])
         assert len(paths) == 1 and len(sums) == 1, job
@@ -129,7 +130,7 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
     db = ("--db", postgres_url, "--lease", LEASE)
     async with Simulator(config()) as sim:
         run = await start(tmp_path, "run", str(m), *db, "--json", "--summary-file", "s.json",
-                          base_url=sim.base_url)  # fmt: skip
+                          "--report", "live.html", base_url=sim.base_url)  # fmt: skip
         code, out, err = await finish(run)
         assert code == 0, err[-3000:]
         summary = json.loads(out)
@@ -166,6 +167,7 @@ async def test_one_worker_to_the_end_then_resume_finds_nothing(
     assert report["jobs"] == jobs
     assert {k: v for k, v in report["by_state"].items() if v} == summary["counts"]
     assert round(report["cost_usd"] * 1e6) == summary["spend_micro_usd"]
+    assert "000-0" in (tmp_path / "live.html").read_text()  # the live report, from PostgreSQL
     # the URL never became a file or a folder
     assert not any(p.name.startswith("postgres") for p in tmp_path.iterdir())
     check_files(postgres_url, tmp_path / "videos")
