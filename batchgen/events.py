@@ -57,6 +57,9 @@ class RunSummary:
     #: several keys: per key fingerprint, its requests, runs, spend, whether it was
     #: refused, and its paid runs left unfollowed (empty with one key: as before)
     keys: list[dict[str, Any]] = field(default_factory=list)
+    #: on a PostgreSQL batch several workers share: this process (id, host, pid) and
+    #: what it did itself (requests, spend); the counts above are the whole batch's
+    worker: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class RunSummary:
             "possible_micro_usd": self.possible_micro_usd,
             "maybe_paid_twice": self.maybe_paid_twice,
             **({"keys": self.keys} if self.keys else {}),
+            **({"worker": self.worker} if self.worker else {}),
         }
 
 

@@ -14,13 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batchgen.cli._app import (
-    DbOption,
-    JsonOption,
-    app,
-    parse_date,
-    parse_rate,
-)
+from batchgen.cli._app import JsonOption, app, parse_date, parse_rate
 from batchgen.cli.run_options import (
     EXIT_CODES_HELP,
     BaseUrlOpt,
@@ -30,6 +24,7 @@ from batchgen.cli.run_options import (
     InDoubtOpt,
     InsecureOpt,
     KeysFileOpt,
+    LeaseOpt,
     LogFileOpt,
     MetricsOpt,
     NotifyOpt,
@@ -41,6 +36,7 @@ from batchgen.cli.run_options import (
     SummaryOpt,
     VerifyOpt,
     WaitLockOpt,
+    WorkerDbOption,
     key_args,
     lenient,
 )
@@ -110,7 +106,7 @@ def maybe_paid_line(summary: RunSummary) -> str:
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
     manifest: Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)],
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: the manifest's).")
     ] = None,
@@ -134,6 +130,7 @@ def run(
         ),
     ] = None,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -168,6 +165,7 @@ def run(
         date=lenient(problems, parse_date, date),
         max_jobs=max_jobs,
         wait_lock_s=wait_lock,
+        lease_s=lease,
         log_file=log_file,
         summary_file=summary_file,
         metrics_file=metrics_file,
@@ -197,6 +195,7 @@ def _resume_options(
     in_doubt: InDoubt = InDoubt.resubmit,
     verify: bool = False,
     allow_insecure: bool = False,
+    lease: float = 30.0,
 ) -> RunOptions:
     from batchgen.run.options import RunOptions
 
@@ -211,6 +210,7 @@ def _resume_options(
         in_doubt=in_doubt.value,
         on_lost=on_lost.value,
         wait_lock_s=wait_lock,
+        lease_s=lease,
         log_file=log_file,
         summary_file=summary_file,
         metrics_file=metrics_file,
@@ -228,7 +228,7 @@ def resume(
     batch: Annotated[
         str | None, typer.Argument(help="Batch name (default: the most recent).")
     ] = None,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -239,6 +239,7 @@ def resume(
     in_doubt: InDoubtOpt = InDoubt.resubmit,
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -257,8 +258,7 @@ def resume(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
-        allow_insecure=allow_insecure,
-        verify=verify,
+        allow_insecure=allow_insecure, verify=verify, lease=lease,
     )  # fmt: skip
     _finish(run_batch(db, batch=batch, **key_args(key, options, keys_file)), json_out)
 
@@ -283,7 +283,7 @@ def retry(
             "--pay-again", help="Submit the --job jobs again although their run was paid."
         ),
     ] = False,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -293,6 +293,7 @@ def retry(
     max_runtime: RuntimeOpt = None,
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
+    lease: LeaseOpt = 30.0,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -328,8 +329,7 @@ def retry(
     options = _resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report,
-        verify=verify,
-        allow_insecure=allow_insecure,
+        verify=verify, allow_insecure=allow_insecure, lease=lease,
     )  # fmt: skip
     summary = run_batch(
         db,
@@ -352,7 +352,7 @@ def cancel(
             help="Also give up runs already paid for and in-doubt jobs (never fetched).",
         ),
     ] = False,
-    db: DbOption = Path(DEFAULT_DB),
+    db: WorkerDbOption = Path(DEFAULT_DB),
     json_out: JsonOption = False,
 ) -> None:
     """Stop submitting new runs of BATCH; queued jobs become canceled.

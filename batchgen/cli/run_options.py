@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 
 import typer
 
-from batchgen.cli._app import finite_option
+from batchgen.cli._app import finite_option, used_db
 from batchgen.errors import Problem, UsageError
+from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
     from batchgen.run.options import RunOptions
@@ -41,6 +42,26 @@ class OnLost(enum.StrEnum):
     resubmit = "resubmit"
 
 
+def _worker_db(path: Path) -> Path:
+    # a postgresql:// URL arrives as a Path ("//" collapsed): the runner restores it
+    # (store.target.postgres_url) and never takes it for a file
+    used_db[:] = [path]
+    return path
+
+
+#: ``--db`` of the commands that drive a batch (run, resume, retry, cancel): a SQLite
+#: file, or a PostgreSQL database several workers share (docs/scale.md)
+WorkerDbOption = Annotated[
+    Path,
+    typer.Option(
+        "--db",
+        envvar="BATCHGEN_DB",
+        callback=_worker_db,
+        help=f"State database: a SQLite file (default ./{DEFAULT_DB}), or a "
+        "postgresql://user@host/db URL that several workers share. Or $BATCHGEN_DB.",
+        show_default=False,
+    ),
+]
 BaseUrlOpt = Annotated[
     str | None,
     typer.Option(
@@ -112,7 +133,19 @@ WaitLockOpt = Annotated[
         min=0.0,
         callback=finite_option,
         help="Seconds to wait for another run using the same state database "
-        "(0: exit 75 at once, naming it).",
+        "(0: exit 75 at once, naming it). SQLite only: on PostgreSQL several workers "
+        "share a batch and none waits for another.",
+    ),
+]
+LeaseOpt = Annotated[
+    float,
+    typer.Option(
+        "--lease",
+        min=1.0,
+        max=3600.0,
+        callback=finite_option,
+        help="PostgreSQL only: seconds this worker's claims last without its heartbeat "
+        "(sent every third of it); a killed worker's jobs go to another once it runs out.",
     ),
 ]
 LogFileOpt = Annotated[

@@ -56,6 +56,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "batchgen_key_requests_total": ("counter", "API requests of the last run by key."),
     "batchgen_key_runs": ("gauge", "Runs of the batch charged to each key."),
     "batchgen_key_spend_usd": ("gauge", "Money spent on the batch by each key, in USD."),
+    # PostgreSQL workers sharing a batch only; ``worker`` is host:pid:nonce
+    "batchgen_worker_requests_total": ("counter", "API requests this worker sent."),
+    "batchgen_worker_spend_usd": ("gauge", "Money this worker's runs cost, in USD."),
     "batchgen_in_doubt_jobs": ("gauge", "Jobs whose submission was in doubt during the run."),
     "batchgen_last_success_timestamp_seconds": (
         "gauge",
@@ -137,6 +140,12 @@ def samples_for(summary: RunSummary, previous: list[Sample]) -> list[Sample]:
         out.append(("batchgen_key_requests_total", labels, key.get("requests", 0)))
         out.append(("batchgen_key_runs", labels, key.get("runs", 0)))
         out.append(("batchgen_key_spend_usd", labels, key.get("spend_usd", 0.0)))
+    if summary.worker:
+        labels = {**b, "worker": str(summary.worker.get("id", ""))}
+        out.append(
+            ("batchgen_worker_requests_total", labels, summary.worker.get("requests_total", 0))
+        )
+        out.append(("batchgen_worker_spend_usd", labels, summary.worker.get("spend_usd", 0.0)))
     out.append(("batchgen_in_doubt_jobs", b, summary.in_doubt))
     out += _last_success(summary, previous)
     out.append(("batchgen_last_run_timestamp_seconds", b, round(summary.finished_at, 3)))

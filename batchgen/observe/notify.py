@@ -67,6 +67,8 @@ def payload(summary: RunSummary) -> dict[str, Any]:
         "text": text,
         # several keys: each key's requests, runs and spend by fingerprint (one key: none)
         **({"keys": summary.keys} if summary.keys else {}),
+        # a worker of a shared (PostgreSQL) batch: which one, what it sent and spent
+        **({"worker": summary.worker} if summary.worker else {}),
     }
     result: dict[str, Any] = scrub(body)
     return result

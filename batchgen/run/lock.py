@@ -14,6 +14,15 @@ time and batch of the holder (never the API key), overwritten by each new holder
 
 ``flock`` is reliable on local file systems. On NFS it is emulated with POSIX locks
 by Linux and depends on the server's lock manager: keep the state database local.
+
+A PostgreSQL state database has no file, and no lock for the whole run: several workers
+drive one batch together, each job's claim (owner, lease, epoch: ``PostgresStore``)
+keeping two of them off one job. Only the step that gets the batch ready (the
+manifest's sync into jobs, ``retry``'s re-queue) is one worker at a time
+(``pg_step_lock``): two syncs of one manifest at once would both insert its new jobs.
+It is a session advisory lock, so the server drops it when its holder's connection
+ends (``kill -9``, a host gone), as the kernel drops an ``flock``. ``--wait-lock`` has
+no meaning there: a worker waits for the step as long as it takes (a second or two).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, text
 
 from batchgen.errors import LockHeldError
 
@@ -118,6 +129,53 @@ async def abatch_lock(
         os.close(fd)
 
 
+#: the first key of the step lock's advisory lock: batchgen's, whatever else takes
+#: advisory locks in that database ("batc" as a 32-bit number)
+_STEP_NAMESPACE = 0x62617463
+_TRY_STEP = text("SELECT pg_try_advisory_lock(:ns, hashtext(current_schema() || '/' || :name))")
+_UNLOCK_STEP = text("SELECT pg_advisory_unlock(:ns, hashtext(current_schema() || '/' || :name))")
+
+
+@contextlib.asynccontextmanager
+async def pg_step_lock(
+    db: Engine, batch: str, *, stop: asyncio.Event | None = None
+) -> AsyncIterator[None]:
+    """Hold the step lock of ``batch`` on a PostgreSQL state database (module docstring).
+
+    Tried every ``POLL_S`` seconds with the event loop free, so a signal while another
+    worker syncs ends the wait at once with ``LockHeldError`` (exit 75, nothing done).
+    The key names the schema too: batches of one name in two schemas never wait for
+    each other."""
+    params = {"ns": _STEP_NAMESPACE, "name": batch}
+    with db.connect() as conn:
+        said = False
+        while True:
+            if stop is not None and stop.is_set():
+                raise LockHeldError(
+                    f"stopped while waiting for another worker to get batch {batch!r} "
+                    "ready; nothing was done"
+                )
+            taken = bool(conn.execute(_TRY_STEP, params).scalar())
+            conn.commit()  # a session lock outlives the transaction; no idle transaction
+            if taken:
+                break
+            if not said:
+                log.info("waiting for another worker to get batch %r ready", batch)
+                said = True
+            if stop is None:
+                await asyncio.sleep(POLL_S)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), POLL_S)
+        try:
+            yield
+        finally:
+            # the connection's end drops the lock too; unlocking first says so at once
+            with contextlib.suppress(Exception):
+                conn.execute(_UNLOCK_STEP, params)
+                conn.commit()
+
+
 def _open(db_path: Path) -> int:
     path = lock_path(db_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,4 +253,12 @@ def _write_fd(fd: int, note: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
-__all__ = ["POLL_S", "abatch_lock", "batch_lock", "describe", "lock_path", "read_holder"]
+__all__ = [
+    "POLL_S",
+    "abatch_lock",
+    "batch_lock",
+    "describe",
+    "lock_path",
+    "pg_step_lock",
+    "read_holder",
+]

@@ -48,7 +48,10 @@ class RunOptions:
     on_lost: LostPolicy = "fail"
     date: dt.date | None = None
     max_jobs: int | None = None  # None: the manifest loader's default (100,000)
-    wait_lock_s: float = 0.0
+    wait_lock_s: float = 0.0  # SQLite only: a PostgreSQL batch is shared, never waited for
+    #: PostgreSQL: seconds a worker's claims last without its heartbeat (a third of it):
+    #: how long a killed worker's jobs wait before another worker takes them over
+    lease_s: float = 30.0
     log_file: Path | None = None
     summary_file: Path | None = None
     metrics_file: Path | None = None

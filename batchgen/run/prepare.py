@@ -34,6 +34,7 @@ from batchgen.run.options import RunOptions, check_out_dir
 from batchgen.store import batches, commands
 from batchgen.store import jobs as store
 from batchgen.store.schema import Batch
+from batchgen.store.target import postgres_url
 
 # the run's own logger: these lines belong to the run (and to its --log-file) as before
 log = logging.getLogger("batchgen.run.runner")
@@ -55,7 +56,14 @@ def load_for_run(manifest: Path, opts: RunOptions, clock: Clock) -> LoadedManife
 
 
 def require_db(db_path: Path) -> None:
-    """``resume`` and ``retry`` need the database ``run`` made: exit 2 without it."""
+    """``resume`` and ``retry`` need the database ``run`` made: exit 2 without it (on a
+    PostgreSQL server too: its schema is not created by them)."""
+    url = postgres_url(db_path)
+    if url is not None:
+        from batchgen.store.pg.db import ensure_schema_sync  # psycopg only when used
+
+        ensure_schema_sync(url, create=False)  # StateError (exit 2): none there
+        return
     if not db_path.exists():
         raise UsageError(
             [
@@ -82,7 +90,8 @@ def refuse_outputs_in_the_way(
     """A database or output folder that is one of the manifest's files, or an output
     folder that cannot hold videos: exit 2, before anything is written."""
     read = outputs.Protected.of(None, loaded.path, loaded.sources)
-    in_the_way = outputs.db_problems(db_path, read)
+    # a PostgreSQL URL is no file: it cannot be one of the manifest's
+    in_the_way = [] if postgres_url(db_path) else outputs.db_problems(db_path, read)
     check_out_dir(loaded.out_dir)
     in_the_way += outputs.folder_problems(loaded.out_dir, protected, "--out")
     if in_the_way:

@@ -4,17 +4,19 @@ The order of one run, and why:
 
 1. Check the API key (before anything is written or sent).
 2. Load the manifest (``run``) or find the batch (``resume``/``retry``).
-3. Take the batch's lock (``batchgen.run.lock``): two processes driving one batch could
-   each submit the same job.
+3. Take the batch's lock (``batchgen.run.lock``): two processes driving one SQLite
+   batch could each submit the same job. On PostgreSQL several workers drive one
+   batch (``batchgen.run.workers``): only step 4 is one at a time.
 4. Sync the manifest into the database (idempotent), re-enable a canceled batch on a
    new ``run``, re-queue on ``retry`` (``batchgen.run.prepare``).
 5. Resolve the settings (``batchgen.settings``: command line, environment, the batch),
    recover (jobs left ``submitting`` become ``in_doubt``), seed the poll schedule
-   from runs that already finished, and hand over to ``RunEngine`` with the SQLite
-   ``JobStore`` (its writes drained before the summary is read).
+   from runs that already finished, and hand over to ``RunEngine`` with the
+   ``JobStore`` (its writes drained before the summary is read): SQLite's, or this
+   worker's ``PostgresStore``, the engine then taking over a gone worker's jobs.
 6. Whatever happened, build the ``RunSummary`` and call ``finished`` on every
    observer (log, summary file, metrics, notification, live report;
-   ``batchgen.run.summary``).
+   ``batchgen.run.summary``); a worker names itself and what it did.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack, aclosing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from batchgen.report.page import LiveReport, report_path_problems
 from batchgen.retry import RetryPolicy
 from batchgen.run.failures import Guarded, one_line, record_traceback, unexpected
 from batchgen.run.keys import gather_keys, open_pool
-from batchgen.run.lock import abatch_lock
+from batchgen.run.lock import abatch_lock, pg_step_lock
 from batchgen.run.options import (
     RunOptions,
     check_base_url,
@@ -65,11 +67,11 @@ from batchgen.run.prepare import (
 )
 from batchgen.run.signals import interrupt_on_signals
 from batchgen.run.summary import Ended, build_summary, finish, snapshot, unattended_observers
+from batchgen.run.workers import open_job_store, protected_files, shared_work, worker_id
 from batchgen.settings import StoredBatch, command_line_problems, resolve_settings, stored_settings
 from batchgen.store import batches, ledger
 from batchgen.store.schema import Batch, open_db
-from batchgen.store.sqlite_store import SqliteStore
-from batchgen.store.target import refuse_postgres
+from batchgen.store.target import postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +101,11 @@ def run_batch(
     """
     return asyncio.run(
         arun_batch(
-            db_path,
-            api_key=api_key,
-            manifest=manifest,
-            batch=batch,
-            options=options,
-            observers=observers,
-            retry_failed=retry_failed,
-            retry_in_doubt=retry_in_doubt,
-            clock=clock,
-            pay_again=pay_again,
-            api_keys=api_keys,
+            db_path, api_key=api_key, manifest=manifest, batch=batch, options=options,
+            observers=observers, retry_failed=retry_failed, retry_in_doubt=retry_in_doubt,
+            clock=clock, pay_again=pay_again, api_keys=api_keys,
         )
-    )
+    )  # fmt: skip
 
 
 async def arun_batch(
@@ -132,7 +126,7 @@ async def arun_batch(
     clk: Clock = clock or SystemClock()
     tally = RequestTally()
     # an output naming the database or the manifest is exit 2, and is never written
-    opts, clashes = outputs.safe_options(opts, outputs.Protected.of(db_path, manifest))
+    opts, clashes = outputs.safe_options(opts, protected_files(db_path, manifest))
     # a bad --log-file/--notify-url/... is exit 2, reported by the observers that are fine
     problems: list[Problem] = [
         *opts.problems,
@@ -171,8 +165,6 @@ async def _outcome(
     try:
         if problems:
             raise UsageError(problems)
-        # PostgreSQL is not driven by the runner yet: refused before the key is read
-        refuse_postgres(run.db_path)
         run.keys = gather_keys(run.key or None, run.keys, opts.keys_file)
         run.key = run.keys[0]
         check_base_url(opts)
@@ -205,6 +197,8 @@ class _Run:
         observers: list[Observer],
     ) -> None:
         self.db_path = db_path
+        #: the PostgreSQL database ``db_path`` names (never a file), or None: SQLite
+        self.pg_url = postgres_url(db_path)
         self.key = key
         #: every key of the run, checked (``run.keys``); the first is ``key``
         self.keys: list[str] = [key] if key else []
@@ -216,9 +210,13 @@ class _Run:
         self.batch: Batch | None = None
         self.batch_name = ""
         self.engine: RunEngine | None = None
+        #: on PostgreSQL, this worker's id in the ``worker`` table (host:pid:nonce)
+        self.worker = ""
         self.out_dir = ""
         #: the files no output may replace (set once the manifest or batch is known)
-        self.protected = outputs.Protected.of(db_path)
+        self.protected = protected_files(db_path)
+        #: the batch's spend at the start: beyond it, the budget counts this worker's own
+        self.spent_before = 0
         #: succeeded jobs whose files were missing or damaged, sent back to downloading
         self.repairs: list[int] = []
         #: set by a signal: stops a wait for the lock (the engine is told directly)
@@ -248,7 +246,7 @@ class _Run:
         if manifest is not None:
             loaded = load_for_run(manifest, self.opts, self.clock)
             self.batch_name = loaded.name
-            self.protected = outputs.Protected.of(self.db_path, loaded.path, loaded.sources)
+            self.protected = protected_files(self.db_path, loaded.path, loaded.sources)
             self._refuse_clashes()
             refuse_outputs_in_the_way(self.db_path, loaded, self.protected)
         if loaded is None:
@@ -263,17 +261,20 @@ class _Run:
                 if outputs.any_exists(self.opts)
                 else ()
             )
-            self.protected = outputs.Protected.of(self.db_path, found.manifest_path, named)
+            self.protected = protected_files(self.db_path, found.manifest_path, named)
             self._refuse_clashes()
-        # waits without blocking the loop, so a signal during --wait-lock ends it cleanly
-        async with abatch_lock(
-            self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=self.stop_event
-        ):
-            self.batch = open_batch(db, loaded, self.batch_name)
-            requeue = Requeue(failed=retry_failed, in_doubt=retry_in_doubt, pay_again=pay_again)
-            self.batch = ready_batch(
-                db, self.batch, self.clock, requeue, uncancel=loaded is not None
-            )
+        requeue = Requeue(failed=retry_failed, in_doubt=retry_in_doubt, pay_again=pay_again)
+        # SQLite: the batch lock for the whole run (waiting without blocking the loop, so
+        # a signal during --wait-lock ends it cleanly); PostgreSQL: for getting it ready
+        pg, stop = self.pg_url is not None, self.stop_event
+        whole_run = nullcontext() if pg else abatch_lock(
+            self.db_path, self.batch_name, wait_s=self.opts.wait_lock_s, stop=stop)  # fmt: skip
+        async with whole_run:
+            async with pg_step_lock(db, self.batch_name, stop=stop) if pg else nullcontext():
+                self.batch = open_batch(db, loaded, self.batch_name)
+                self.batch = ready_batch(
+                    db, self.batch, self.clock, requeue, uncancel=loaded is not None
+                )
             return await self._engine_run(self.batch)
 
     def _refuse_clashes(self) -> None:
@@ -308,6 +309,7 @@ class _Run:
         durations.seed(history(self.db, batch.model))
         # the batch's whole life, every invocation: charges - refunds + possible charges
         money = ledger.totals(self.db, batch.id)
+        self.spent_before = money.spent
         budget = Budget(
             None if budget_usd is None else round(float(budget_usd) * 1_000_000),
             spent_micro_usd=money.spent,
@@ -331,16 +333,20 @@ class _Run:
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with (
-            # the engine's one way to the database, committing in its own writer thread;
-            # closed last: drained (every write landed) before the summary is read
-            aclosing(SqliteStore(self.db)) as job_store,
+            # the engine's one way to the database; closed last: drained (every write
+            # landed, a worker's claims handed back) before the summary is read
+            aclosing(
+                await open_job_store(self.db, self.pg_url, opts, self.keys, budget.limit)
+            ) as job_store,
             aiohttp.ClientSession(timeout=timeout) as files,
             AsyncExitStack() as clients,
         ):
+            self.worker = worker_id(job_store)
             guarded = [Guarded(o, self._observer_failed) for o in (self.tally, *observers)]
-            pool = await open_pool(
-                clients, self.keys, rate, settings.base_url, opts, self.clock, guarded
-            )
+            # PostgreSQL: each request also takes its key's slot there (KeySlots: the
+            # limit across hosts); the store above made the schema
+            pool = await open_pool(clients, self.keys, rate, settings.base_url, opts,
+                                   self.clock, guarded, slots_url=self.pg_url)  # fmt: skip
             record = await job_store.batch(batch.id)
             engine = RunEngine(
                 job_store,
@@ -356,6 +362,7 @@ class _Run:
                     in_doubt=settings.in_doubt,
                     on_lost=settings.on_lost,
                     download_concurrency=opts.download_concurrency,
+                    **({} if self.pg_url is None else shared_work(opts, concurrency)),
                 ),
                 budget=budget,
                 durations=durations,
@@ -382,15 +389,10 @@ class _Run:
 
     def summary(self, code: ExitCode, reason: str, started: float) -> RunSummary:
         ended = Ended(
-            batch_name=self.batch_name,
-            tally=self.tally,
-            clock=self.clock,
-            db=self.db,
-            batch=self.batch,
-            engine=self.engine,
-            out_dir=self.out_dir,
-            repairs=self.repairs,
-        )
+            batch_name=self.batch_name, tally=self.tally, clock=self.clock, db=self.db,
+            batch=self.batch, engine=self.engine, out_dir=self.out_dir, repairs=self.repairs,
+            worker=self.worker, spent_before=self.spent_before,
+        )  # fmt: skip
         return build_summary(ended, code, reason, started)
 
 

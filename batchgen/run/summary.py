@@ -106,6 +106,10 @@ class Ended:
     out_dir: str = ""
     #: succeeded jobs whose files were missing or damaged, sent back to downloading
     repairs: list[int] = field(default_factory=list)
+    #: on PostgreSQL, this worker's id (``host:pid:nonce``); "" on SQLite
+    worker: str = ""
+    #: the batch's spend when this process started (its own spend is what came after)
+    spent_before: int = 0
 
 
 def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> RunSummary:
@@ -154,7 +158,24 @@ def build_summary(run: Ended, code: ExitCode, reason: str, started: float) -> Ru
         possible_micro_usd=possible,
         maybe_paid_twice=maybe_twice,
         keys=keys,
+        worker=_worker(run) if run.worker else None,
     )
+
+
+def _worker(run: Ended) -> dict[str, Any]:
+    """This worker of a shared batch: who it is, what it sent and spent itself (the
+    engine's budget starts from the batch's spend and adds this process's answers)."""
+    host, _, rest = run.worker.partition(":")
+    pid = rest.partition(":")[0]
+    own = 0 if run.engine is None else max(0, run.engine.budget.spent - run.spent_before)
+    return {
+        "id": run.worker,
+        "host": host,
+        "pid": int(pid) if pid.isdigit() else None,
+        "requests_total": run.tally.total,
+        "spend_micro_usd": own,
+        "spend_usd": own / 1e6,
+    }
 
 
 def _key_figures(run: Ended) -> list[dict[str, Any]]:

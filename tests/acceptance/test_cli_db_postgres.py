@@ -1,12 +1,13 @@
-"""``--db postgresql://…`` (or ``$BATCHGEN_DB``) is refused by the commands that run a
-batch (``run``, ``resume``, ``retry``: the runner does not drive PostgreSQL yet) with
-exit 2 and one clear line, its password masked; it never becomes a folder named
-``postgresql:`` with a SQLite file inside (issue 12), and nothing is written or sent.
-Also through ``run_batch``, the library's entry point. The other commands read it
-(``test_cli_readers_postgres.py``)."""
+"""``--db postgresql://…`` (or ``$BATCHGEN_DB``, or the root ``--db``) never becomes a
+folder named ``postgresql:`` with a SQLite file inside (issue 12). The commands that
+drive a batch (run, resume, retry, cancel) take it for the server it names: one that
+does not answer is exit 75 (resumable) and one line, its password masked, and nothing
+is written or sent. Also through ``run_batch``, the library's entry point. The readers
+are ``test_cli_readers_postgres.py``'s; the workers at work ``test_run_postgres_workers.py``'s."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from batchgen.run.runner import arun_batch
 from tests.support.manifests import write_manifest
 
 URL = "postgresql://bob:s3cret@127.0.0.1:9/batches"
-COMMANDS = [("run", "M"), ("resume",), ("retry", "sweep")]
+WORKERS = [("run", "M"), ("resume",), ("retry", "sweep"), ("cancel", "sweep")]
 
 
 def batchgen(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -31,42 +32,46 @@ def batchgen(folder: Path, *args: str, **env: str) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
-def assert_refused(proc: subprocess.CompletedProcess[str], folder: Path, before: set[str]) -> None:
-    assert proc.returncode == ExitCode.USAGE, proc.stderr
-    assert "PostgreSQL state databases are not supported" in proc.stderr
+def assert_unreachable(
+    proc: subprocess.CompletedProcess[str], folder: Path, before: set[str]
+) -> None:
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr
     assert "postgresql://bob:***@127.0.0.1:9/batches" in proc.stderr
     assert "s3cret" not in proc.stdout + proc.stderr
-    assert {p.name for p in folder.iterdir()} == before  # no "postgresql:" folder, no file
+    # no "postgresql:" folder, no file (`run` makes its empty output folder first)
+    assert {p.name for p in folder.iterdir()} - {"out"} == before
 
 
-@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c[0])
-def test_every_command_refuses_a_postgres_db(tmp_path: Path, cmd: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("cmd", WORKERS, ids=lambda c: c[0])
+def test_the_commands_that_drive_a_batch_take_the_url_for_a_server(
+    tmp_path: Path, cmd: tuple[str, ...]
+) -> None:
     manifest = write_manifest(tmp_path, ["a", "b"])
     before = {p.name for p in tmp_path.iterdir()}
     args = [str(manifest) if a == "M" else a for a in cmd]
-    assert_refused(batchgen(tmp_path, *args, "--db", URL), tmp_path, before)
+    assert_unreachable(batchgen(tmp_path, *args, "--db", URL), tmp_path, before)
+    assert_unreachable(batchgen(tmp_path, *args, BATCHGEN_DB=URL), tmp_path, before)
 
 
-def test_the_environment_and_the_root_option_name_it_too(tmp_path: Path) -> None:
+def test_the_root_option_names_it_too(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, ["a", "b"])
     before = {p.name for p in tmp_path.iterdir()}
-    assert_refused(batchgen(tmp_path, "resume", BATCHGEN_DB=URL), tmp_path, before)
-    assert_refused(batchgen(tmp_path, "--db", URL, "run", str(manifest)), tmp_path, before)
-    # a reader takes it for the server it names (nothing answers on port 9: exit 75)
-    status = batchgen(tmp_path, "status", BATCHGEN_DB=URL)
-    assert status.returncode == ExitCode.INTERRUPTED, status.stderr
-    assert "postgresql://bob:***@127.0.0.1:9/batches: cannot reach it" in status.stderr
-    assert "s3cret" not in status.stdout + status.stderr
-    assert {p.name for p in tmp_path.iterdir()} == before
+    assert_unreachable(batchgen(tmp_path, "--db", URL, "run", str(manifest)), tmp_path, before)
+    assert_unreachable(batchgen(tmp_path, "--db", URL, "status"), tmp_path, before)
 
 
-async def test_run_batch_refuses_a_postgres_db(
+async def test_run_batch_takes_a_postgres_url_for_a_server_never_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The runner drives PostgreSQL now: a server that does not answer is exit 75
+    (resumable), its password masked, and the URL never becomes a folder or a file."""
     manifest = write_manifest(tmp_path, ["a", "b"])
     monkeypatch.chdir(tmp_path)
     before = {p.name for p in tmp_path.iterdir()}
     summary = await arun_batch(Path(URL), api_key="sk-sim-0000000000000000", manifest=manifest)
-    assert summary.exit_code == ExitCode.USAGE
-    assert "not supported" in summary.reason and "s3cret" not in summary.reason
-    assert {p.name for p in tmp_path.iterdir()} == before
+    assert summary.exit_code == ExitCode.INTERRUPTED, summary.reason
+    assert "postgresql://bob:***@127.0.0.1:9/batches" in summary.reason
+    assert "s3cret" not in json.dumps(summary.to_json())
+    # the output folder is made before the database is reached (as with SQLite): empty
+    assert {p.name for p in tmp_path.iterdir()} - {"out"} == before
+    assert not any((tmp_path / "out").iterdir())

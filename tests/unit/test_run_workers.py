@@ -1,0 +1,25 @@
+"""A worker among others on a PostgreSQL batch (``run.workers``): a URL is never a file
+an output must spare, and the engine's settings for a shared batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchgen.run.options import RunOptions
+from batchgen.run.workers import protected_files, shared_work
+
+URL = "postgresql://bob:s3cret@db.example/batches"
+
+
+def test_a_url_is_no_file_to_protect_a_sqlite_path_is() -> None:
+    assert protected_files(Path(URL)).files == ()
+    assert protected_files(Path(URL), "m.yaml").files == (("the manifest", Path("m.yaml")),)
+    sqlite = [what for what, _ in protected_files(Path("state.db")).files]
+    assert sqlite[0] == "the state database" and len(sqlite) > 1  # -wal, -shm, .lock...
+
+
+def test_a_shared_batch_is_claimed_in_small_pages_and_watched_every_second_at_most() -> None:
+    # every third of a lease, but at most every second: the same look tells the engine
+    # when the batch is done
+    assert shared_work(RunOptions(lease_s=30.0), 10) == {"takeover_every_s": 1.0, "page_size": 20}
+    assert shared_work(RunOptions(lease_s=1.5), 2) == {"takeover_every_s": 0.5, "page_size": 10}
