@@ -6,6 +6,7 @@ GET of the run) does. A job becomes ``succeeded`` only after every file is in pl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -195,7 +196,10 @@ def make_collect(
             if f.note:  # kept (it was paid for) but never silently: the log, sidecar and DB say so
                 log.warning("job #%d: %s is not what was asked: %s", job.idx, name, f.note)
         for f, name in zip(saved, rel, strict=True):
-            sidecar.write_sidecar(
+            # in a thread: its fsyncs (file and folder, ~1 ms each here) would stall the
+            # loop, and with it every key's POSTs and polls (16 keys: ~160 files a second)
+            await asyncio.to_thread(
+                sidecar.write_sidecar,
                 f.path,
                 {
                     "batch": batch.name,

@@ -11,14 +11,15 @@ creates to the poller (a reference given at construction); nothing else calls ac
   (2), which are only started when the limiter has slack. When a poll is due comes
   from ``schedule.DurationModel``: learned from the API's own ``createdAt`` /
   ``completedAt``, so most runs need exactly one poll.
-- **Never pay twice.** At most one POST is in flight. Before it, the job's intent is
-  committed (state ``submitting``, attempt number, idempotency key
-  ``sha256(job key:attempt)[:32]``); the run id and ``costUsd`` are committed the
-  moment the answer arrives. A POST whose answer was lost (``TransportError(sent=
-  True)``) or that a crash interrupted is *in doubt*: it is sent again with the same
-  key (``--in-doubt resubmit``) or held for ``batchgen retry --in-doubt``. A new
-  attempt (new key) is only made after the run failed (refunded) or was lost (404,
-  ``--on-lost resubmit``).
+- **Never pay twice.** At most one POST is in flight per key (so with many keys the
+  submissions overlap, each key's in its own limiter's order), and never two for one
+  job. Before each POST, the job's intent is committed (state ``submitting``, attempt
+  number, idempotency key ``sha256(job key:attempt)[:32]``); the run id and
+  ``costUsd`` are committed the moment the answer arrives. A POST whose answer was
+  lost (``TransportError(sent=True)``) or that a crash interrupted is *in doubt*: it
+  is sent again with the same key (``--in-doubt resubmit``) or held for ``batchgen
+  retry --in-doubt``. A new attempt (new key) is only made after the run failed
+  (refunded) or was lost (404, ``--on-lost resubmit``).
 - **Errors.** Submitter, poller and collector ask ``batchgen.retry.decide`` about every
   error and do what it answers: 400 fails the job for good; 401 stops everything at
   once; 402/403/``USAGE_EXCEEDED`` stop submissions while paid runs are still polled
@@ -266,7 +267,10 @@ class RunEngine:
         now_wall, mono = st.clock.now(), st.clock.monotonic()
         for job in rows:
             self._cursor = (job.idx, job.id)
-            held = job.id in st.queued_ids or job.id in st.keys.stranded  # its key is gone
+            # a job whose POST is starting is still queued in the store until its intent
+            # commits: a sweep must not queue it a second time (another key's POST)
+            held = job.id in st.queued_ids or job.id in st.posts
+            held = held or job.id in st.keys.stranded  # its key is gone
             if held or await self.submitter.holds_paid_run(job):
                 continue
             self._swept = False
@@ -311,7 +315,7 @@ class RunEngine:
 
     def _done(self) -> bool:
         st = self.state
-        busy = bool(st.polls or st.downloads or st.submit_task)
+        busy = bool(st.polls or st.downloads or st.posts)
         if st.leaving:
             return not busy
         if st.stop_kind is None and self._has_submittable():
@@ -338,14 +342,14 @@ class RunEngine:
     async def _cancel_all(self) -> None:
         st = self.state
         if st.crash is not None:
-            # the POST in flight may be answered with a paid run's id: record (or name) it
-            await self._grace([st.submit_task] if st.submit_task else [])
+            # the POSTs in flight may be answered with a paid run's id: record (or name) it
+            await self._grace(st.post_tasks())
         elif st.hard is None and st.leaving:
-            await self._grace([t for t in (st.submit_task, *st.downloads.values()) if t])
+            await self._grace([*st.post_tasks(), *st.downloads.values()])
         tasks = [
             t
-            for t in (st.submit_task, *st.polls.values(), *st.downloads.values())
-            if t is not None and not t.done()
+            for t in (*st.post_tasks(), *st.polls.values(), *st.downloads.values())
+            if not t.done()
         ]
         for task in tasks:
             task.cancel()
@@ -357,10 +361,10 @@ class RunEngine:
         st = self.state
         loop = asyncio.get_running_loop()
         end = loop.time() + st.cfg.grace_s
-        post = st.submit_task
         while st.hard is None:
-            # an error meanwhile: only the POST in flight is still worth its answer
-            pending = [t for t in tasks if not t.done() and (st.crash is None or t is post)]
+            # an error meanwhile: only the POSTs in flight are still worth their answers
+            posts = st.post_tasks()
+            pending = [t for t in tasks if not t.done() and (st.crash is None or t in posts)]
             if not pending:
                 return
             left = end - loop.time()

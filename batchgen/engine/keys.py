@@ -17,7 +17,7 @@ client and one limiter): jobs then carry no fingerprint, exactly as before the p
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -95,11 +95,11 @@ class KeyPool:
     def submitting(self) -> list[PoolKey]:
         return [k for k in self.keys if k.refused is None]
 
-    def pick(self) -> PoolKey | None:
-        """The key for the next new POST: one that may submit, with room now before one
-        that must wait, then the fewest waiting and sent in its window; None: no key
-        may submit."""
-        usable = self.submitting()
+    def pick(self, busy: Collection[PoolKey] = ()) -> PoolKey | None:
+        """The key for the next new POST: one that may submit and is not ``busy`` (its
+        POST in flight), with room now before one that must wait, then the fewest
+        waiting and sent in its window; None: no such key."""
+        usable = [k for k in self.submitting() if k not in busy]
         if not usable:
             return None
         key = min(

@@ -112,6 +112,15 @@ class ActiveRun:
 
 
 @dataclass(eq=False)
+class Post:
+    """One POST in flight: its job, the key sending it, and its task."""
+
+    job: JobRecord
+    key: PoolKey
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
 class EngineState:
     """Everything the dispatcher, submitter, poller and collector share."""
 
@@ -157,9 +166,9 @@ class EngineState:
     probes: dict[RunClass, int] = field(default_factory=dict)
 
     # ------------------------------------------------ tasks in flight
-    #: the one POST in flight, and its job
-    submit_task: asyncio.Task[None] | None = None
-    submitting: JobRecord | None = None
+    #: the POSTs in flight (their intent committed or being committed): job id -> its
+    #: POST; at most one per key, so one key's POSTs keep its limiter's order
+    posts: dict[int, Post] = field(default_factory=dict)
     #: job id -> its poll in flight (or waiting for a slot)
     polls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     #: job id -> its download in flight
@@ -257,8 +266,12 @@ class EngineState:
 
     @property
     def active(self) -> int:
-        """Runs held against the concurrency: running, plus the POST in flight."""
-        return len(self.running) + (1 if self.submitting is not None else 0)
+        """Runs held against the concurrency: running, plus the POSTs in flight."""
+        return len(self.running) + len(self.posts)
+
+    def post_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks of the POSTs in flight."""
+        return [p.task for p in self.posts.values() if p.task is not None]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task whose unexpected error stops the run (never "was never retrieved")."""
@@ -371,4 +384,4 @@ class EngineState:
 
 # the API's two calls are declared with the keys that send them (``engine.keys``);
 # the stages import them from here, as before the key pool
-__all__ = ["ActiveRun", "EngineState"]
+__all__ = ["ActiveRun", "EngineState", "Post"]

@@ -37,8 +37,7 @@ def _mine(st: EngineState) -> set[int]:
     ids = {*st.running, *st.downloading, *st.held, *st.queued_ids}
     ids.update(j.id for j in st.resend)
     ids.update(j.id for _, _, j in st.later)
-    if st.submitting is not None:
-        ids.add(st.submitting.id)
+    ids.update(st.posts)  # a POST in flight: its job is submitting, and this worker's
     return ids
 
 
