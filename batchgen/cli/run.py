@@ -30,6 +30,7 @@ from batchgen.cli.run_options import (
     NotifyOpt,
     OnLost,
     OnLostOpt,
+    PostsOpt,
     RateOpt,
     ReportOpt,
     RuntimeOpt,
@@ -39,6 +40,7 @@ from batchgen.cli.run_options import (
     WorkerDbOption,
     key_args,
     lenient,
+    resume_options,
 )
 from batchgen.errors import ExitCode, Problem, UsageError
 from batchgen.redact import redact_text
@@ -47,7 +49,6 @@ from batchgen.textsafe import printable, printable_json, printable_lines
 
 if TYPE_CHECKING:
     from batchgen.events import RunSummary
-    from batchgen.run.options import RunOptions
 
 # batchgen.run.runner (aiohttp, PyAV, the engine) is imported inside the commands that run
 # a batch, and the store (SQLAlchemy) inside `cancel`, so that `batchgen status`,
@@ -131,6 +132,7 @@ def run(
     ] = None,
     wait_lock: WaitLockOpt = 0.0,
     lease: LeaseOpt = 30.0,
+    posts_in_flight: PostsOpt = 1,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -166,6 +168,7 @@ def run(
         max_jobs=max_jobs,
         wait_lock_s=wait_lock,
         lease_s=lease,
+        posts_in_flight=posts_in_flight,
         log_file=log_file,
         summary_file=summary_file,
         metrics_file=metrics_file,
@@ -177,50 +180,6 @@ def run(
         verify=verify,
     )
     _finish(run_batch(db, manifest=manifest, **key_args(key, options, keys_file)), json_out)
-
-
-def _resume_options(
-    base_url: str | None,
-    rate: str | None,
-    concurrency: int | None,
-    budget_usd: float | None,
-    max_runtime: float | None,
-    on_lost: OnLost,
-    wait_lock: float,
-    log_file: Path | None,
-    summary_file: Path | None,
-    metrics_file: Path | None,
-    notify_url: str | None,
-    report: Path | None,
-    in_doubt: InDoubt = InDoubt.resubmit,
-    verify: bool = False,
-    allow_insecure: bool = False,
-    lease: float = 30.0,
-) -> RunOptions:
-    from batchgen.run.options import RunOptions
-
-    problems: list[Problem] = []
-    return RunOptions(
-        base_url=base_url,
-        allow_insecure=allow_insecure,
-        rate=lenient(problems, parse_rate, rate),
-        concurrency=concurrency,
-        budget_usd=budget_usd,
-        max_runtime_s=max_runtime,
-        in_doubt=in_doubt.value,
-        on_lost=on_lost.value,
-        wait_lock_s=wait_lock,
-        lease_s=lease,
-        log_file=log_file,
-        summary_file=summary_file,
-        metrics_file=metrics_file,
-        notify_url=notify_url,
-        report_path=report,
-        progress="auto",
-        handle_signals=True,
-        problems=problems,
-        verify=verify,
-    )
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -240,6 +199,7 @@ def resume(
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
     lease: LeaseOpt = 30.0,
+    posts_in_flight: PostsOpt = 1,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -255,10 +215,11 @@ def resume(
     from batchgen.run.runner import run_batch
 
     key = _key()
-    options = _resume_options(
+    options = resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report, in_doubt,
         allow_insecure=allow_insecure, verify=verify, lease=lease,
+        posts_in_flight=posts_in_flight,
     )  # fmt: skip
     _finish(run_batch(db, batch=batch, **key_args(key, options, keys_file)), json_out)
 
@@ -294,6 +255,7 @@ def retry(
     on_lost: OnLostOpt = OnLost.fail,
     wait_lock: WaitLockOpt = 0.0,
     lease: LeaseOpt = 30.0,
+    posts_in_flight: PostsOpt = 1,
     log_file: LogFileOpt = None,
     summary_file: SummaryOpt = None,
     metrics_file: MetricsOpt = None,
@@ -326,10 +288,11 @@ def retry(
     key = _key()
     if not failed and not in_doubt and not job:
         failed = in_doubt = True
-    options = _resume_options(
+    options = resume_options(
         base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
         log_file, summary_file, metrics_file, notify_url, report,
         verify=verify, allow_insecure=allow_insecure, lease=lease,
+        posts_in_flight=posts_in_flight,
     )  # fmt: skip
     summary = run_batch(
         db,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 
 import typer
 
-from batchgen.cli._app import finite_option, used_db
+from batchgen.cli._app import finite_option, parse_rate, used_db
 from batchgen.errors import Problem, UsageError
 from batchgen.store.reader import DEFAULT_DB
 
@@ -148,6 +148,18 @@ LeaseOpt = Annotated[
         "(sent every third of it); a killed worker's jobs go to another once it runs out.",
     ),
 ]
+PostsOpt = Annotated[
+    int,
+    typer.Option(
+        "--posts-in-flight",
+        min=1,
+        max=1000,
+        help="POSTs this process may have in flight at once, at most one per key "
+        "(default 1). A process killed with POSTs in flight may pay again for each of "
+        "them if the service ignores idempotency keys: 1 bounds that to one run per kill; "
+        "more lets many keys reach their rate.",
+    ),
+]
 LogFileOpt = Annotated[
     Path | None,
     typer.Option("--log-file", help="Append a JSON-lines log of every change and request."),
@@ -202,4 +214,51 @@ def key_args(key: str | None, options: RunOptions, keys_file: Path | None) -> Ke
     more = split_keys(os.environ.get("RUNBASE_API_KEYS"))
     return KeyArgs(
         api_key=key, api_keys=more, options=dataclasses.replace(options, keys_file=keys_file)
+    )
+
+
+def resume_options(
+    base_url: str | None,
+    rate: str | None,
+    concurrency: int | None,
+    budget_usd: float | None,
+    max_runtime: float | None,
+    on_lost: OnLost,
+    wait_lock: float,
+    log_file: Path | None,
+    summary_file: Path | None,
+    metrics_file: Path | None,
+    notify_url: str | None,
+    report: Path | None,
+    in_doubt: InDoubt = InDoubt.resubmit,
+    verify: bool = False,
+    allow_insecure: bool = False,
+    lease: float = 30.0,
+    posts_in_flight: int = 1,
+) -> RunOptions:
+    """The options of ``resume`` and ``retry``, from their command lines."""
+    from batchgen.run.options import RunOptions
+
+    problems: list[Problem] = []
+    return RunOptions(
+        base_url=base_url,
+        allow_insecure=allow_insecure,
+        rate=lenient(problems, parse_rate, rate),
+        concurrency=concurrency,
+        budget_usd=budget_usd,
+        max_runtime_s=max_runtime,
+        in_doubt=in_doubt.value,
+        on_lost=on_lost.value,
+        wait_lock_s=wait_lock,
+        lease_s=lease,
+        posts_in_flight=posts_in_flight,
+        log_file=log_file,
+        summary_file=summary_file,
+        metrics_file=metrics_file,
+        notify_url=notify_url,
+        report_path=report,
+        progress="auto",
+        handle_signals=True,
+        problems=problems,
+        verify=verify,
     )

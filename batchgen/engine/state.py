@@ -63,6 +63,11 @@ class EngineConfig:
     in_doubt: InDoubtPolicy = "resubmit"
     on_lost: LostPolicy = "fail"
     download_concurrency: int = 4
+    #: POSTs in flight at once (never more than one per key). A process killed with a
+    #: POST in flight may pay for it twice when the service ignores idempotency keys (a
+    #: resend then makes a second run): 1, the default, bounds that to one run per kill;
+    #: more lets a pool of many keys reach their rate, one possible extra run per POST
+    posts_in_flight: int = 1
     #: how often the batch row is re-read to notice ``batchgen cancel``
     flags_every_s: float = 1.0
     #: queued jobs read (on PostgreSQL: claimed) at a time; several workers sharing a

@@ -40,17 +40,19 @@ CREATED_AT_PRECISION_S = 0.005
 
 
 class Submitter:
-    """Owns the POSTs in flight (``EngineState.posts``), at most one per key: takes the
-    next jobs from the queue, commits each one's intent, sends it with its key, and
-    hands the run to the poller.
+    """Owns the POSTs in flight (``EngineState.posts``), at most one per key and
+    ``posts_in_flight`` in all: takes the next jobs from the queue, commits each one's
+    intent, sends it with its key, and hands the run to the poller.
 
-    One POST per key, not one per process: with many keys a single POST in flight made
-    the submitter the bottleneck (16 keys reached 0.45 of their bound). One per key
-    keeps each key's order as it was: its POST waits in its own limiter behind its due
-    polls, and a refusal of that key (402, 401) meets one POST, not a burst. Every
-    decision about a start (the queue, the key, the budget's reservation) is taken
-    synchronously on the loop, so N POSTs starting together reserve exactly as N
-    started one after the other."""
+    ``posts_in_flight`` is 1 by default: a process killed with a POST in flight may pay
+    for it again on resume when the service ignores idempotency keys, so one POST at a
+    time bounds that to one run per kill. Up to one per key when the user allows it:
+    with many keys a single POST in flight makes the submitter the bottleneck (16 keys
+    reached 0.45 of their bound). One per key keeps each key's order as it was: its POST
+    waits in its own limiter behind its due polls, and a refusal of that key (402, 401)
+    meets one POST, not a burst. Every decision about a start (the queue, the key, the
+    budget's reservation) is taken synchronously on the loop, so N POSTs starting
+    together reserve exactly as N started one after the other."""
 
     def __init__(
         self,
@@ -78,6 +80,8 @@ class Submitter:
         """Start one POST; False when none can start now."""
         st = self.state
         if st.stop_kind is not None or st.leaving or st.active >= st.cfg.concurrency:
+            return False
+        if len(st.posts) >= st.cfg.posts_in_flight:  # what a kill may pay twice
             return False
         found = next_post(st)
         if found is None:

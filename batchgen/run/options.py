@@ -60,6 +60,8 @@ class RunOptions:
     progress: ProgressMode = "off"
     handle_signals: bool = False
     download_concurrency: int = 4
+    #: POSTs in flight at once, at most one per key (``EngineConfig.posts_in_flight``)
+    posts_in_flight: int = 1
     timeout_s: float = 30.0
     #: the limiter's safety margin on the window (None: the limiter's default)
     limiter_margin_s: float | None = None

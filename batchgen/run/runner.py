@@ -362,6 +362,7 @@ class _Run:
                     in_doubt=settings.in_doubt,
                     on_lost=settings.on_lost,
                     download_concurrency=opts.download_concurrency,
+                    posts_in_flight=opts.posts_in_flight,
                     **({} if self.pg_url is None else shared_work(opts, concurrency)),
                 ),
                 budget=budget,

@@ -81,6 +81,7 @@ def test_usage_lines_name_their_arguments_in_capitals(command: str, usage: str) 
         (["resume", "--on-lost", "y"], "--on-lost must be fail or resubmit (not 'y')"),
         (["run", "m.yaml", "--concurrency", "0"], "--concurrency must be at least 1 (not '0')"),
         (["run", "m.yaml", "--concurrency", "1.5"], "--concurrency must be a whole number"),
+        (["resume", "--posts-in-flight", "0"], "--posts-in-flight must be at least 1 (not '0')"),
         (["resume", "--budget-usd", "-1"], "--budget-usd must be at least 0 (not '-1')"),
         (["retry", "b", "--wait-lock", "soon"], "--wait-lock must be a number (not 'soon')"),
         (["status", "--failures", "x"], "--failures must be a whole number (not 'x')"),

@@ -1,4 +1,5 @@
-"""One POST in flight per key (issue 12 point 1): several keys submit at once.
+"""One POST in flight per key (issue 12 point 1): several keys submit at once when the
+run allows it (``posts_in_flight``; the default, 1, keeps one POST per process).
 
 The real engine with a pool of four real ``RunbaseClient``s against one simulator that
 knows the four keys; every run-creating POST is answered late (``slow_rate``), so POSTs
@@ -27,6 +28,7 @@ from batchgen.engine.keys import KeyPool, PoolKey
 from batchgen.engine.schedule import DurationModel, PollPolicy
 from batchgen.errors import ExitCode
 from batchgen.retry import RetryPolicy
+from batchgen.run.runner import arun_batch
 from batchgen.runbase.answers import Run
 from batchgen.runbase.client import RunbaseClient
 from batchgen.runbase.models import load_model
@@ -38,6 +40,7 @@ from batchgen.store.pg.store import PostgresStore
 from batchgen.store.sqlite_store import SqliteStore
 from tests.support.engine import MODEL, bid, make_batch, prompts, simple_collect, tiny_sim_config
 from tests.support.pgkit import sql
+from tests.support.runs import opts
 
 RATE = (20, 1.0)
 KEYS = [f"sk-posts-{i}-{'p' * 24}" for i in range(4)]
@@ -107,6 +110,7 @@ async def run_pool(
     *,
     budget_micro_usd: int | None = None,
     during: Callable[[InFlight], Awaitable[None]] | None = None,
+    posts: int = len(KEYS),
 ) -> tuple[Outcome, RunEngine, InFlight]:
     seen = InFlight()
     async with AsyncExitStack() as stack:
@@ -122,7 +126,7 @@ async def run_pool(
         engine = RunEngine(
             store, await store.batch(batch_id), client=pool.first.client,
             limiter=pool.first.limiter, keys=pool, collect=simple_collect(files, out),
-            materialize=lambda x: x, config=EngineConfig(concurrency=40),
+            materialize=lambda x: x, config=EngineConfig(concurrency=40, posts_in_flight=posts),
             budget=Budget(budget_micro_usd), durations=DurationModel(PollPolicy(0.85, 0.25, 0.01)),
             retry=RetryPolicy(base_s=0.01, cap_s=0.05, key_pool=True),
         )  # fmt: skip
@@ -176,6 +180,23 @@ async def test_posts_of_different_keys_overlap_and_one_job_never_has_two(
     assert seen.job_most == 1 and set(seen.sent.values()) == {1}  # one POST per job, ever
     assert stats["runs_created"] == jobs and stats["idempotent_replays"] == 0
     assert all(k["runs_created"] > 0 and k["max_in_window"] <= RATE[0] for k in stats["keys"])
+
+
+async def test_by_default_one_post_is_in_flight_per_process_whatever_the_keys(
+    tmp_path: Path,
+) -> None:
+    """A kill -9 loses the answers of the POSTs in flight; a service ignoring idempotency
+    keys then charges their resends again. One POST at a time bounds that to one."""
+    jobs = 12
+    async with Simulator(sim_config()) as sim, sqlite_batch(tmp_path, jobs) as (store, b):
+        outcome, _, seen = await run_pool(
+            store, b, sim, tmp_path / "out", posts=EngineConfig().posts_in_flight
+        )
+        stats = sim.stats()
+    assert outcome.exit_code == ExitCode.OK, outcome.reason
+    assert seen.most == 1 and sum(seen.sent.values()) == jobs
+    # the keys still share the work: a POST goes with whichever key is free
+    assert sum(1 for k in stats["keys"] if k["runs_created"] > 0) > 1
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
@@ -244,3 +265,29 @@ async def test_every_key_emptied_mid_run_stops_with_exit_3_and_polls_what_was_pa
     paid = stats["runs_created"]
     assert 6 <= paid < jobs and counts.get("succeeded") == paid  # every paid run finished
     assert counts == {"succeeded": paid, "queued": jobs - paid}
+
+
+@pytest.mark.parametrize("posts", [1, 4])
+async def test_the_runs_posts_in_flight_reach_the_engine(tmp_path: Path, posts: int) -> None:
+    """``--posts-in-flight`` (``RunOptions.posts_in_flight``) is what the engine keeps:
+    the most POSTs the service held at once."""
+    jobs = 12
+    held: list[int] = [0]
+    db, batch = make_batch(tmp_path / "s.db", prompts(jobs), tmp_path / "out")
+    db.dispose()
+    async with Simulator(sim_config()) as sim:
+
+        async def watch() -> None:
+            while True:
+                held.append(sim.slow_answers)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.ensure_future(watch())
+        summary = await arun_batch(
+            tmp_path / "s.db", api_key=KEYS[0], api_keys=KEYS[1:], batch=batch.name,
+            options=opts(sim.base_url, rate=RATE, posts_in_flight=posts,
+                         state_dir=tmp_path / "state"),
+        )  # fmt: skip
+        watcher.cancel()
+    assert summary.exit_code == ExitCode.OK, summary.reason
+    assert max(held) == posts
