@@ -69,8 +69,9 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
     elif not as_json and not summary.out_dir:  # never reached its batch (database locked)
         print(
             printable(
-                f"batchgen: {summary.batch}: {redact_text(summary.reason)}; "
-                f"exit {summary.exit_code}"
+                # no batch name when it failed before finding its batch
+                f"batchgen: {summary.batch + ': ' if summary.batch else ''}"
+                f"{redact_text(summary.reason)}; exit {summary.exit_code}"
             ),
             file=sys.stderr,
         )
@@ -81,8 +82,8 @@ def _finish(summary: RunSummary, as_json: bool) -> None:
             where = f"{summary.repaired} missing or damaged video(s) fetched again; {where}"
         print(
             printable(
-                f"batchgen: {summary.batch}: {redact_text(summary.reason)} "
-                f"({counts or 'no jobs'}); "
+                f"batchgen: {summary.batch + ': ' if summary.batch else ''}"
+                f"{redact_text(summary.reason)} ({counts or 'no jobs'}); "
                 f"spent ${summary.spend_micro_usd / 1e6:.2f}; in doubt {summary.in_doubt}; "
                 f"{where}exit {summary.exit_code}"
             ),

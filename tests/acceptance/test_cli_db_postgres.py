@@ -38,6 +38,7 @@ def assert_unreachable(
     assert proc.returncode == ExitCode.INTERRUPTED, proc.stderr
     assert "postgresql://bob:***@127.0.0.1:9/batches" in proc.stderr
     assert "s3cret" not in proc.stdout + proc.stderr
+    assert "batchgen: : " not in proc.stderr  # no empty batch name before the reason
     # no "postgresql:" folder, no file (`run` makes its empty output folder first)
     assert {p.name for p in folder.iterdir()} - {"out"} == before
 
