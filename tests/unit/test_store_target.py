@@ -1,5 +1,5 @@
 """Which database a --db names: a postgresql:// URL is recognised (as typed, or after
-``Path`` collapsed its ``//``) and refused with exit 2, its password masked."""
+``Path`` collapsed its ``//``); a file path is a file."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.errors import ExitCode, UsageError
-from batchgen.store.target import postgres_url, refuse_postgres
+from batchgen.store.target import postgres_url
 
 URL = "postgresql://bob:s3cret@db.example:5432/batches"
 
@@ -27,14 +26,3 @@ def test_the_short_scheme_is_recognised_too() -> None:
 )
 def test_a_file_path_is_a_file(given: str) -> None:
     assert postgres_url(Path(given)) is None
-    refuse_postgres(Path(given))  # no error
-
-
-def test_the_refusal_is_exit_2_and_never_shows_the_password() -> None:
-    with pytest.raises(UsageError) as caught:
-        refuse_postgres(Path(URL))
-    assert caught.value.exit_code == ExitCode.USAGE
-    text = str(caught.value)
-    assert "s3cret" not in text
-    assert "postgresql://bob:***@db.example:5432/batches" in text
-    assert "not supported" in text
