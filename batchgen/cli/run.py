@@ -5,6 +5,7 @@ The runner and the store are imported inside each command, for start-up (``batch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batchgen.cli._app import JsonOption, app, parse_date, parse_rate
+from batchgen.cli._app import DbOption, JsonOption, app, parse_date
 from batchgen.cli.run_options import (
     EXIT_CODES_HELP,
     BaseUrlOpt,
@@ -37,7 +38,6 @@ from batchgen.cli.run_options import (
     SummaryOpt,
     VerifyOpt,
     WaitLockOpt,
-    WorkerDbOption,
     key_args,
     lenient,
     resume_options,
@@ -108,7 +108,7 @@ def maybe_paid_line(summary: RunSummary) -> str:
 @app.command(epilog=EXIT_CODES_HELP)
 def run(
     manifest: Annotated[Path, typer.Argument(help="The YAML manifest.", show_default=False)],
-    db: WorkerDbOption = Path(DEFAULT_DB),
+    db: DbOption = Path(DEFAULT_DB),
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: the manifest's).")
     ] = None,
@@ -150,36 +150,18 @@ def run(
 
     Example: RUNBASE_API_KEY=sk-... batchgen run manifests/example.yaml --budget-usd 20
     """
-    from batchgen.run.options import RunOptions
     from batchgen.run.runner import run_batch
 
     key = _key()
-    problems: list[Problem] = []
-    options = RunOptions(
-        base_url=base_url,
-        allow_insecure=allow_insecure,
-        out_dir=out,
-        rate=lenient(problems, parse_rate, rate),
-        concurrency=concurrency,
-        budget_usd=budget_usd,
-        max_runtime_s=max_runtime,
-        in_doubt=in_doubt.value,
-        on_lost=on_lost.value,
-        date=lenient(problems, parse_date, date),
-        max_jobs=max_jobs,
-        wait_lock_s=wait_lock,
-        lease_s=lease,
+    options = resume_options(
+        base_url, rate, concurrency, budget_usd, max_runtime, on_lost, wait_lock,
+        log_file, summary_file, metrics_file, notify_url, report, in_doubt,
+        verify=verify, allow_insecure=allow_insecure, lease=lease,
         posts_in_flight=posts_in_flight,
-        log_file=log_file,
-        summary_file=summary_file,
-        metrics_file=metrics_file,
-        notify_url=notify_url,
-        report_path=report,
-        progress="auto",
-        handle_signals=True,
-        problems=problems,
-        verify=verify,
-    )
+    )  # fmt: skip
+    # `run` only: the manifest's output folder, date and size
+    day = lenient(options.problems, parse_date, date)
+    options = dataclasses.replace(options, out_dir=out, date=day, max_jobs=max_jobs)
     _finish(run_batch(db, manifest=manifest, **key_args(key, options, keys_file)), json_out)
 
 
@@ -188,7 +170,7 @@ def resume(
     batch: Annotated[
         str | None, typer.Argument(help="Batch name (default: the most recent).")
     ] = None,
-    db: WorkerDbOption = Path(DEFAULT_DB),
+    db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -245,7 +227,7 @@ def retry(
             "--pay-again", help="Submit the --job jobs again although their run was paid."
         ),
     ] = False,
-    db: WorkerDbOption = Path(DEFAULT_DB),
+    db: DbOption = Path(DEFAULT_DB),
     base_url: BaseUrlOpt = None,
     allow_insecure: InsecureOpt = False,
     keys_file: KeysFileOpt = None,
@@ -316,7 +298,7 @@ def cancel(
             help="Also give up runs already paid for and in-doubt jobs (never fetched).",
         ),
     ] = False,
-    db: WorkerDbOption = Path(DEFAULT_DB),
+    db: DbOption = Path(DEFAULT_DB),
     json_out: JsonOption = False,
 ) -> None:
     """Stop submitting new runs of BATCH; queued jobs become canceled.

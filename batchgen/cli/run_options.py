@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Annotated, TypedDict, TypeVar
 
 import typer
 
-from batchgen.cli._app import finite_option, parse_rate, used_db
+from batchgen.cli._app import finite_option, parse_rate
 from batchgen.errors import Problem, UsageError
-from batchgen.store.reader import DEFAULT_DB
 
 if TYPE_CHECKING:
     from batchgen.run.options import RunOptions
@@ -42,26 +41,6 @@ class OnLost(enum.StrEnum):
     resubmit = "resubmit"
 
 
-def _worker_db(path: Path) -> Path:
-    # a postgresql:// URL arrives as a Path ("//" collapsed): the runner restores it
-    # (store.target.postgres_url) and never takes it for a file
-    used_db[:] = [path]
-    return path
-
-
-#: ``--db`` of the commands that drive a batch (run, resume, retry, cancel): a SQLite
-#: file, or a PostgreSQL database several workers share (docs/scale.md)
-WorkerDbOption = Annotated[
-    Path,
-    typer.Option(
-        "--db",
-        envvar="BATCHGEN_DB",
-        callback=_worker_db,
-        help=f"State database: a SQLite file (default ./{DEFAULT_DB}), or a "
-        "postgresql://user@host/db URL that several workers share. Or $BATCHGEN_DB.",
-        show_default=False,
-    ),
-]
 BaseUrlOpt = Annotated[
     str | None,
     typer.Option(
