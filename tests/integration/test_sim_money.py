@@ -47,7 +47,9 @@ async def test_the_price_table_can_be_overridden_per_resolution_and_duration():
 async def test_a_failed_run_is_refunded_in_full_exactly_once():
     async with running(fail_rate=1.0, balance_usd=5.0) as (sim, api):
         ids = [(await api.post({"prompt": f"p{i}"})).body["id"] for i in range(3)]
-        assert sim.stats()["balance_micro_usd"] == 5_000_000 - 3 * 484_000
+        now = sim.stats()  # charged at creation; a run that already failed is refunded
+        assert now["charged_micro_usd"] == 3 * 484_000
+        assert now["balance_micro_usd"] == 5_000_000 - 3 * 484_000 + now["refunded_micro_usd"]
         for run_id in ids:
             await api.wait(run_id)
             for _ in range(3):  # looking again refunds nothing more
