@@ -64,15 +64,17 @@ def _check_out(out: Path, example: str) -> None:
 
 
 def _protected(db: Path, batch: Batch, out: Path) -> Protected:
-    """The database, the batch's manifest and the files that manifest names (loaded
+    """The database, the batch's manifest, the files that manifest names (loaded
     only when ``out`` exists: a file the manifest reads exists, so only an existing
-    ``out`` can be one)."""
+    ``out`` can be one) and the batch's videos and sidecars in its output folder."""
     file = None if postgres_url(db) else db  # a PostgreSQL database is no file to protect
+    folders = [batch.out_dir]
     if not os.path.lexists(out):
-        return Protected.of(file, batch.manifest_path)
+        return Protected.of(file, batch.manifest_path, out_dirs=folders)
     from batchgen.manifest.loader import named_files
 
-    return Protected.of(file, batch.manifest_path, named_files(batch.manifest_path, batch.run_date))
+    named = named_files(batch.manifest_path, batch.run_date)
+    return Protected.of(file, batch.manifest_path, named, out_dirs=folders)
 
 
 def _unwritable(out: Path, exc: OSError) -> UsageError:

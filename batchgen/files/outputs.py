@@ -2,10 +2,23 @@
 
 The protected files: the state database, its ``-wal``, ``-shm``, ``-journal`` and
 ``.lock`` files, the manifest and every file the manifest names (values, rows,
-images). An output (``export --out``, ``report --out``, ``--summary-file``,
+images), and the batch's own outputs: its videos, their sidecars and partial
+downloads. An output (``export --out``, ``report --out``, ``--summary-file``,
 ``--log-file``, ``--metrics-file``, ``--report``, the videos and their sidecars) that
 leads to one of them, by whatever path, symlink or hard link, is a usage error
 (exit 2) found before anything is written.
+
+The batch's outputs are protected by a folder rule, not a list: any file in the
+batch's output folder (``out_dirs``) whose name is a video's, a sidecar's or a partial
+download's (``*.mp4``, ``*.mp4.json``, ``.*.mp4.part``, ``.*.mp4.part.meta``). Every
+file a job records is such a file (stems never hold a separator, so they all sit
+directly in the folder), and so is every file a later download will write, so the
+rule also covers videos not fetched yet and those of another batch sharing the
+folder; it costs two ``realpath`` calls, never a look at a million job rows. The whole
+folder is not protected: ``report.html`` lives there by default, and a log or summary
+beside the videos harms nothing. A hard link elsewhere to one of those files is found
+by one ``scandir`` of the folder (inode numbers come with the listing), and only when
+the output already exists with more than one link.
 
 Two comparisons, because either alone misses a case: the device and inode of files
 that exist (a hard link has another path but the same inode), and the fully resolved
@@ -18,6 +31,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +51,8 @@ class Protected:
     """The files no output may replace: (what it is, path)."""
 
     files: tuple[tuple[str, Path], ...]
+    #: the batch's output folders: their videos, sidecars and partial downloads
+    out_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def of(
@@ -44,6 +60,7 @@ class Protected:
         db: Path | None = None,
         manifest: Path | str | None = None,
         sources: Iterable[Path] = (),
+        out_dirs: Iterable[Path | str | None] = (),
     ) -> Protected:
         files: list[tuple[str, Path]] = []
         if db is not None:
@@ -55,7 +72,8 @@ class Protected:
         if manifest:
             files.append(("the manifest", Path(manifest)))
         files.extend(("a file the manifest names", Path(p)) for p in sources)
-        return cls(tuple(files))
+        folders = tuple(dict.fromkeys(Path(d) for d in out_dirs if d))
+        return cls(tuple(files), folders)
 
     def clash(self, path: Path) -> tuple[str, Path] | None:
         """The protected file that writing ``path`` would replace, if any."""
@@ -66,6 +84,43 @@ class Protected:
                 return what, protected
             if ident is not None and ident == _ident(protected):
                 return what, protected
+        return self._batch_output(Path(path), target)
+
+    def _batch_output(self, path: Path, target: Path) -> tuple[str, Path] | None:
+        """The batch's video, sidecar or partial download that ``path`` leads to."""
+        if not self.out_dirs:
+            return None
+        # the path as written (an atomic write replaces a symlink there, the video's
+        # name) and the file it leads to (an append writes through the link)
+        for candidate in dict.fromkeys((Path(os.path.abspath(path)), target)):
+            what = _output_kind(candidate.name)
+            if what is not None and any(_same_dir(candidate.parent, d) for d in self.out_dirs):
+                return what, candidate
+        return self._linked_output(path)
+
+    def _linked_output(self, path: Path) -> tuple[str, Path] | None:
+        """A hard link ``path`` to one of the batch's outputs, found by inode: only an
+        existing regular file with more than one link can be one."""
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return None
+        for folder in self.out_dirs:
+            try:
+                if os.stat(folder).st_dev != st.st_dev:  # a hard link never crosses devices
+                    continue
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        what = _output_kind(entry.name)
+                        # the listing's inode first (free), then one stat to be sure
+                        if what is None or entry.inode() != st.st_ino:
+                            continue
+                        if _ident(Path(entry.path)) == (st.st_dev, st.st_ino):
+                            return what, Path(entry.path)
+            except OSError:
+                continue
         return None
 
     def in_folder(self, folder: Path) -> list[tuple[str, Path]]:
@@ -150,12 +205,13 @@ def any_exists(options: object) -> bool:
 
 
 def drop_writers(observers: list[Any], protected: Protected) -> None:
-    """Remove (and close) the observers that would write over a protected file."""
+    """Remove (and close, or discard: a log file its opening made goes again) the
+    observers that would write over a protected file."""
     kept = []
     for obs in observers:
         path = getattr(obs, "path", None)
         if path is not None and protected.clash(Path(path)) is not None:
-            close = getattr(obs, "close", None)
+            close = getattr(obs, "discard", None) or getattr(obs, "close", None)
             if close is not None:
                 close()
             continue
@@ -178,6 +234,26 @@ def check_outputs(outputs: Sequence[tuple[str, Path | str | None]], protected: P
     problems = output_problems(outputs, protected)
     if problems:
         raise UsageError(problems)
+
+
+def _output_kind(name: str) -> str | None:
+    """What a file of this name in the output folder is, if one of the batch's outputs."""
+    found = _VIDEO_NAME.search(name)
+    if found is None:
+        return None
+    tail = found.group(1)
+    if tail is None:
+        return "one of the batch's videos"
+    if tail.lower() == ".json":
+        return "the sidecar of one of the batch's videos"
+    return "a partial download of one of the batch's videos"
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    if _resolve(a) == _resolve(b):
+        return True
+    ident = _ident(a)
+    return ident is not None and ident == _ident(b)
 
 
 def _resolve(path: Path) -> Path:

@@ -46,6 +46,9 @@ class JsonLog:
 
     def __init__(self, path: Path) -> None:
         self.path = prepare_folder(path, "--log-file")
+        #: whether opening made the file: a log refused before its first line (it would
+        #: replace a protected file, ``discard``) must leave no empty file behind
+        self._created = not os.path.lexists(self.path)
         try:
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -97,6 +100,17 @@ class JsonLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Close without a trace: the file goes again if opening made it and it is
+        still empty (nothing was written; ``batchgen.files.outputs.drop_writers``)."""
+        self.close()
+        if self._created:
+            try:
+                if os.lstat(self.path).st_size == 0:
+                    os.unlink(self.path)
+            except OSError:
+                pass
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._fd is None:

@@ -246,7 +246,8 @@ class _Run:
         if manifest is not None:
             loaded = load_for_run(manifest, self.opts, self.clock)
             self.batch_name = loaded.name
-            self.protected = protected_files(self.db_path, loaded.path, loaded.sources)
+            read, out = (loaded.path, loaded.sources), (loaded.out_dir,)  # out: its videos
+            self.protected = protected_files(self.db_path, *read, out)
             self._refuse_clashes()
             refuse_outputs_in_the_way(self.db_path, loaded, self.protected)
         if loaded is None:
@@ -256,12 +257,11 @@ class _Run:
             found = batches.find_batch(db, batch)
             self.batch_name = found.name
             # the files the manifest names exist: only an existing output can be one of them
-            named = (
-                named_files(found.manifest_path, found.run_date)
-                if outputs.any_exists(self.opts)
-                else ()
-            )
-            self.protected = protected_files(self.db_path, found.manifest_path, named)
+            exist = outputs.any_exists(self.opts)
+            named = named_files(found.manifest_path, found.run_date) if exist else ()
+            # the videos go where --out says, those of earlier runs are where the batch says
+            folders = (found.out_dir, self.opts.out_dir)
+            self.protected = protected_files(self.db_path, found.manifest_path, named, folders)
             self._refuse_clashes()
         requeue = Requeue(failed=retry_failed, in_doubt=retry_in_doubt, pay_again=pay_again)
         # SQLite: the batch lock for the whole run (waiting without blocking the loop, so

@@ -40,11 +40,15 @@ __all__ = ["open_job_store", "pg_failure_of", "protected_files", "shared_work", 
 
 
 def protected_files(
-    db_path: Path, manifest: Path | str | None = None, sources: Sequence[Path] = ()
+    db_path: Path,
+    manifest: Path | str | None = None,
+    sources: Sequence[Path] = (),
+    out_dirs: Sequence[Path | str | None] = (),
 ) -> outputs.Protected:
-    """The files no output may replace; a PostgreSQL URL is none of them."""
+    """The files no output may replace (``out_dirs``: the batch's output folders, whose
+    videos and sidecars are protected); a PostgreSQL URL is none of them."""
     db = None if postgres_url(db_path) is not None else db_path
-    return outputs.Protected.of(db, manifest, sources)
+    return outputs.Protected.of(db, manifest, sources, out_dirs)
 
 
 async def open_job_store(

@@ -167,3 +167,28 @@ async def test_the_database_and_its_lock_may_not_be_a_file_the_manifest_names(tm
         assert "writing there would destroy it" in summary.reason
         assert styles.read_text() == "watercolour\nink\n"
     assert snapshot(tmp_path) == {**before, "styles.txt.x.lock": before["styles.txt"]}
+
+
+def test_the_batch_outputs_rule_is_the_output_folder_and_the_video_names(tmp_path):
+    """Any video, sidecar or partial-download name in the output folder (the videos of
+    jobs to come too), by any path; other names there, and video names elsewhere, are fine."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "001-fox.mp4.json").write_text("{}")
+    protected = Protected.of(out_dirs=[out, None])
+    (tmp_path / "via").symlink_to(out)
+    os.link(out / "001-fox.mp4.json", tmp_path / "notes.txt")
+    hits = {
+        out / "001-fox.mp4": "one of the batch's videos",  # not fetched yet
+        out / "002.MP4": "one of the batch's videos",  # one file on macOS's file system
+        tmp_path / "via" / "001-fox.mp4.json": "the sidecar of one of the batch's videos",
+        tmp_path / "notes.txt": "the sidecar of one of the batch's videos",  # hard link
+        out / ".001-fox.mp4.part": "a partial download of one of the batch's videos",
+        out / ".001-fox.mp4.part.meta": "a partial download of one of the batch's videos",
+    }
+    for path, what in hits.items():
+        hit = protected.clash(path)
+        assert hit is not None and hit[0] == what, path
+    for path in (out / "report.html", out / "jobs.csv", tmp_path / "001-fox.mp4"):
+        assert protected.clash(path) is None, path
+    assert Protected.of().clash(out / "001-fox.mp4") is None
