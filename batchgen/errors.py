@@ -46,7 +46,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from batchgen.textsafe import printable
+from batchgen.textsafe import printable, reveal
 
 
 class ExitCode(enum.IntEnum):
@@ -74,13 +74,14 @@ class Problem:
 
     def __str__(self) -> str:
         # Names and values quoted in a problem come from files: no control character
-        # of theirs reaches a terminal or a log line (batchgen.textsafe).
-        where = printable(self.file)
+        # of theirs reaches a terminal or a log line, and where the exact text matters
+        # no invisible one hides in it either (batchgen.textsafe).
+        where = reveal(self.file)
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        text = f"{where}: {printable(self.message)}"
+        text = f"{where}: {reveal(self.message)}"
         if self.fix:
             text += f"\n  fix: {printable(self.fix)}"
         return text

@@ -32,10 +32,10 @@ from batchgen.manifest.spec import axis_labels, build_spec, too_many, too_many_e
 from batchgen.runbase.models import known_models, load_model
 from batchgen.runbase.ratelimit import rate_from_text
 from batchgen.settings import CommandLine, resolve_settings
-from batchgen.textsafe import printable
+from batchgen.textsafe import describe, invisible_at, printable, reveal
 
-#: what a batch name may not contain: path separators and control characters
-_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: the path separators a batch name may not contain (nor what ``invisible_at`` finds)
+_SEPARATOR = re.compile(r"[/\\]")
 
 __all__ = ["ExpandedJob", "LoadedManifest", "Overrides", "load_manifest"]
 
@@ -158,6 +158,7 @@ def load_manifest(
     spec_model = _model(manifest, ctx)
     name = _dated(ctx, "name", manifest.name or path.stem, run_date, {})
     _check_name(ctx, name, written=manifest.name is not None)
+    _check_template(ctx, manifest.filename)
     out_text = _dated(ctx, "out_dir", manifest.out_dir, run_date, {"batch": name})
     settings = _settings(manifest.limits, over, ctx)
     if spec_model is None:
@@ -267,25 +268,49 @@ def _dated(ctx: Context, key: str, text: str, run_date: dt.date, extra: dict[str
 
 def _check_name(ctx: Context, name: str, *, written: bool) -> None:
     """A batch name is one folder name (``videos/{batch}``) and is printed everywhere:
-    no separators, no control characters, not ``.`` or ``..``. Refused rather than
-    cleaned: renaming an existing batch's folder silently would orphan its videos."""
-    bad = _BAD_NAME.search(name)
-    if bad is None and name.strip() not in ("", ".", ".."):
+    no separators, no control or invisible characters (``batchgen.textsafe``: a name
+    that looks like another is found by neither ``status`` nor a reader), not ``.`` or
+    ``..``. Refused rather than cleaned: renaming an existing batch's folder silently
+    would orphan its videos."""
+    sep = _SEPARATOR.search(name)
+    hidden = invisible_at(name)
+    if sep is None and hidden is None and name.strip() not in ("", ".", ".."):
         return
-    if bad is None:
-        why = "is empty or a dot folder name"
-    elif bad.group() in "/\\":
-        why = f"contains {bad.group()!r} (a path separator)"
+    if hidden is not None and (sep is None or hidden < sep.start()):
+        why = f"contains {_unseen(name, hidden)}"
+    elif sep is not None:
+        why = f"contains {sep.group()!r} (a path separator)"
     else:
-        why = f"contains the control character {printable(bad.group())}"
+        why = "is empty or a dot folder name"
     where = "name" if written else "the manifest's file name (the default batch name)"
     ctx.add(
         ("name",),
-        f"batch name {printable(repr(name))} {why}: it names the output folder "
+        f"batch name {reveal(repr(name))} {why}: it names the output folder "
         "videos/{batch} and is printed in every message",
-        f"set {where} to a name without '/', '\\' or control characters, e.g. "
-        "name: animals-{date:%Y-%m-%d}",
+        f"set {where} to a name without '/', '\\', control or invisible characters "
+        "(retype it rather than paste it), e.g. name: animals-{date:%Y-%m-%d}",
     )
+
+
+def _check_template(ctx: Context, template: str) -> None:
+    """The file-name template is a name a user writes too: no invisible character in it
+    (``naming`` drops format characters from every stem, but a template holding one is
+    a paste gone wrong; the labels it takes are values, and keep theirs)."""
+    hidden = invisible_at(template)
+    if hidden is None:
+        return
+    ctx.add(
+        ("filename",),
+        f"file name template {reveal(repr(template))} contains {_unseen(template, hidden)}",
+        "retype the template without it",
+    )
+
+
+def _unseen(text: str, index: int) -> str:
+    """``U+200B ZERO WIDTH SPACE (character 6, invisible)``, for a problem."""
+    char = text[index]
+    kind = "a control character" if printable(char) != char else "invisible"
+    return f"{describe(char)} (character {index + 1}, {kind})"
 
 
 def _settings(limits: Limits, over: Overrides, ctx: Context) -> dict[str, Any]:
