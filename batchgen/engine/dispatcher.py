@@ -61,7 +61,7 @@ from batchgen.engine.state import (
     idem_key,
 )
 from batchgen.engine.submit import Submitter
-from batchgen.engine.takeover import known_ids, others_unfinished, recover
+from batchgen.engine.takeover import Lookout, recover
 from batchgen.errors import ExitCode
 from batchgen.events import Observer
 from batchgen.retry import RetryPolicy
@@ -134,10 +134,8 @@ class RunEngine:
         self._swept = False
         #: when the batch row was last read for ``batchgen cancel``
         self._flags_at = -1.0
-        #: when jobs of gone workers were last looked for (``takeover_every_s``)
-        self._takeover_at = -1.0
-        #: unfinished jobs of the batch that other workers hold (not ending before them)
-        self._others = 0
+        #: when to take over gone workers' jobs and count the others' (``takeover``)
+        self._lookout = Lookout(cfg.takeover_every_s)
         #: ``cancel --abandon`` seen: running jobs are no longer polled
         self._abandon = False
 
@@ -237,16 +235,10 @@ class RunEngine:
         await recover(self.state, self.poller)
 
     async def _take_over(self, now: float) -> None:
-        """Every ``takeover_every_s`` (several workers on one batch): the jobs of a worker
-        whose lease ran out (``batchgen.engine.takeover``)."""
-        st = self.state
-        every = st.cfg.takeover_every_s
-        if every is None or st.leaving or now - self._takeover_at < every:
-            return
-        self._takeover_at = now
-        await recover(st, self.poller, skip=known_ids(st))
-        self._swept = False  # queued jobs a gone worker had claimed: sweep again
-        self._others = await others_unfinished(st)
+        """Several workers on one batch: the jobs of a worker whose lease ran out, and the
+        count of the others' jobs this one waits for (``batchgen.engine.takeover``)."""
+        if await self._lookout.look(self.state, self.poller, now, idle=self._idle()):
+            self._swept = False  # queued jobs a gone worker had claimed: sweep again
 
     # ------------------------------------------------------------ the queue
 
@@ -313,6 +305,12 @@ class RunEngine:
             self._abandon = True
             self.poller.abandon()
 
+    def _idle(self) -> bool:
+        """This worker's own work is done: nothing to submit, in flight or followed."""
+        st = self.state
+        busy = st.polls or st.downloads or st.posts or st.running or st.downloading
+        return not (busy or self._has_submittable())
+
     def _done(self) -> bool:
         st = self.state
         busy = bool(st.polls or st.downloads or st.posts)
@@ -320,7 +318,7 @@ class RunEngine:
             return not busy
         if st.stop_kind is None and self._has_submittable():
             return False
-        if st.stop_kind is None and (not self._exhausted or self._others):
+        if st.stop_kind is None and (not self._exhausted or self._lookout.others):
             return False
         return not (busy or st.running or st.downloading)
 

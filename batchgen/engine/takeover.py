@@ -15,16 +15,62 @@ A worker with takeover on does not end while the batch holds unfinished jobs tha
 not its own (``others_unfinished``): they may be a dead worker's, to be taken over once
 their leases run out. Jobs held in doubt (``--in-doubt hold``) do not count: they wait
 for a person, and two workers each holding one would otherwise wait for each other.
+
+``Lookout`` decides when to look. The takeover itself (claims, a write) comes every
+``takeover_every_s``: a dead worker's jobs wait for its lease anyway. But the count of
+the others' jobs is what an idle worker waits on, and a count a period old keeps it up
+to a period past the batch's end (the first count even comes before the worker claimed
+anything: every queued job is then the others'). So once the worker's own work is done
+it counts again at once, and then every ``IDLE_COUNT_S`` while it waits (one short read
+of the batch's counts): it ends within that of the last job of the batch, whichever
+worker finished it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from batchgen.engine.poll import Poller
 from batchgen.engine.state import ActiveRun, EngineState
 from batchgen.states import TERMINAL, JobState
 from batchgen.store.records import JobRecord, LedgerEntry
 
-__all__ = ["known_ids", "others_unfinished", "recover"]
+__all__ = ["IDLE_COUNT_S", "Lookout", "known_ids", "others_unfinished", "recover"]
+
+#: how often a worker whose own work is done counts the others' unfinished jobs (the
+#: first count at once): it ends within this of the batch's last job
+IDLE_COUNT_S = 0.5
+
+
+@dataclass
+class Lookout:
+    """When a worker on a shared batch takes over and counts (module docstring)."""
+
+    #: ``takeover_every_s``; None: never (SQLite: the process is the batch's only one)
+    every: float | None
+    #: unfinished jobs of the batch that other workers hold (not ending before them)
+    others: int = 0
+    _took_at: float = -1.0  # monotonic: the last takeover
+    _counted_at: float = -1.0  # monotonic: the last count while idle
+    _idle: bool = False  # this worker's own work was done at the last look
+
+    async def look(self, st: EngineState, poller: Poller, now: float, *, idle: bool) -> bool:
+        """Take over and count when due; ``idle``: this worker's own work is done.
+        True when it took over (queued jobs a gone worker held: sweep the queue again)."""
+        if self.every is None or st.leaving:
+            return False
+        if now - self._took_at >= self.every:
+            self._took_at = self._counted_at = now
+            await recover(st, poller, skip=known_ids(st))
+            self.others = await others_unfinished(st)
+            self._idle = idle
+            return True
+        if not idle:
+            self._idle = False
+        elif self.others and (not self._idle or now - self._counted_at >= IDLE_COUNT_S):
+            self._idle, self._counted_at = True, now
+            self.others = await others_unfinished(st)
+        return False
 
 
 def known_ids(st: EngineState) -> set[int]:

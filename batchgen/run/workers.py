@@ -82,13 +82,12 @@ def worker_id(store: JobStore) -> str:
 
 def shared_work(opts: RunOptions, concurrency: int) -> dict[str, Any]:
     """``EngineConfig`` settings of a worker on a shared batch (module docstring)."""
-    # At most every second, not every third of a lease: the same look refreshes the
-    # engine's count of unfinished jobs held by others, which it waits for before it
-    # ends, and its first look comes before this worker has claimed anything (all
-    # queued jobs then count as others'). Every 10 s (a 30 s lease) kept a worker up to
-    # 10 s past the batch's end; the look is two short queries.
+    # Every third of a lease: a gone worker's jobs wait for its lease to run out anyway
+    # (taken over at most a third of a lease after that), and each look is two claim
+    # writes. The end of the batch does not wait for it: an idle worker counts the
+    # others' jobs on its own cadence (``engine.takeover.Lookout``).
     return {
-        "takeover_every_s": max(0.1, min(1.0, opts.lease_s / 3)),
+        "takeover_every_s": max(0.1, opts.lease_s / 3),
         "page_size": max(10, 2 * concurrency),
     }
 

@@ -4,6 +4,18 @@
 Each is one ``BEGIN IMMEDIATE`` transaction over the batch, through
 ``schema.transition`` (an event row per job), so a runner in another process sees
 either all of it or none; its own check-and-set moves then find the jobs changed.
+
+On PostgreSQL, where workers run beside the command, two more things hold:
+
+- the jobs a command moves are read ``FOR UPDATE``: a worker's move in flight (an
+  intent being committed) is waited for, and a job it moved meanwhile no longer
+  matches the state asked for and is left alone (never a submitting job canceled);
+- a job a command moves is no worker's any more (``_free_claims``): its ``owner`` and
+  ``lease_until`` are cleared and its ``epoch`` bumped, so any live worker claims it at
+  once (not after the old holder's heartbeat-renewed lease), and the old holder's
+  writes of its copy (conditioned on owner and epoch) match no row.
+
+SQLite has neither (the batch lock; no claim columns): there both are no-ops.
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
 from batchgen.states import JobState
@@ -52,19 +64,25 @@ def requeue(
         "pay_again": 0,
     }
     again = set(pay_again)
+    moved: list[Job] = []
     with _session(engine) as s:
         if again:
-            for job in s.exec(select(Job).where(col(Job.id).in_(again))).all():
+            for job in s.exec(select(Job).where(col(Job.id).in_(again)).with_for_update()).all():
                 if JobState(job.state) in (JobState.FAILED, JobState.CANCELED, JobState.IN_DOUBT):
                     transition(
                         s, job, JobState.QUEUED, at=now, detail="retry --pay-again",
                         errors=0, next_attempt_at=0.0, run_id=None, idem_key=None, listed=True,
                     )  # fmt: skip
                     done["pay_again"] += 1
+                    moved.append(job)
         states = ([JobState.FAILED.value] if failed else []) + (
             [JobState.IN_DOUBT.value] if in_doubt else []
         )
-        rows = s.exec(select(Job).where(Job.batch_id == batch_id, col(Job.state).in_(states))).all()
+        rows = s.exec(
+            select(Job)
+            .where(Job.batch_id == batch_id, col(Job.state).in_(states))
+            .with_for_update()
+        ).all()
         conn: Any = s.connection().connection.driver_connection
         for job in rows:
             assert job.id is not None
@@ -73,9 +91,11 @@ def requeue(
             if job.state == JobState.IN_DOUBT.value:
                 transition(s, job, JobState.QUEUED, at=now, detail="retry --in-doubt")
                 done["in_doubt"] += 1
+                moved.append(job)
             elif job.error_code == DOWNLOAD_FAILED and job.run_id:
                 transition(s, job, JobState.DOWNLOADING, at=now, detail="retry --failed")
                 done["downloads"] += 1
+                moved.append(job)
             elif job.error_code == OUTPUT_LOST:
                 done["output_lost"] += 1  # paid once already: never re-paid implicitly
             elif job.run_id and ledger.run_paid(conn, job.id, job.run_id):
@@ -95,6 +115,8 @@ def requeue(
                     **fresh,
                 )
                 done["failed"] += 1
+                moved.append(job)
+        _free_claims(s, moved)
         s.commit()
     return done
 
@@ -115,11 +137,14 @@ def cancel(engine: Engine, batch_id: int, *, abandon: bool, now: float) -> dict[
         )
         for state in targets:
             rows = s.exec(
-                select(Job).where(Job.batch_id == batch_id, Job.state == state.value)
+                select(Job)
+                .where(Job.batch_id == batch_id, Job.state == state.value)
+                .with_for_update()
             ).all()
             for job in rows:
                 transition(s, job, JobState.CANCELED, at=now, detail="batchgen cancel")
             done[state.value] = len(rows)
+            _free_claims(s, rows)
         s.commit()
     return done
 
@@ -139,12 +164,14 @@ def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
             .values(canceled=False, abandon=False, updated_at=now)
         )
         rows = s.exec(
-            select(Job).where(
+            select(Job)
+            .where(
                 Job.batch_id == batch_id,
                 Job.state == JobState.CANCELED.value,
                 # a paid run is fetched even if the manifest no longer lists its job
                 col(Job.listed).is_(True) | col(Job.run_id).is_not(None),
             )
+            .with_for_update()
         ).all()
         for job in rows:
             if job.run_id:
@@ -154,8 +181,20 @@ def uncancel(engine: Engine, batch_id: int, *, now: float) -> int:
             else:
                 new = JobState.QUEUED
             transition(s, job, new, at=now, detail="run again after cancel")
+        _free_claims(s, rows)
         s.commit()
         return len(rows)
+
+
+def _free_claims(s: Session, jobs: Sequence[Job]) -> None:
+    """On PostgreSQL: ``jobs``, moved by a command, are no worker's any more (module
+    docstring). SQLite has no claims (its batch lock): nothing to do there."""
+    ids = [job.id for job in jobs]
+    if not ids or s.get_bind().dialect.name != "postgresql":
+        return
+    s.flush()  # the moves first: one transaction, in order
+    free = "UPDATE job SET owner = NULL, lease_until = NULL, epoch = epoch + 1 WHERE id = ANY(:ids)"
+    s.connection().execute(text(free), {"ids": ids})
 
 
 def _was_in_doubt(s: Session, job: Job) -> bool:

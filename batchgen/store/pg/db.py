@@ -12,8 +12,8 @@ form of the URL that messages carry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +26,7 @@ from batchgen.store.pg.queries import query
 from batchgen.store.reader import SCHEMA_VERSION
 
 __all__ = [
+    "bounded",
     "connect",
     "ensure_schema",
     "ensure_schema_sync",
@@ -99,6 +100,29 @@ def _refused(reason: str) -> bool:
     """Whether the server answered and turned us away for good (a wrong password or
     user, no such database, not allowed from this host): exit 2, not resumable."""
     return "FATAL:" in reason and not any(busy in reason for busy in _BUSY)
+
+
+@asynccontextmanager
+async def bounded(url: str, seconds: float, what: str) -> AsyncIterator[None]:
+    """At most ``seconds`` for what the block awaits of the server: a server that stops
+    answering without closing the connection (a network cut, a host frozen) or a
+    statement stuck behind a lock would otherwise hang the run. Past it the block is
+    cancelled: psycopg sends the server a cancel request and waits for the statement
+    to end (at most 10 s more when the server answers that neither, then it closes the
+    connection), and ``StateWriteError`` (75, resumable) names the database, masked. A
+    write cut short this way may or may not have committed: the run stops, as when the
+    connection is lost, and the next start recovers from what was stored."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise StateWriteError(
+            f"state database {masked(url)}: no answer to {what} within {seconds:g}s; "
+            "stopped: once the server answers promptly, `batchgen resume`"
+        ) from None
 
 
 async def connect(url: str) -> Conn:

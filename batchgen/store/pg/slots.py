@@ -23,7 +23,11 @@ A refused slot comes back as the seconds until the oldest request in the span le
 it: the caller waits that long (on its own clock: a wait only delays) and asks again.
 A slot taken but not used (the caller's request never left) is given back. The
 database unreachable raises ``StateWriteError`` (75, resumable), as a state write
-does: a request never goes without its slot.
+does: a request never goes without its slot. So does a database that does not answer
+within ``timeout_s`` (``SLOT_TIMEOUT_S``: it stopped answering without closing the
+connection, or the key's lock is stuck): the statement is cancelled (``db.bounded``)
+and the request not sent. A slot is stale long before that (a slot must be used
+within half the margin: ``runbase.shared_key``), so the bound only ends a hang.
 
 This is layer 1 of ``batchgen.runbase.ratelimit`` (the hard bound) moved to the shared
 database; ``KeySlot`` is one key's side of it, the limiter's slot source
@@ -44,10 +48,13 @@ from psycopg import sql
 from batchgen.store.pg import db
 from batchgen.store.pg.queries import query
 
-__all__ = ["DEFAULT_MARGIN_SHARE", "KeySlot", "KeySlots", "RoundTrips"]
+__all__ = ["DEFAULT_MARGIN_SHARE", "SLOT_TIMEOUT_S", "KeySlot", "KeySlots", "RoundTrips"]
 
 #: the margin as a share of the window, when none is given (0.5 s of a 10 s window)
 DEFAULT_MARGIN_SHARE = 0.05
+
+#: seconds a slot statement may take before the request fails, unsent (module docstring)
+SLOT_TIMEOUT_S = 5.0
 
 #: the key's requests older than two spans are deleted every this many slots asked
 _PRUNE_EVERY = 100
@@ -83,9 +90,12 @@ class KeySlots:
         limit: int = 20,
         window_s: float = 10.0,
         margin_s: float | None = None,
+        timeout_s: float = SLOT_TIMEOUT_S,
     ) -> None:
         self._conn = conn
         self._url = url  # for error messages only (masked there)
+        #: seconds a slot statement may take (then ``StateWriteError``, the request unsent)
+        self.timeout_s = timeout_s
         self.limit = limit
         self.window_s = window_s
         #: seconds a slot's request may take to arrive after the slot was recorded
@@ -110,10 +120,13 @@ class KeySlots:
         limit: int = 20,
         window_s: float = 10.0,
         margin_s: float | None = None,
+        timeout_s: float = SLOT_TIMEOUT_S,
     ) -> KeySlots:
         """Connect; the schema must exist (``PostgresStore.open`` makes it)."""
         conn = await db.connect(url)
-        return cls(conn, url=url, limit=limit, window_s=window_s, margin_s=margin_s)
+        return cls(
+            conn, url=url, limit=limit, window_s=window_s, margin_s=margin_s, timeout_s=timeout_s
+        )
 
     def for_key(self, fingerprint: str) -> KeySlot:
         """The slot source of one key (give it to that key's limiter)."""
@@ -137,10 +150,11 @@ class KeySlots:
             text = self._take_and_prune if self._asked % _PRUNE_EVERY == 0 else self._take
             started = time.perf_counter()
             try:
-                cur = psycopg.AsyncClientCursor(self._conn)
-                await cur.execute(text, params)
-                cur.nextset()  # past the lock's row: the verdict
-                row = await cur.fetchone()
+                async with db.bounded(self._url, self.timeout_s, "a request slot"):
+                    cur = psycopg.AsyncClientCursor(self._conn)
+                    await cur.execute(text, params)
+                    cur.nextset()  # past the lock's row: the verdict
+                    row = await cur.fetchone()
             except psycopg.Error as exc:
                 raise self._failure(exc) from None
             self.round_trips.add(time.perf_counter() - started)
@@ -154,7 +168,8 @@ class KeySlots:
         async with self._lock:
             try:
                 params = {"key": key_fingerprint, "at": at}
-                await self._conn.execute(query("give_back_slot"), params)
+                async with db.bounded(self._url, self.timeout_s, "a request slot given back"):
+                    await self._conn.execute(query("give_back_slot"), params)
             except psycopg.Error as exc:
                 raise self._failure(exc) from None
             self.given_back += 1

@@ -19,6 +19,11 @@ exactly as after a crash on SQLite. A worker leaving cleanly (``aclose``) hands 
 back at once; the row of one that did not is removed by the first worker to start an
 hour after its lease ran out.
 
+Every statement is bounded (``timeout_s``, ``STORE_TIMEOUT_S``; ``db.bounded``): a
+database that stops answering without closing the connection, or a write stuck behind
+a lock, stops the run resumably (``StateWriteError``, 75) instead of hanging it; a
+heartbeat that times out is logged and tried again at the next beat.
+
 The rest of the contract is SQLite's (writes: ``writer.SerialWriter``); the intent is
 committed before ``record_intent`` returns; with a budget, the intent's transaction
 locks the batch row, sums the ledger and the jobs being submitted, and refuses the
@@ -39,24 +44,22 @@ from typing import Any, TypeVar, Unpack
 
 from batchgen.states import TERMINAL, JobState, check_transition
 from batchgen.store.interface import JobStore
-from batchgen.store.ledger import PossibleJob, Totals
 from batchgen.store.pg import db
 from batchgen.store.pg.queries import changes_clause, query
+from batchgen.store.pg.reads import StoreReads
 from batchgen.store.pg.rows import BudgetReached, batch_record, change_params, job_record
 from batchgen.store.pg.writer import SerialWriter
 from batchgen.store.records import (
     ACTIVE,
     BatchFlags,
     BatchRecord,
-    Failure,
     JobChanges,
     JobRecord,
     LedgerEntry,
-    RunTimes,
     check_changes,
 )
 
-__all__ = ["LEASE_SECONDS", "PostgresStore"]
+__all__ = ["LEASE_SECONDS", "STORE_TIMEOUT_S", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,8 +67,12 @@ T = TypeVar("T")
 #: seconds a claim lasts without a heartbeat (the heartbeat comes every third of it)
 LEASE_SECONDS = 30.0
 
+#: seconds a read, a write or a heartbeat may wait for the server (module docstring):
+#: far above any commit, and above an intent waiting for the budget's batch row lock
+STORE_TIMEOUT_S = 30.0
 
-class PostgresStore(JobStore):
+
+class PostgresStore(StoreReads, JobStore):
     """One worker's view of a PostgreSQL state database (module docstring: the rules)."""
 
     def __init__(
@@ -77,8 +84,10 @@ class PostgresStore(JobStore):
         heartbeat_every: float | None = None,
         key_fingerprint: str | None = None,
         budget_micro_usd: int | None = None,
+        timeout_s: float = STORE_TIMEOUT_S,
     ) -> None:
         self._url = url
+        self.timeout_s = timeout_s
         self._wconn, self._rconn, self._hconn = conns
         self.lease_seconds = lease_seconds
         #: this worker's id: unique per process, readable in the worker table
@@ -104,6 +113,7 @@ class PostgresStore(JobStore):
         heartbeat_every: float | None = None,
         key_fingerprint: str | None = None,
         budget_micro_usd: int | None = None,
+        timeout_s: float = STORE_TIMEOUT_S,
     ) -> PostgresStore:
         """Connect (writes, reads, heartbeat), create the schema if there is none,
         register this worker. ``heartbeat_every``: a third of the lease by default, 0 for
@@ -114,6 +124,7 @@ class PostgresStore(JobStore):
             store = cls(
                 url, conns, lease_seconds=lease_seconds, heartbeat_every=heartbeat_every,
                 key_fingerprint=key_fingerprint, budget_micro_usd=budget_micro_usd,
+                timeout_s=timeout_s,
             )  # fmt: skip
             await conns[2].execute(query("prune_workers"))
             await conns[2].execute(
@@ -133,13 +144,17 @@ class PostgresStore(JobStore):
         return db.pg_failure(exc, self._url) or exc
 
     async def _write(self, fn: Callable[[db.Conn], Awaitable[T]]) -> T:
-        return await self._writer.write(fn)
+        async def bounded(conn: db.Conn) -> T:
+            async with db.bounded(self._url, self.timeout_s, "a write"):
+                return await fn(conn)
+
+        return await self._writer.write(bounded)
 
     async def _read(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         if self._closed:
             raise RuntimeError("the store is closed")
         try:
-            async with self._rlock:
+            async with self._rlock, db.bounded(self._url, self.timeout_s, "a read"):
                 cur = await self._rconn.execute(query(name), params)
                 return await cur.fetchall()
         except Exception as exc:
@@ -148,7 +163,7 @@ class PostgresStore(JobStore):
     async def heartbeat(self) -> None:
         """Push on this worker's lease and the leases of every job it holds."""
         params = {"owner": self.owner, "lease": self.lease_seconds}
-        async with self._hconn.transaction():
+        async with db.bounded(self._url, self.timeout_s, "a heartbeat"), self._hconn.transaction():
             await self._hconn.execute(query("heartbeat_worker"), params)
             await self._hconn.execute(query("heartbeat_jobs"), params)
 
@@ -171,7 +186,7 @@ class PostgresStore(JobStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heart
         with contextlib.suppress(Exception):  # a worker that cannot say goodbye expires
-            async with self._hconn.transaction():
+            async with db.bounded(self._url, self.timeout_s, "goodbye"), self._hconn.transaction():
                 await self._hconn.execute(query("release_jobs"), {"owner": self.owner})
                 await self._hconn.execute(query("remove_worker"), {"owner": self.owner})
         for conn in (self._wconn, self._rconn, self._hconn):
@@ -351,49 +366,3 @@ class PostgresStore(JobStore):
                 await self._add_ledger(conn, job, rows, at, job.attempts, job.idem_key)
 
         await self._write(write)
-
-    # ------------------------------------------------------------ reading
-
-    async def counts(self, batch_id: int) -> dict[str, int]:
-        out = {st.value: 0 for st in JobState}
-        for row in await self._read("counts", {"batch_id": batch_id}):
-            out[row["state"]] = int(row["count"])
-        return out
-
-    async def in_doubt_since(self, batch_id: int, since: float) -> int:
-        rows = await self._read("in_doubt_since", {"batch_id": batch_id, "since": since})
-        return int(rows[0]["count"])
-
-    async def failures(self, batch_id: int, *, limit: int = 100) -> list[Failure]:
-        rows = await self._read("failures", {"batch_id": batch_id, "limit": limit})
-        return [Failure(r["key"], r["idx"], r["last_error"], r["error_code"]) for r in rows]
-
-    async def recent_durations(self, model: str, *, limit: int = 500) -> list[RunTimes]:
-        rows = await self._read("recent_durations", {"model": model, "limit": limit})
-        return [
-            RunTimes(json.loads(r["input_json"]), r["run_created_at"], r["run_completed_at"])
-            for r in rows
-        ]
-
-    async def totals(self, batch_id: int) -> Totals:
-        sums = {"charge": 0, "refund": 0, "possible": 0}
-        for row in await self._read("totals", {"batch_id": batch_id}):
-            sums[row["kind"]] += int(row["sum"] or 0)
-        return Totals(sums["charge"], sums["refund"], max(0, sums["possible"]))
-
-    async def possible_jobs(self, batch_id: int, *, limit: int = 100) -> list[PossibleJob]:
-        rows = await self._read("possible_jobs", {"batch_id": batch_id, "limit": limit})
-        return [PossibleJob(r["key"], r["idx"], int(r["possible"]), int(r["count"])) for r in rows]
-
-    async def run_net(self, job_id: int, run_id: str) -> int:
-        rows = await self._read("run_net", {"job_id": job_id, "run_id": run_id})
-        return int(rows[0]["coalesce"])
-
-    async def run_paid(self, job_id: int, run_id: str) -> bool:
-        return await self.run_net(job_id, run_id) > 0
-
-    async def possible_for_key(self, job_id: int, idem_key: str) -> tuple[int, float]:
-        rows = await self._read("possible_for_key", {"job_id": job_id, "idem_key": idem_key})
-        if not rows or rows[0]["sum"] is None:
-            return 0, 0.0
-        return int(rows[0]["sum"]), float(rows[0]["max"] or 0.0)
