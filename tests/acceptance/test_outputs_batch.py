@@ -93,20 +93,27 @@ def refused(args: list[str], target: Path, said: str, option: str, ran: Ran) -> 
     assert (snapshot(ran.out), snapshot(ran.folder / "elsewhere")) == before
 
 
-@pytest.mark.parametrize("command", ["report", "export"])
-def test_report_and_export_out_never_write_over_a_video_or_sidecar(ran, command):
-    (ran.out / "sub").mkdir(exist_ok=True)
-    for target, said in targets(ran):
-        args = [command, "b", "--db", str(ran.db), "--out", str(target)]
-        refused(args, target, said, "--out", ran)
+#: every writer once and every way to a protected file at least once (the rule itself,
+#: every way for every name, is tests/integration/test_outputs.py's): one process each
+PAIRS = [
+    ("report", 0),  # the video
+    ("export", 4),  # sub/../video
+    ("--summary-file", 1),  # the sidecar
+    ("--log-file", 2),  # a symlink to the video
+    ("--metrics-file", 3),  # a hard link to a video
+    ("--report", 1),
+]
 
 
-@pytest.mark.parametrize("option", ["--summary-file", "--log-file", "--metrics-file", "--report"])
-def test_resume_file_outputs_never_write_over_a_video_or_sidecar(ran, option):
+@pytest.mark.parametrize(("writer", "way"), PAIRS, ids=[w for w, _ in PAIRS])
+def test_no_output_writes_over_a_video_or_sidecar(ran: Ran, writer: str, way: int) -> None:
     (ran.out / "sub").mkdir(exist_ok=True)
-    for target, said in targets(ran)[:4]:
-        args = ["resume", "b", "--db", str(ran.db), option, str(target)]
-        refused(args, target, said, option, ran)
+    target, said = targets(ran)[way]
+    if writer.startswith("--"):  # run/resume/retry's files
+        args, option = ["resume", "b", "--db", str(ran.db), writer, str(target)], writer
+    else:
+        args, option = [writer, "b", "--db", str(ran.db), "--out", str(target)], "--out"
+    refused(args, target, said, option, ran)
 
 
 def test_run_log_file_at_a_video_not_fetched_yet_leaves_no_file(ran):
