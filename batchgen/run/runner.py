@@ -363,7 +363,11 @@ class _Run:
                     on_lost=settings.on_lost,
                     download_concurrency=opts.download_concurrency,
                     posts_in_flight=opts.posts_in_flight,
-                    **({} if self.pg_url is None else shared_work(opts, concurrency)),
+                    **(
+                        {}
+                        if self.pg_url is None
+                        else shared_work(opts, concurrency, len(self.keys))
+                    ),
                 ),
                 budget=budget,
                 durations=durations,

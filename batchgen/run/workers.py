@@ -80,15 +80,19 @@ def worker_id(store: JobStore) -> str:
     return owner if isinstance(owner, str) else ""
 
 
-def shared_work(opts: RunOptions, concurrency: int) -> dict[str, Any]:
+def shared_work(opts: RunOptions, concurrency: int, keys: int = 1) -> dict[str, Any]:
     """``EngineConfig`` settings of a worker on a shared batch (module docstring)."""
     # Every third of a lease: a gone worker's jobs wait for its lease to run out anyway
     # (taken over at most a third of a lease after that), and each look is two claim
     # writes. The end of the batch does not wait for it: an idle worker counts the
     # others' jobs on its own cadence (``engine.takeover.Lookout``).
+    # A page of queued jobs is leased to this worker: others skip it. A key submits
+    # about one job a second, so ten per key is some ten seconds of this worker's work;
+    # twice --concurrency alone (200 by default) let the first worker to start claim
+    # a whole small batch, and the others sent nothing.
     return {
         "takeover_every_s": max(0.1, opts.lease_s / 3),
-        "page_size": max(10, 2 * concurrency),
+        "page_size": max(10, min(2 * concurrency, 10 * keys)),
     }
 
 

@@ -21,5 +21,10 @@ def test_a_url_is_no_file_to_protect_a_sqlite_path_is() -> None:
 def test_a_shared_batch_is_claimed_in_small_pages_and_taken_over_every_third_lease() -> None:
     # a gone worker's jobs wait for its lease anyway; the end of the batch does not wait
     # for this period (engine.takeover.Lookout: test_engine_postgres_takeover)
-    assert shared_work(RunOptions(lease_s=30.0), 10) == {"takeover_every_s": 10.0, "page_size": 20}
+    assert shared_work(RunOptions(lease_s=30.0), 10) == {"takeover_every_s": 10.0, "page_size": 10}
     assert shared_work(RunOptions(lease_s=1.5), 2) == {"takeover_every_s": 0.5, "page_size": 10}
+    # ten queued jobs per key at a time, never more than twice the jobs in flight: the
+    # first worker of several must not claim a whole small batch (default concurrency 100)
+    assert shared_work(RunOptions(), 100, keys=3)["page_size"] == 30
+    assert shared_work(RunOptions(), 100, keys=1)["page_size"] == 10
+    assert shared_work(RunOptions(), 8, keys=16)["page_size"] == 16
