@@ -17,7 +17,6 @@ from pathlib import Path
 from batchgen.errors import ExitCode
 from batchgen.events import Observer, RequestEvent, RunSummary, TransitionEvent
 from batchgen.store.failures import state_failure
-from batchgen.store.target import postgres_url
 
 # the run's own logger: these lines belong to the run (and to -v) as before
 log = logging.getLogger("batchgen.run.runner")
@@ -32,13 +31,8 @@ def one_line(text: str, limit: int = 500) -> str:
 
 def unexpected(exc: BaseException, db_path: Path | None = None) -> tuple[ExitCode, str]:
     """The exit code and the one-line reason for an exception nothing handled."""
-    url = postgres_url(db_path) if db_path is not None else None
-    if url is not None:  # the driver's error inside SQLAlchemy's, the password masked
-        from batchgen.run.workers import pg_failure_of
-
-        failure = pg_failure_of(exc, url)
-    else:
-        failure = state_failure(exc, db_path)
+    # SQLite's or PostgreSQL's (the driver's inside SQLAlchemy's), the password masked
+    failure = state_failure(exc, db_path)
     if failure is not None:
         return failure.exit_code, one_line(str(failure))
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

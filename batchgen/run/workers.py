@@ -14,10 +14,7 @@ store's claims keep them off each other's jobs (``batchgen.store.pg.store``). He
   over, polling their paid runs with their key; it does not end while another
   worker's jobs are unfinished (``batchgen.engine.takeover``); it claims small pages
   of queued jobs, so that a worker joining later finds work and a killed one strands
-  few jobs until its lease runs out;
-- ``pg_failure_of``: a PostgreSQL error the sync side raised (SQLAlchemy wraps the
-  driver's) as ours: exit 75 when the server is away, 2 otherwise, the URL's password
-  masked.
+  few jobs until its lease runs out.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from batchgen.errors import BatchgenError
 from batchgen.files import outputs
 from batchgen.run.options import RunOptions
 from batchgen.runbase.shared_window import key_fingerprint
@@ -36,7 +32,7 @@ from batchgen.store.interface import JobStore
 from batchgen.store.sqlite_store import SqliteStore
 from batchgen.store.target import postgres_url
 
-__all__ = ["open_job_store", "pg_failure_of", "protected_files", "shared_work", "worker_id"]
+__all__ = ["open_job_store", "protected_files", "shared_work", "worker_id"]
 
 
 def protected_files(
@@ -94,10 +90,3 @@ def shared_work(opts: RunOptions, concurrency: int, keys: int = 1) -> dict[str, 
         "takeover_every_s": max(0.1, opts.lease_s / 3),
         "page_size": max(10, min(2 * concurrency, 10 * keys)),
     }
-
-
-def pg_failure_of(exc: BaseException, url: str) -> BatchgenError | None:
-    """``exc`` (or the driver's error inside it) as ours, or None when not PostgreSQL's."""
-    from batchgen.store.pg.db import pg_failure
-
-    return pg_failure(getattr(exc, "orig", None) or exc, url)

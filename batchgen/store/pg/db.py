@@ -30,7 +30,6 @@ __all__ = [
     "connect",
     "ensure_schema",
     "ensure_schema_sync",
-    "is_postgres_url",
     "masked",
     "pg_failure",
     "reading",
@@ -38,11 +37,6 @@ __all__ = [
 
 #: a connection whose rows are dicts (column -> value)
 Conn = psycopg.AsyncConnection[dict[str, Any]]
-
-
-def is_postgres_url(text: str) -> bool:
-    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
-    return text.startswith(("postgresql://", "postgres://"))
 
 
 def masked(url: str) -> str:
