@@ -96,6 +96,17 @@ def _refused(reason: str) -> bool:
     return "FATAL:" in reason and not any(busy in reason for busy in _BUSY)
 
 
+@contextmanager
+def as_ours(url: str) -> Iterator[None]:
+    """PostgreSQL's errors raised in the block, as ours (``pg_failure``)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        failure = pg_failure(exc, url)
+        assert failure is not None
+        raise failure from None
+
+
 @asynccontextmanager
 async def bounded(url: str, seconds: float, what: str) -> AsyncIterator[None]:
     """At most ``seconds`` for what the block awaits of the server: a server that stops
@@ -121,14 +132,10 @@ async def bounded(url: str, seconds: float, what: str) -> AsyncIterator[None]:
 
 async def connect(url: str) -> Conn:
     """An autocommit connection (each write opens its own transaction block)."""
-    try:
+    with as_ours(url):
         return await psycopg.AsyncConnection.connect(
             url, autocommit=True, row_factory=dict_row, connect_timeout=10
         )
-    except psycopg.Error as exc:
-        failure = pg_failure(exc, url)
-        assert failure is not None
-        raise failure from None
 
 
 async def ensure_schema(url: str) -> None:
@@ -142,13 +149,8 @@ def ensure_schema_sync(url: str, *, create: bool = True) -> None:
 
     Synchronous, so that the commands that read or sync through SQLAlchemy
     (``store.pg.engine``) and the async store share one check."""
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            version = _settle_schema(conn, create=create)
-    except psycopg.Error as exc:
-        failure = pg_failure(exc, url)
-        assert failure is not None
-        raise failure from None
+    with as_ours(url), psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        version = _settle_schema(conn, create=create)
     _check_version(url, version)
 
 
@@ -158,15 +160,10 @@ def reading(url: str) -> Iterator[Qmark]:
     taking ``?`` placeholders as its sqlite3 reads do (``store.dbapi``). A database
     without batchgen's schema is refused (exit 2) and left as it is; any PostgreSQL
     error on the way is ours (``pg_failure``)."""
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            _check_version(url, _settle_schema(conn, create=False))
-            yield Qmark(conn)
-    except psycopg.Error as exc:
-        failure = pg_failure(exc, url)
-        assert failure is not None
-        raise failure from None
+    with as_ours(url), psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        _check_version(url, _settle_schema(conn, create=False))
+        yield Qmark(conn)
 
 
 def _check_version(url: str, version: int | None) -> None:
